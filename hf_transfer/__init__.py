@@ -1,0 +1,19 @@
+"""hf_transfer: transfer learning for pretrained vision backbones on the Hugging Face stack."""
+
+__version__ = "0.1.0"
+
+from .backbones import EMBEDDED_BACKBONES, load_backbone, wrap_timm_model
+from .data import EMBEDDED_DATASETS, load_image_classification_data
+from .errors import TransferError
+from .metrics import ClassificationMetrics, load_metric
+
+__all__ = [
+    "EMBEDDED_BACKBONES",
+    "EMBEDDED_DATASETS",
+    "ClassificationMetrics",
+    "TransferError",
+    "load_backbone",
+    "load_image_classification_data",
+    "load_metric",
+    "wrap_timm_model",
+]

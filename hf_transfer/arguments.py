@@ -1,0 +1,132 @@
+"""Dataclass arguments shared by the recipes and the CLI (parsed with `HfArgumentParser`)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .backbones import DEFAULT_BACKBONE
+from .data import DEFAULT_DATASET
+from .transforms import AUGMENTATION_PRESETS
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEFAULT_BACKBONE,
+        metadata={"help": "embedded:efficientnet_lite0|embedded:efficientnet_lite1, a local folder, a timm name or "
+                          "timm/... Hub id, or a transformers Hub id"},
+    )
+    no_pretrained: bool = field(default=False, metadata={"help": "Start from random weights (train from scratch)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input resolution; default: the dataset's suggestion for embedded sets, else the backbone's."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (never printed); default: the logged-in one."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code to run (only for repos you trust)."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"Hub dataset id, a local folder, or an embedded set (default {DEFAULT_DATASET}; "
+                          "also embedded:digits, embedded:lfw)"},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder with one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder (same classes)."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test image folder (same classes)."})
+    image_column_name: str | None = field(default=None, metadata={"help": "Image column (detected when not given)."})
+    label_column_name: str | None = field(default=None, metadata={"help": "Label column (detected when not given)."})
+    validation_split: float = field(
+        default=0.1, metadata={"help": "Stratified share of train held out when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging, quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation."})
+    augmentation: str = field(
+        default="gentle", metadata={"help": f"Training augmentation preset: {', '.join(AUGMENTATION_PRESETS)}."}
+    )
+
+    def load(self, seed: int, model_args: ModelArguments | None = None):
+        from .data import load_image_classification_data
+
+        return load_image_classification_data(
+            self.dataset_name,
+            dataset_config_name=self.dataset_config_name,
+            train_dir=self.train_dir,
+            validation_dir=self.validation_dir,
+            test_dir=self.test_dir,
+            image_column_name=self.image_column_name,
+            label_column_name=self.label_column_name,
+            validation_split=self.validation_split,
+            seed=seed,
+            max_train_samples=self.max_train_samples,
+            max_eval_samples=self.max_eval_samples,
+            cache_dir=model_args.cache_dir if model_args else None,
+            token=model_args.token if model_args else None,
+            trust_remote_code=model_args.trust_remote_code if model_args else False,
+        )
+
+
+@dataclass
+class TransferTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults that suit fine-tuning a pretrained vision backbone."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the new head."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    weight_decay: float = field(default=0.01, metadata={"help": "Weight decay (never on biases or norm weights)."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (a float below 1: share of all steps)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="no", metadata={"help": "When to checkpoint: no, steps, epoch or best."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: transforms read raw columns."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    seed: int = field(default=42, metadata={"help": "Seed for splits, initialisation and shuffling."})
+
+    def __post_init__(self):
+        # No --output_dir: the recipe names one after the model and dataset (see `default_output_dir`).
+        self.output_dir_was_defaulted = self.output_dir is None
+        if self.output_dir is None:
+            self.output_dir = "outputs/default"
+        super().__post_init__()
+
+
+def default_output_dir(recipe: str, model_name: str, data_source: str) -> str:
+    def slug(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.rstrip("/").split("/")[-1].split(":")[-1])
+
+    return f"outputs/{recipe}-{slug(model_name)}-{slug(data_source)}"
+
+
+def parse_args(dataclass_types, args: list[str] | None = None):
+    """Parse command-line flags, or a single YAML/JSON config file (flags after it override its values)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types)
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        import json
+
+        import yaml
+
+        with open(argv[0]) as handle:
+            config = yaml.safe_load(handle) if argv[0].endswith(("yaml", "yml")) else json.load(handle)
+        flags = []
+        for key, value in (config or {}).items():
+            if isinstance(value, bool):
+                flags += [f"--{key}", str(value)]
+            elif isinstance(value, list):
+                flags += [f"--{key}", *map(str, value)]
+            elif value is not None:
+                flags += [f"--{key}", str(value)]
+        argv = flags + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)

@@ -1,0 +1,90 @@
+"""The fine-tuning job behind `recipes/finetune.py` and `hf-transfer finetune`: data -> backbone -> Trainer -> folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from .arguments import DataArguments, ModelArguments, TransferTrainingArguments, default_output_dir
+from .backbones import data_config, is_timm_wrapper, load_backbone, set_preprocessing
+from .metrics import ClassificationMetrics
+from .runtime import configure_cpu_threads, say
+from .saving import save_model_folder, staged_output, write_json
+from .transforms import with_transforms
+
+logger = logging.getLogger("hf_transfer")
+
+
+def use_channels_last(model) -> bool:
+    """CNNs run markedly faster on CPU (measured ~1.7x for EfficientNet) with channels_last weights."""
+    has_conv = any(isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) or isinstance(m, torch.nn.BatchNorm2d)
+                   for m in model.modules())
+    has_attention = any("attention" in type(m).__name__.lower() or type(m).__name__ == "Attention" for m in model.modules())
+    return has_conv and not has_attention
+
+
+def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments, recipe: str):
+    """Load data and backbone and attach transforms; shared by fine-tuning and probing."""
+    data = data_args.load(training_args.seed, model_args)
+    image_size = model_args.image_size or data.suggested_image_size
+    hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    if model_args.token:
+        hub_kwargs["token"] = model_args.token
+    model = load_backbone(
+        model_args.model_name_or_path,
+        labels=data.labels,
+        pretrained=not model_args.no_pretrained,
+        trust_remote_code=model_args.trust_remote_code,
+        **hub_kwargs,
+    )
+    set_preprocessing(model, image_size)
+    cfg = data_config(model)
+    splits = with_transforms(data.splits, data, cfg, image_size=image_size, augmentation=data_args.augmentation)
+    if getattr(training_args, "output_dir_was_defaulted", False):
+        training_args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data.source)
+    return data, model, splits, int(image_size or cfg["input_size"][-1])
+
+
+def run_finetune(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments
+) -> dict[str, float]:
+    """Fine-tune and write ``output_dir``: config.json, model.safetensors, preprocessor, all_results.json."""
+    from transformers import Trainer, set_seed
+
+    start = time.perf_counter()
+    configure_cpu_threads()
+    set_seed(training_args.seed)
+    data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune")
+    say(
+        f"{model_args.model_name_or_path} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params)"
+        f" on {data.source}: {len(splits['train'])} train / {len(splits['validation'])} validation images,"
+        f" {len(data.labels)} classes, {image_size} px, augmentation {data_args.augmentation!r}"
+    )
+    for note in data.notes:
+        say(note)
+    if use_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        compute_metrics=ClassificationMetrics(),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+    metrics.update(trainer.evaluate(eval_dataset=splits["validation"], metric_key_prefix="eval"))
+    if "test" in splits:
+        metrics.update(trainer.evaluate(eval_dataset=splits["test"], metric_key_prefix="test"))
+    metrics["total_seconds"] = round(time.perf_counter() - start, 2)
+
+    if trainer.is_world_process_zero():
+        with staged_output(training_args.output_dir) as staging:
+            save_model_folder(trainer.model, staging, image_size=image_size)
+            write_json(staging / "all_results.json", metrics)
+        say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f};"
+            f" model written to {training_args.output_dir}")
+    return metrics

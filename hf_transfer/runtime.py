@@ -1,0 +1,36 @@
+"""Process-level settings: CPU threads under `accelerate launch`, and who is the main process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    """Progress for people: printed once, by the main process."""
+    if is_main_process():
+        print(f"[hf_transfer] {message}", flush=True)
+
+
+def configure_cpu_threads() -> int:
+    """Give each CPU process its share of the cores.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which halves CPU training speed on a
+    2-core machine for a single process. When the launcher set it (ACCELERATE_* present) and no GPU is in use,
+    use cores // local processes instead; HF_TRANSFER_NUM_THREADS overrides either way.
+    """
+    explicit = os.environ.get("HF_TRANSFER_NUM_THREADS")
+    if explicit:
+        threads = int(explicit)
+    elif "ACCELERATE_MIXED_PRECISION" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1" and not torch.cuda.is_available():
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, (os.cpu_count() or 1) // local_processes)
+    else:
+        return torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,110 @@
+"""Preprocessing from the backbone's own data config, and training augmentation presets.
+
+Presets, gentlest first (pick by what a label depends on):
+
+* ``none``: the eval transform.
+* ``flip``: horizontal flips only.
+* ``gentle`` (default): small translations (10 %), rotations (10°) and scaling; no flips, no cropping away of the
+  object. Safe for digits, text, inspection and medical images, where orientation or framing carries meaning.
+* ``standard``: ``gentle`` plus horizontal flips: natural photos.
+* ``strong``: ImageNet-style random-resized-crop (scale 0.08-1) plus flips; large, natural-image datasets only:
+  on small or centred-object data it cuts out the object and train crops stop matching test images.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable
+
+import torch
+from torchvision.transforms import v2
+
+from .errors import TransferError
+
+AUGMENTATION_PRESETS = ("none", "flip", "gentle", "standard", "strong")
+_INTERPOLATION = {
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+def _to_rgb(image):
+    """Greyscale, palette, CMYK and RGBA images become RGB (alpha composited on white, not dropped to black)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        from PIL import Image
+
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def build_transform(data_cfg: dict, *, image_size: int | None = None, augmentation: str = "none") -> Callable:
+    """PIL image -> normalized float tensor (3, S, S), S = ``image_size`` or the backbone's input size."""
+    if augmentation not in AUGMENTATION_PRESETS:
+        raise TransferError(f"unknown augmentation preset {augmentation!r}; choose one of {', '.join(AUGMENTATION_PRESETS)}")
+    size = int(image_size or data_cfg["input_size"][-1])
+    interpolation = _INTERPOLATION.get(data_cfg.get("interpolation", "bilinear"), v2.InterpolationMode.BILINEAR)
+    crop_pct = float(data_cfg.get("crop_pct") or 1.0)
+    resize = math.floor(size / crop_pct)  # as timm and TimmWrapperImageProcessor do
+    head = [v2.Lambda(_to_rgb), v2.PILToTensor()]
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(data_cfg["mean"]), std=list(data_cfg["std"]))]
+    if augmentation == "strong":
+        body = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation, antialias=True), v2.RandomHorizontalFlip()]
+        return v2.Compose(head + body + tail)
+    body = [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
+    if augmentation in ("gentle", "standard"):
+        body.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR))
+    if augmentation in ("flip", "standard"):
+        body.append(v2.RandomHorizontalFlip())
+    return v2.Compose(head + body + tail)
+
+
+def decode_image(value):
+    """A `datasets.Image(decode=False)` cell (or a PIL image) -> PIL image; a corrupt file is a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, Image.Image):
+        return value
+    where = value.get("path") or "<in-memory image>"
+    try:
+        if value.get("bytes") is not None:
+            image = Image.open(io.BytesIO(value["bytes"]))
+        else:
+            image = Image.open(value["path"])
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise TransferError(f"corrupt or unreadable image {where!r} ({err}); remove or replace the file") from None
+
+
+def batch_transform(transform: Callable, image_column: str, label_column: str | None) -> Callable:
+    """A `datasets.Dataset.with_transform` function giving ``pixel_values`` (and ``labels``).
+
+    Works on undecoded image cells (`Image(decode=False)`), so that a corrupt file names itself.
+    """
+
+    def apply(batch):
+        out = {"pixel_values": [transform(decode_image(value)) for value in batch[image_column]]}
+        if label_column is not None and label_column in batch:
+            out["labels"] = batch[label_column]
+        return out
+
+    return apply
+
+
+def with_transforms(splits, data, data_cfg: dict, *, image_size: int | None, augmentation: str):
+    """Attach training augmentation to ``train`` and the eval transform to the other splits (lazily)."""
+    from datasets import Image
+
+    out = {}
+    for name, split in splits.items():
+        preset = augmentation if name == "train" else "none"
+        transform = build_transform(data_cfg, image_size=image_size, augmentation=preset)
+        split = split.cast_column(data.image_column, Image(decode=False))
+        out[name] = split.with_transform(batch_transform(transform, data.image_column, data.label_column))
+    return out

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+import torch
+
+from hf_transfer import TransferError, load_backbone
+from hf_transfer.backbones import data_config, set_preprocessing
+
+LABELS = ["cat", "dog", "bird"]
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"])
+def test_timm_architecture_wrapped_with_user_labels(arch, tmp_path):
+    model = load_backbone(arch, labels=LABELS, pretrained=False).eval()
+    assert type(model).__name__ == "TimmWrapperForImageClassification"
+    assert model.config.id2label == {0: "cat", 1: "dog", 2: "bird"}
+    assert model.config.label2id == {"cat": 0, "dog": 1, "bird": 2}
+    size = data_config(model)["input_size"][-1]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+    assert logits.shape == (2, 3)
+
+    # Round trip through save_pretrained: same outputs, same labels, preprocessing kept in config.json.
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"][-1] == size
+    reloaded = load_backbone(str(tmp_path)).eval()
+    assert reloaded.config.id2label == model.config.id2label
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, logits)
+
+
+def test_timm_folder_saved_by_timm_itself(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    timm_model = timm.create_model("test_resnet", num_classes=4).eval()
+    save_for_hf(timm_model, str(tmp_path), model_args={"num_classes": 4})
+    x = torch.randn(1, 3, 160, 160)
+    model = load_backbone(str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, timm_model(x))
+    new = load_backbone(str(tmp_path), labels=["a", "b"])
+    assert new.config.num_labels == 2 and new.timm_model.get_classifier().out_features == 2
+    # Only the head is new: the body kept the saved weights.
+    torch.testing.assert_close(new.timm_model.conv1[0].weight, timm_model.conv1[0].weight)
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext", "resnet"])
+def test_transformers_folder_gets_a_new_head_only(kind, tiny_hf_folders):
+    from transformers import AutoModelForImageClassification
+
+    original = AutoModelForImageClassification.from_pretrained(tiny_hf_folders[kind])
+    model = load_backbone(str(tiny_hf_folders[kind]), labels=LABELS)
+    assert model.config.num_labels == 3 and model.config.id2label[1] == "dog"
+    old, new = original.state_dict(), model.state_dict()
+    changed = {k for k in new if k not in old or old[k].shape != new[k].shape or not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith("classifier") for k in changed), changed
+
+
+def test_embedded_lite0_is_real_imagenet_weights():
+    """The embedded weights are the real ones: a photo of coffee is an espresso."""
+    import skimage.data
+    from PIL import Image
+
+    from hf_transfer.transforms import build_transform
+
+    model = load_backbone("embedded:efficientnet_lite0").eval()
+    assert model.config.num_labels == 1000
+    x = build_transform(data_config(model))(Image.fromarray(skimage.data.coffee())).unsqueeze(0)
+    with torch.no_grad():
+        probs = model(pixel_values=x).logits.softmax(-1)[0]
+    assert model.config.id2label[int(probs.argmax())] == "espresso"
+    assert probs.max() > 0.8
+
+
+def test_embedded_lite1_loads_with_its_resolution():
+    model = load_backbone("embedded:efficientnet_lite1", labels=["a", "b"])
+    assert data_config(model)["input_size"] == [3, 240, 240] or tuple(data_config(model)["input_size"]) == (3, 240, 240)
+    assert model.timm_model.classifier.out_features == 2
+
+
+def test_image_size_is_recorded_for_saved_folders(tmp_path):
+    model = load_backbone("test_efficientnet", labels=["a", "b"], pretrained=False)
+    set_preprocessing(model, 64)
+    model.save_pretrained(tmp_path)
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert processor.data_config["input_size"][-1] == 64
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("embedded:resnet9000", "unknown embedded backbone"),
+        ("./no/such/folder", "does not exist"),
+        ("surely-not-a-model-name", "cannot load model"),
+        ("test_resnet", "pretrained weights"),  # a timm architecture whose weights are not reachable offline
+    ],
+)
+def test_bad_model_names_give_one_line_errors(name, message):
+    with pytest.raises(TransferError, match=message) as info:
+        load_backbone(name, labels=["a", "b"])
+    assert "\n" not in str(info.value)

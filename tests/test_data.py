@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_transfer import TransferError, load_image_classification_data
+from hf_transfer.transforms import build_transform, decode_image, with_transforms
+
+CFG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+
+
+def test_embedded_mnist_is_real_and_split_stratified():
+    data = load_image_classification_data("embedded:mnist")
+    train, val = data.splits["train"], data.splits["validation"]
+    assert (len(train), len(val)) == (4500, 500)
+    assert data.labels == [str(i) for i in range(10)]
+    assert data.image_column == "image" and data.label_column == "label"
+    assert np.bincount(val["label"], minlength=10).tolist() == [50] * 10  # stratified: 500 per class -> 50 each
+    again = load_image_classification_data("embedded:mnist")
+    assert again.splits["validation"]["label"] == val["label"]  # same seed, same split
+    other = load_image_classification_data("embedded:mnist", seed=7)
+    assert other.splits["validation"]["label"] != val["label"]
+
+
+def test_image_folder_and_explicit_columns(image_folder):
+    data = load_image_classification_data(train_dir=str(image_folder), validation_split=0.25)
+    assert data.labels == ["digit_0", "digit_1"]
+    assert len(data.splits["train"]) == 18 and len(data.splits["validation"]) == 6
+
+
+def test_image_folder_with_one_class_is_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(TransferError, match="at least two"):
+        load_image_classification_data(train_dir=str(tmp_path))
+
+
+def test_missing_folder_and_missing_label_column():
+    with pytest.raises(TransferError, match="does not exist"):
+        load_image_classification_data(train_dir="/no/such/dir")
+    with pytest.raises(TransferError, match="label column 'species' not found"):
+        load_image_classification_data("embedded:digits", label_column_name="species")
+
+
+def test_unknown_dataset_is_a_one_line_error():
+    with pytest.raises(TransferError, match="cannot load dataset") as info:
+        load_image_classification_data("nobody/no-such-dataset-here")
+    assert "\n" not in str(info.value)
+
+
+def test_string_labels_become_one_classlabel_for_all_splits(tmp_path):
+    from datasets import Dataset, DatasetDict, Image as ImageFeature
+
+    images = [Image.new("RGB", (8, 8), color=(i * 20, 0, 0)) for i in range(12)]
+    labels = ["dog", "cat", "10", "2"] * 3
+    ds = Dataset.from_dict({"img": images, "kind": labels}).cast_column("img", ImageFeature())
+    DatasetDict({"train": ds, "validation": ds.select(range(4))}).save_to_disk(tmp_path / "saved")
+    data = load_image_classification_data(str(tmp_path / "saved"))
+    assert data.image_column == "img" and data.label_column == "kind"
+    assert data.labels == ["10", "2", "cat", "dog"]
+    train = data.splits["train"]
+    assert [data.labels[i] for i in train["kind"]] == labels
+
+
+def test_transforms_make_rgb_tensors_from_any_mode():
+    transform = build_transform(CFG)
+    for mode in ("L", "RGBA", "P", "RGB", "LA", "I;16"):
+        out = transform(Image.new(mode, (20, 28)))
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32, mode
+    # transparent pixels are composited on white, not black
+    clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    assert torch.allclose(transform(clear), torch.ones(3, 32, 32))
+
+
+@pytest.mark.parametrize("preset", ["none", "flip", "gentle", "standard", "strong"])
+def test_augmentation_presets_keep_shape(preset):
+    out = build_transform(CFG, image_size=48, augmentation=preset)(Image.new("RGB", (64, 40)))
+    assert out.shape == (3, 48, 48)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(TransferError, match="augmentation preset"):
+        build_transform(CFG, augmentation="wild")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(TransferError, match="bad.png"):
+        decode_image({"path": str(bad), "bytes": None})
+
+
+def test_with_transforms_gives_pixel_values_and_labels():
+    data = load_image_classification_data("embedded:digits")
+    splits = with_transforms(data.splits, data, CFG, image_size=32, augmentation="gentle")
+    batch = splits["train"][:4]
+    assert torch.stack(batch["pixel_values"]).shape == (4, 3, 32, 32)
+    assert batch["labels"] == data.splits["train"]["label"][:4]

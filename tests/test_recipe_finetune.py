@@ -1,0 +1,71 @@
+"""End-to-end: recipes/finetune.py writes a folder that pipeline() and the Auto classes load offline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "finetune.py"
+
+
+def run_recipe(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.slow
+def test_finetune_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "run"
+    result = run_recipe("--dataset_name", "embedded:digits", "--image_size", "32", "--max_train_samples", "256",
+                        "--max_eval_samples", "100", "--num_train_epochs", "1", "--output_dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"config.json", "model.safetensors", "all_results.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / ".staging").exists()
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and "eval_macro_f1" in results
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from transformers import AutoModelForImageClassification, pipeline
+
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.id2label == {i: str(i) for i in range(10)}
+    classify = pipeline("image-classification", model=str(out))
+    digits = load_digits()
+    labels = classify(Image.fromarray((digits.images[0] * 15).astype("uint8")))
+    assert {item["label"] for item in labels} <= {str(i) for i in range(10)}
+
+
+@pytest.mark.slow
+def test_config_file_and_default_output_dir(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset_name: embedded:lfw\nimage_size: 32\nmax_train_samples: 32\nmax_eval_samples: 16\n"
+                      "eval_strategy: 'no'\nmodel_name_or_path: embedded:efficientnet_lite0\n")
+    result = run_recipe(config, "--num_train_epochs", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "outputs" / "finetune-efficientnet_lite0-lfw"
+    assert (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "config.json").read_text())["label_names"] == ["not_face", "face"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model_name_or_path", "no-such-model-anywhere"], "cannot load model"),
+        (["--dataset_name", "nobody/missing-dataset"], "cannot load dataset"),
+        (["--train_dir", "/no/such/folder"], "does not exist"),
+        (["--dataset_name", "embedded:digits", "--label_column_name", "species"], "label column 'species' not found"),
+    ],
+)
+def test_bad_input_stops_with_one_line(args, message, tmp_path):
+    result = run_recipe(*args, "--output_dir", tmp_path / "out")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("finetune: error:") and message in lines[-1]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
