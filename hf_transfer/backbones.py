@@ -264,7 +264,7 @@ def load_backbone(
 
 
 def is_timm_wrapper(model) -> bool:
-    return getattr(model.config, "model_type", None) == "timm_wrapper"
+    return getattr(getattr(model, "config", None), "model_type", None) == "timm_wrapper"
 
 
 def data_config(model) -> dict:
