@@ -130,3 +130,8 @@ def parse_args(dataclass_types, args: list[str] | None = None):
                 flags += [f"--{key}", str(value)]
         argv = flags + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def finetune_argument_types() -> tuple:
+    """The dataclasses `recipes/finetune.py` and `hf-transfer finetune` parse, in order."""
+    return (ModelArguments, DataArguments, TransferTrainingArguments)

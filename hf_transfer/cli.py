@@ -1,0 +1,54 @@
+"""The `hf-transfer` command: a thin layer over the library (parse, then call), like `accelerate`'s CLI.
+
+    hf-transfer finetune [flags of recipes/finetune.py]
+    hf-transfer list                       # embedded backbones and datasets
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import exit_on_user_error
+
+
+def _finetune(argv: list[str]) -> None:
+    from .arguments import finetune_argument_types, parse_args
+    from .finetuning import run_finetune
+
+    with exit_on_user_error("hf-transfer finetune"):
+        run_finetune(*parse_args(finetune_argument_types(), argv))
+
+
+def _list(argv: list[str]) -> None:
+    from .backbones import EMBEDDED_BACKBONES, EMBEDDED_PREFIX
+    from .data import EMBEDDED_DATASETS
+
+    print("embedded backbones (no network needed):")
+    for name, spec in EMBEDDED_BACKBONES.items():
+        print(f"  {EMBEDDED_PREFIX}{name:<22} {spec.description}")
+    print("embedded datasets:")
+    for name, spec in EMBEDDED_DATASETS.items():
+        print(f"  {EMBEDDED_PREFIX}{name:<22} {spec.description}")
+
+
+COMMANDS = {
+    "finetune": (_finetune, "fine-tune a backbone (the flags of recipes/finetune.py)"),
+    "list": (_list, "list the embedded backbones and datasets"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: hf-transfer <command> [flags]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nhf-transfer: error: unknown command {argv[0]!r}; pick one of the commands above", file=sys.stderr)
+            raise SystemExit(2)
+        return
+    COMMANDS[argv[0]][0](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+import subprocess
+import sys
+
+from hf_transfer.cli import main
+
+
+def test_list_shows_embedded_assets(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    assert "embedded:efficientnet_lite0" in out and "embedded:mnist" in out
+
+
+def test_unknown_command_is_a_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "hf_transfer.cli", "frobnicate"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["hf-transfer: error: unknown command 'frobnicate'; pick one of the commands above"]
+
+
+def test_finetune_subcommand_reports_bad_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hf_transfer.cli", "finetune", "--train_dir", str(tmp_path / "nope")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("hf-transfer finetune: error: image folder")
