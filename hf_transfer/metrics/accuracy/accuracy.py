@@ -1,8 +1,9 @@
 """Accuracy as an `evaluate` metric module that ships with hf_transfer and loads offline by path."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from hf_transfer.metrics._common import classification_metric_info
 
 _DESCRIPTION = "Fraction of predictions equal to the references (optionally weighted per sample)."
 _KWARGS_DESCRIPTION = """
@@ -18,12 +19,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return classification_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, sample_weight=None):
         correct = np.asarray(predictions) == np.asarray(references)

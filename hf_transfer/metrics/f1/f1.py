@@ -1,8 +1,9 @@
 """F1 (macro by default) as an `evaluate` metric module that ships with hf_transfer and loads offline by path."""
 
-import datasets
 import evaluate
 from sklearn.metrics import f1_score
+
+from hf_transfer.metrics._common import classification_metric_info
 
 _DESCRIPTION = "F1 score: harmonic mean of precision and recall. Macro-F1 weighs every class equally (imbalanced data)."
 _KWARGS_DESCRIPTION = """
@@ -19,12 +20,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class F1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return classification_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, average="macro", labels=None):
         return {"f1": float(f1_score(references, predictions, average=average, labels=labels, zero_division=0))}
