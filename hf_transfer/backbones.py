@@ -222,11 +222,23 @@ def _load_transformers(name: str, labels: Sequence[str] | None, trust_remote_cod
         id2label, label2id = label_maps(labels)
         kwargs.update(num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
     try:
-        return AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
         if isinstance(err, ValueError) and "Unrecognized" not in str(err):
             raise
         raise _hub_error(name, err) from None
+    model._hf_transfer_image_processor = _image_processor_or_none(name, trust_remote_code, hub_kwargs)
+    return model
+
+
+def _image_processor_or_none(name: str, trust_remote_code: bool, hub_kwargs: dict):
+    """The checkpoint's own image processor, if it ships one (tiny or converted checkpoints often do not)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
 
 
 def load_backbone(
@@ -277,27 +289,23 @@ def data_config(model) -> dict:
 
 
 def _transformers_data_config(model) -> dict:
-    """Read preprocessing for a transformers model from its image processor (local files only, then defaults)."""
-    size, mean, std, crop_pct, interpolation = 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0, "bilinear"
+    """Preprocessing of a transformers model: from its image processor, else from its config (mean/std 0.5)."""
+    size = getattr(model.config, "image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    cfg = {"input_size": (3, int(size), int(size)), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+           "crop_pct": 1.0}
     processor = getattr(model, "_hf_transfer_image_processor", None)
-    if processor is None:
-        try:
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(model.name_or_path, local_files_only=True)
-        except Exception:  # noqa: BLE001 - a model without a processor file falls back to its config
-            processor = None
     if processor is not None:
         crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        size = crop.get("height") or crop.get("shortest_edge") or size
-        mean = tuple(getattr(processor, "image_mean", None) or mean)
-        std = tuple(getattr(processor, "image_std", None) or std)
-        crop_pct = getattr(processor, "crop_pct", None) or crop_pct
-    else:
-        size = getattr(model.config, "image_size", size)
-        if isinstance(size, (list, tuple)):
-            size = size[0]
-    return {"input_size": (3, int(size), int(size)), "interpolation": interpolation, "mean": mean, "std": std, "crop_pct": crop_pct}
+        size = getattr(model, "_hf_transfer_image_size", None) or crop.get("height") or crop.get("shortest_edge") or size
+        cfg.update(
+            input_size=(3, int(size), int(size)),
+            mean=tuple(getattr(processor, "image_mean", None) or cfg["mean"]),
+            std=tuple(getattr(processor, "image_std", None) or cfg["std"]),
+            crop_pct=getattr(processor, "crop_pct", None) or 1.0,
+            interpolation="bicubic" if int(getattr(processor, "resample", 2) or 2) == 3 else "bilinear",
+        )
+    return cfg
 
 
 def set_preprocessing(model, image_size: int | None = None) -> None:
@@ -311,3 +319,4 @@ def set_preprocessing(model, image_size: int | None = None) -> None:
         model.timm_model.pretrained_cfg = {**model.timm_model.pretrained_cfg, "input_size": (3, image_size, image_size)}
     else:
         model.config.image_size = int(image_size)
+        model._hf_transfer_image_size = int(image_size)  # wins over the processor's own size

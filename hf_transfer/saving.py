@@ -14,21 +14,30 @@ from pathlib import Path
 
 
 def image_processor_for(model, image_size: int | None = None):
-    """The image processor to save next to a model (pipeline / AutoImageProcessor need it to preprocess)."""
-    from .backbones import is_timm_wrapper
+    """The image processor to save next to a model (pipeline / AutoImageProcessor need it to preprocess).
+
+    timm models keep theirs in config.json (pretrained_cfg). A transformers model gets its own processor resized
+    to the training resolution, or, when its checkpoint shipped none, a plain resize-and-normalize one built from
+    the data config the model was trained with.
+    """
+    from .backbones import data_config, is_timm_wrapper
 
     if is_timm_wrapper(model):
-        from transformers import TimmWrapperImageProcessor
-
-        return TimmWrapperImageProcessor(pretrained_cfg=dict(model.config.pretrained_cfg))
+        return None
     processor = getattr(model, "_hf_transfer_image_processor", None)
-    if processor is not None and image_size:
-        if "height" in (getattr(processor, "size", None) or {}):
-            processor.size = {"height": image_size, "width": image_size}
-        elif "shortest_edge" in (getattr(processor, "size", None) or {}):
-            processor.size = {"shortest_edge": image_size}
-        if getattr(processor, "crop_size", None):
-            processor.crop_size = {"height": image_size, "width": image_size}
+    cfg = data_config(model)
+    size = int(image_size or cfg["input_size"][-1])
+    if processor is None:
+        from transformers import ViTImageProcessor
+
+        return ViTImageProcessor(do_resize=True, size={"height": size, "width": size}, image_mean=list(cfg["mean"]),
+                                 image_std=list(cfg["std"]))
+    if "height" in (getattr(processor, "size", None) or {}):
+        processor.size = {"height": size, "width": size}
+    elif "shortest_edge" in (getattr(processor, "size", None) or {}):
+        processor.size = {"shortest_edge": int(size / (cfg.get("crop_pct") or 1.0))}
+    if getattr(processor, "crop_size", None):
+        processor.crop_size = {"height": size, "width": size}
     return processor
 
 

@@ -69,3 +69,20 @@ def test_bad_input_stops_with_one_line(args, message, tmp_path):
     assert lines[-1].startswith("finetune: error:") and message in lines[-1]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_finetune_a_transformers_model_folder(tmp_path, tiny_hf_folders):
+    """A transformers checkpoint without an image processor still gives a folder that pipeline() can use."""
+    out = tmp_path / "vit"
+    result = run_recipe("--model_name_or_path", tiny_hf_folders["vit"], "--dataset_name", "embedded:lfw",
+                        "--image_size", "32", "--max_train_samples", "40", "--max_eval_samples", "16",
+                        "--eval_strategy", "no", "--output_dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from PIL import Image
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(out))
+    assert classify.image_processor.size == {"height": 32, "width": 32}
+    labels = [item["label"] for item in classify(Image.new("L", (25, 25)))]
+    assert sorted(labels) == ["face", "not_face"]
