@@ -5,18 +5,20 @@
     python recipes/finetune.py --model_name_or_path timm/resnet50.a1_in1k --train_dir data/train --output_dir out
     python recipes/finetune.py recipes/configs/finetune_default.yaml --num_train_epochs 3
 
-Every flag is a field of `ModelArguments`, `DataArguments` or `TransferTrainingArguments` (`--help` lists them).
+Every flag is a field of `ModelArguments`, `DataArguments`, `TransferTrainingArguments` or `TransferArguments` (`--help` lists them).
 """
 
-from hf_transfer.arguments import DataArguments, ModelArguments, TransferTrainingArguments, parse_args
+from hf_transfer.arguments import DataArguments, ModelArguments, TransferArguments, TransferTrainingArguments, parse_args
 from hf_transfer.errors import exit_on_user_error
 from hf_transfer.finetuning import run_finetune
 
 
 def main(args=None):
     with exit_on_user_error("finetune"):
-        model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, TransferTrainingArguments), args)
-        return run_finetune(model_args, data_args, training_args)
+        model_args, data_args, training_args, transfer_args = parse_args(
+            (ModelArguments, DataArguments, TransferTrainingArguments, TransferArguments), args
+        )
+        return run_finetune(model_args, data_args, training_args, transfer_args)
 
 
 if __name__ == "__main__":
