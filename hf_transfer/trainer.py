@@ -83,6 +83,13 @@ class TransferPlanCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.apply(state, "transfer plan changed")
 
+    def on_train_end(self, args, state, control, **kwargs):
+        # DDP broadcasts buffers from rank 0 at the start of each forward, so after the last step every rank holds
+        # BatchNorm statistics of its own last batch: finish with rank 0's, as the next forward would.
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            for buffer in self.trainer.model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
