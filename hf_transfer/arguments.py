@@ -115,12 +115,12 @@ class TransferArguments:
         default=None, metadata={"help": "Folder of an exported linear probe to initialize the head from."}
     )
 
-    def to_config(self, training_args: TrainingArguments):
+    def to_config(self, training_args: TrainingArguments, learning_rate: float | None = None):
         from .plan import TransferConfig
 
         return TransferConfig(
             strategy=self.strategy, freeze=self.freeze, bn_policy=self.bn_policy,
-            learning_rate=training_args.learning_rate, weight_decay=training_args.weight_decay,
+            learning_rate=learning_rate or training_args.learning_rate or 1e-3, weight_decay=training_args.weight_decay,
             backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
@@ -132,7 +132,11 @@ class TransferTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that suit fine-tuning a pretrained vision backbone."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the new head."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the new head (pretrained parts get x --backbone_lr_multiplier). Default by "
+                          "family: 1e-2 for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})

@@ -71,20 +71,23 @@ def run_finetune(
     all_results.json."""
     from transformers import set_seed
 
-    from .plan import TransferPlan
+    from .plan import TransferPlan, default_learning_rate
     from .trainer import TransferTrainer
 
     start = time.perf_counter()
     transfer_args = transfer_args or TransferArguments()
-    config = transfer_args.to_config(training_args)
-    config.validate()  # bad flags fail before any data or model is loaded
+    transfer_args.to_config(training_args).validate()  # bad flags fail before any data or model is loaded
     configure_cpu_threads()
     set_seed(training_args.seed)
-    pretrained = False if config.strategy == "scratch" else None
+    pretrained = False if transfer_args.strategy == "scratch" else None
     data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune", pretrained=pretrained)
     if transfer_args.head_init_from:
         init_head_from(model, transfer_args.head_init_from)
-    plan = TransferPlan.build(model, config)
+    if training_args.learning_rate is None:
+        training_args.learning_rate = default_learning_rate(model)
+        say(f"--learning_rate not given: {training_args.learning_rate:g} for the head (the default for "
+            f"{'BatchNorm CNNs' if training_args.learning_rate > 1e-3 else 'this backbone family'})")
+    plan = TransferPlan.build(model, transfer_args.to_config(training_args))
     plan.reinitialize(model)
     say(
         f"{model_args.model_name_or_path} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params)"

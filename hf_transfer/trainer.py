@@ -29,7 +29,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .errors import TransferError
-from .plan import PLAN_FILE, TransferConfig, TransferPlan
+from .plan import PLAN_FILE, TransferConfig, TransferPlan, default_learning_rate
 from .runtime import say
 
 
@@ -106,10 +106,13 @@ class TransferTrainer(Trainer):
             raise TransferError("TransferTrainer needs a model (model_init is not supported)")
         if plan is None:
             if transfer_config is None:
-                transfer_config = TransferConfig(learning_rate=args.learning_rate, weight_decay=args.weight_decay)
+                transfer_config = TransferConfig(learning_rate=args.learning_rate or default_learning_rate(model),
+                                                 weight_decay=args.weight_decay)
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)
         self.plan = plan
+        if args is not None and args.learning_rate is None:
+            args.learning_rate = plan.config.learning_rate  # the plan's groups carry the real rates
         if args is not None and args.ddp_find_unused_parameters is None and len(plan.change_epochs()) > 1:
             # Parameters that have not unfrozen yet get no gradient: DDP must not wait for them.
             args.ddp_find_unused_parameters = True
