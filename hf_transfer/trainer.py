@@ -104,6 +104,8 @@ class TransferTrainer(Trainer):
                  transfer_config: TransferConfig | None = None, **kwargs):
         if model is None:
             raise TransferError("TransferTrainer needs a model (model_init is not supported)")
+        if args is None:
+            raise TransferError("TransferTrainer needs args=TrainingArguments(...) (the plan reads its learning rate)")
         if plan is None:
             if transfer_config is None:
                 transfer_config = TransferConfig(learning_rate=args.learning_rate or default_learning_rate(model),
@@ -111,9 +113,9 @@ class TransferTrainer(Trainer):
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)
         self.plan = plan
-        if args is not None and args.learning_rate is None:
+        if args.learning_rate is None:
             args.learning_rate = plan.config.learning_rate  # the plan's groups carry the real rates
-        if args is not None and args.ddp_find_unused_parameters is None and len(plan.change_epochs()) > 1:
+        if args.ddp_find_unused_parameters is None and len(plan.change_epochs()) > 1:
             # Parameters that have not unfrozen yet get no gradient: DDP must not wait for them.
             args.ddp_find_unused_parameters = True
         plan.apply_freeze(model, None)  # everything that ever trains is visible to DDP when it wraps the model

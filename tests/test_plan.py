@@ -64,7 +64,7 @@ def test_exact_trainable_set_for_each_freeze_rule(any_model, rule):
     expected = set(names) - frozen
     plan = TransferPlan.build(model, TransferConfig(freeze=rule))
     assert plan.trainable_at(0) == expected
-    TransferTrainer(model=model, args=None if False else _args(), plan=plan)
+    TransferTrainer(model=model, args=_args(), plan=plan)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
     # each parameter in exactly one group; the frozen ones are the groups marked frozen
     listed = [n for g in plan.groups for n in g.params]
@@ -247,3 +247,9 @@ def test_lp_ft_schedule_and_plan_json(tmp_path):
     for g in saved["groups"]:
         assert set(g) >= {"lr", "weight_decay", "frozen", "trains_from_epoch", "params"}
     assert TransferPlan.load(tmp_path).to_dict() == plan.to_dict()
+
+
+def test_scratch_trains_everything_as_new_at_one_rate():
+    model = make_model("test_convnext")
+    plan = TransferPlan.build(model, TransferConfig(strategy="scratch", learning_rate=2e-3, layer_decay=0.5))
+    assert all(g.new and g.lr == 2e-3 and not g.frozen and g.trains_from_epoch == 0 for g in plan.groups)
