@@ -76,6 +76,8 @@ def run_finetune(
 
     start = time.perf_counter()
     transfer_args = transfer_args or TransferArguments()
+    if model_args.no_pretrained and transfer_args.strategy == "full":
+        transfer_args.strategy = "scratch"  # random weights: nothing is pretrained, so no backbone lr multiplier
     transfer_args.to_config(training_args).validate()  # bad flags fail before any data or model is loaded
     configure_cpu_threads()
     set_seed(training_args.seed)
