@@ -213,6 +213,9 @@ class TransferPlan:
         frozen = _frozen_by_rule(config.freeze, layer_map, names)
         if config.strategy == "linear_probe":
             frozen |= set(layer_map.param_names([g.index for g in layer_map.body]))
+        if frozen and not frozen - new:
+            raise TransferError(f"--freeze {config.freeze!r} only matches new (head or re-initialized) parameters, which always "
+                                "train; point it at pretrained layers")
         frozen -= new  # new modules always train: frozen random weights help nobody
 
         start = _start_epochs(config, layer_map, frozen, new)

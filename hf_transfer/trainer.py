@@ -104,6 +104,9 @@ class TransferTrainer(Trainer):
                  transfer_config: TransferConfig | None = None, **kwargs):
         if model is None:
             raise TransferError("TransferTrainer needs a model (model_init is not supported)")
+        if (kwargs.get("optimizers") or (None, None))[0] is not None or kwargs.get("optimizer_cls_and_kwargs"):
+            raise TransferError("TransferTrainer builds its optimizer from the plan; choose it with args.optim / "
+                                "args.optim_args instead of optimizers= or optimizer_cls_and_kwargs=")
         if args is None:
             raise TransferError("TransferTrainer needs args=TrainingArguments(...) (the plan reads its learning rate)")
         if plan is None:

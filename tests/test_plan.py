@@ -93,6 +93,7 @@ def test_linear_probe_trains_head_only_and_bad_rules_fail(tiny_hf_folders):
     for cfg, message in [
         (TransferConfig(freeze="regex:nothing_matches_this"), "matches no parameter"),
         (TransferConfig(freeze="depth:99"), "K must be"),
+        (TransferConfig(freeze="regex:classifier"), "only matches new"),
         (TransferConfig(freeze="layers:3"), "unknown"),
         (TransferConfig(strategy="partial"), "--freeze"),
         (TransferConfig(strategy="lp_ft"), "--lp_epochs"),
