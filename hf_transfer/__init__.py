@@ -6,12 +6,26 @@ from .backbones import EMBEDDED_BACKBONES, load_backbone, wrap_timm_model
 from .data import EMBEDDED_DATASETS, load_image_classification_data
 from .errors import TransferError
 from .metrics import ClassificationMetrics, load_metric
+from .plan import TransferConfig, TransferPlan
+
+
+def __getattr__(name):
+    # TransferTrainer imports transformers.Trainer: load it only when asked for
+    if name == "TransferTrainer":
+        from .trainer import TransferTrainer
+
+        return TransferTrainer
+    raise AttributeError(f"module 'hf_transfer' has no attribute {name!r}")
+
 
 __all__ = [
     "EMBEDDED_BACKBONES",
     "EMBEDDED_DATASETS",
     "ClassificationMetrics",
+    "TransferConfig",
     "TransferError",
+    "TransferPlan",
+    "TransferTrainer",
     "load_backbone",
     "load_image_classification_data",
     "load_metric",
