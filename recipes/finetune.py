@@ -8,9 +8,15 @@
 Every flag is a field of `ModelArguments`, `DataArguments`, `TransferTrainingArguments` or `TransferArguments` (`--help` lists them).
 """
 
-from hf_transfer.arguments import DataArguments, ModelArguments, TransferArguments, TransferTrainingArguments, parse_args
-from hf_transfer.errors import exit_on_user_error
-from hf_transfer.finetuning import run_finetune
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads that compete with other jobs made
+# training steps up to 20x slower (measured 8 s vs 0.4 s per Lite0 step); must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from hf_transfer.arguments import DataArguments, ModelArguments, TransferArguments, TransferTrainingArguments, parse_args  # noqa: E402
+from hf_transfer.errors import exit_on_user_error  # noqa: E402
+from hf_transfer.finetuning import run_finetune  # noqa: E402
 
 
 def main(args=None):
