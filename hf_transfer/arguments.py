@@ -74,11 +74,69 @@ class DataArguments:
 
 
 @dataclass
+class TransferArguments:
+    """How to transfer: what trains when, BatchNorm, re-initialization and layer-wise learning rates."""
+
+    strategy: str = field(
+        default="full",
+        metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
+                          "all) | scratch (random init)."},
+    )
+    freeze: str = field(
+        default="none",
+        metadata={"help": "none | backbone | depth:K (first K depth groups) | fraction:F (first F of the depth groups) "
+                          "| regex:PATTERN (matching parameter names). Frozen for the whole run."},
+    )
+    bn_policy: str = field(
+        default="frozen",
+        metadata={"help": "frozen: BatchNorm in frozen parts keeps weights and running statistics; eval: every "
+                          "BatchNorm uses running statistics; train: statistics update everywhere."},
+    )
+    backbone_lr_multiplier: float = field(
+        default=0.1, metadata={"help": "Factor on --learning_rate for every pretrained parameter."}
+    )
+    layer_decay: float = field(
+        default=1.0, metadata={"help": "Depth group i of L gets the extra factor D^(L-i) (BEiT-style); 1 = off."}
+    )
+    lr_multipliers: str | None = field(
+        default=None, metadata={"help": "'regex=factor,...' extra lr factors for matching parameter names (first match wins)."}
+    )
+    reinit: str | None = field(
+        default=None, metadata={"help": "Re-initialize modules whose name matches this regex (trained as new, at the head's lr)."}
+    )
+    gradual_unfreeze_epochs: int = field(
+        default=0, metadata={"help": "N > 0: start with the head only and unfreeze one more depth group from the top every N epochs."}
+    )
+    lp_epochs: int = field(default=0, metadata={"help": "Head-only epochs before full fine-tuning (--strategy lp_ft)."})
+    layer_regex: str | None = field(
+        default=None, metadata={"help": "Regex with one (\\d+) group numbering the blocks, for architectures the layer map does not know."}
+    )
+    head_init_from: str | None = field(
+        default=None, metadata={"help": "Folder of an exported linear probe to initialize the head from."}
+    )
+
+    def to_config(self, training_args: TrainingArguments, learning_rate: float | None = None):
+        from .plan import TransferConfig
+
+        return TransferConfig(
+            strategy=self.strategy, freeze=self.freeze, bn_policy=self.bn_policy,
+            learning_rate=learning_rate or training_args.learning_rate or 1e-3, weight_decay=training_args.weight_decay,
+            backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
+            lr_multipliers=self.lr_multipliers, reinit=self.reinit,
+            gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
+        )
+
+
+@dataclass
 class TransferTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that suit fine-tuning a pretrained vision backbone."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the new head."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the new head (pretrained parts get x --backbone_lr_multiplier). Default by "
+                          "family: 1e-2 for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
@@ -134,4 +192,4 @@ def parse_args(dataclass_types, args: list[str] | None = None):
 
 def finetune_argument_types() -> tuple:
     """The dataclasses `recipes/finetune.py` and `hf-transfer finetune` parse, in order."""
-    return (ModelArguments, DataArguments, TransferTrainingArguments)
+    return (ModelArguments, DataArguments, TransferTrainingArguments, TransferArguments)

@@ -7,9 +7,11 @@ import time
 
 import torch
 
-from .arguments import DataArguments, ModelArguments, TransferTrainingArguments, default_output_dir
+from .arguments import DataArguments, ModelArguments, TransferArguments, TransferTrainingArguments, default_output_dir
 from .backbones import data_config, is_timm_wrapper, load_backbone, set_preprocessing
+from .errors import TransferError
 from .metrics import ClassificationMetrics
+from .resolution import change_input_size
 from .runtime import configure_cpu_threads, say
 from .saving import save_model_folder, staged_output, write_json
 from .transforms import with_transforms
@@ -25,7 +27,8 @@ def use_channels_last(model) -> bool:
     return has_conv and not has_attention
 
 
-def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments, recipe: str):
+def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments, recipe: str,
+            pretrained: bool | None = None):
     """Load data and backbone and attach transforms; shared by fine-tuning and probing."""
     data = data_args.load(training_args.seed, model_args)
     image_size = model_args.image_size or data.suggested_image_size
@@ -35,10 +38,12 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     model = load_backbone(
         model_args.model_name_or_path,
         labels=data.labels,
-        pretrained=not model_args.no_pretrained,
+        pretrained=(not model_args.no_pretrained) if pretrained is None else pretrained,
         trust_remote_code=model_args.trust_remote_code,
         **hub_kwargs,
     )
+    if image_size:  # ViTs need resampled position embeddings: say what the size change did to the model
+        say(change_input_size(model, image_size))
     set_preprocessing(model, image_size)
     cfg = data_config(model)
     splits = with_transforms(data.splits, data, cfg, image_size=image_size, augmentation=data_args.augmentation)
@@ -47,16 +52,45 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     return data, model, splits, int(image_size or cfg["input_size"][-1])
 
 
+def init_head_from(model, folder: str) -> None:
+    """Initialize the classifier from an exported linear probe (the loader comes with the probe export)."""
+    try:
+        from .probe import init_head_from_probe  # noqa: F401 - provided by the probe-export feature
+    except ImportError:
+        raise TransferError("--head_init_from is not available yet") from None
+    init_head_from_probe(model, folder)
+
+
 def run_finetune(
-    model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TransferTrainingArguments,
+    transfer_args: TransferArguments | None = None,
 ) -> dict[str, float]:
-    """Fine-tune and write ``output_dir``: config.json, model.safetensors, preprocessor, all_results.json."""
-    from transformers import Trainer, set_seed
+    """Fine-tune and write ``output_dir``: config.json, model.safetensors, preprocessor, transfer_plan.json,
+    all_results.json."""
+    from transformers import set_seed
+
+    from .plan import TransferPlan, default_learning_rate
+    from .trainer import TransferTrainer
 
     start = time.perf_counter()
+    transfer_args = transfer_args or TransferArguments()
+    if model_args.no_pretrained and transfer_args.strategy == "full":
+        transfer_args.strategy = "scratch"  # random weights: nothing is pretrained, so no backbone lr multiplier
+    transfer_args.to_config(training_args).validate()  # bad flags fail before any data or model is loaded
     configure_cpu_threads()
     set_seed(training_args.seed)
-    data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune")
+    pretrained = False if transfer_args.strategy == "scratch" else None
+    data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune", pretrained=pretrained)
+    if transfer_args.head_init_from:
+        init_head_from(model, transfer_args.head_init_from)
+    if training_args.learning_rate is None:
+        training_args.learning_rate = default_learning_rate(model)
+        say(f"--learning_rate not given: {training_args.learning_rate:g} for the head (the default for "
+            f"{'BatchNorm CNNs' if training_args.learning_rate > 1e-3 else 'this backbone family'})")
+    plan = TransferPlan.build(model, transfer_args.to_config(training_args))
+    plan.reinitialize(model)
     say(
         f"{model_args.model_name_or_path} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params)"
         f" on {data.source}: {len(splits['train'])} train / {len(splits['validation'])} validation images,"
@@ -67,9 +101,10 @@ def run_finetune(
     if use_channels_last(model):
         model = model.to(memory_format=torch.channels_last)
 
-    trainer = Trainer(
+    trainer = TransferTrainer(
         model=model,
         args=training_args,
+        plan=plan,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         compute_metrics=ClassificationMetrics(),
@@ -84,6 +119,7 @@ def run_finetune(
     if trainer.is_world_process_zero():
         with staged_output(training_args.output_dir) as staging:
             save_model_folder(trainer.model, staging, image_size=image_size)
+            plan.save(staging, trainer.model)
             write_json(staging / "all_results.json", metrics)
         say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f};"
             f" model written to {training_args.output_dir}")

@@ -3,9 +3,10 @@
 
     accelerate launch recipes/finetune.py                      # embedded default: EfficientNet-Lite0 on MNIST-5k
     python recipes/finetune.py --model_name_or_path timm/resnet50.a1_in1k --train_dir data/train --output_dir out
-    python recipes/finetune.py my_run.yaml --num_train_epochs 3
+    python recipes/finetune.py my_run.yaml --num_train_epochs 3 --freeze fraction:0.5 --layer_decay 0.8
 
-Every flag is a field of the dataclasses in `hf_transfer.arguments` (`--help` lists them).
+Every flag is a field of `ModelArguments`, `DataArguments`, `TransferTrainingArguments` or `TransferArguments`
+(`--help` lists them).
 """
 
 from hf_transfer.arguments import finetune_argument_types, parse_args

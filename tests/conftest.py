@@ -5,12 +5,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared CPU (before torch loads)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("HF_TRANSFER_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +56,38 @@ def image_folder(tmp_path):
         for i, img in enumerate(digits.images[digits.target == cls][:12]):
             Image.fromarray((img * 15).astype(np.uint8)).save(root / f"digit_{cls}" / f"{i}.png")
     return root
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """A fixed batch of random images with labels, in the dict form Trainer feeds models."""
+
+    def __init__(self, n=16, size=32, classes=2, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.randint(0, classes, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+@pytest.fixture
+def random_images():
+    return RandomImages
+
+
+@pytest.fixture
+def tiny_training_args(tmp_path):
+    """TrainingArguments for a few CPU steps, no logging or saving unless overridden."""
+    from transformers import TrainingArguments
+
+    def make(**overrides):
+        kwargs = dict(output_dir=str(tmp_path / "out"), use_cpu=True, num_train_epochs=1, per_device_train_batch_size=8,
+                      report_to=[], save_strategy="no", logging_strategy="no", remove_unused_columns=False,
+                      disable_tqdm=True, learning_rate=1e-2, weight_decay=0.05, seed=0, dataloader_num_workers=0)
+        kwargs.update(overrides)
+        return TrainingArguments(**kwargs)
+
+    return make

@@ -1,0 +1,389 @@
+"""TransferPlan: the single source of truth for what trains, when, and at which learning rate.
+
+A plan is built once from a `TransferConfig` and a model's `LayerMap`. It decides
+
+* which parameters are frozen for the whole run and from which epoch the others train (freeze rules,
+  linear probing, LP-FT, gradual unfreezing): each parameter gets a *start epoch* or ``None`` (never trains);
+* the BatchNorm policy (``frozen`` | ``eval`` | ``train``);
+* which modules are re-initialized (they then count as new, like the head);
+* the parameter groups of the optimizer: (depth, new/pretrained, decay/no-decay, lr, start epoch), each with its
+  final ``lr`` and ``weight_decay`` written out, so every HF scheduler scales the real values.
+
+Everything that freezes a parameter, switches a BatchNorm to eval or sets a learning rate reads the plan;
+`TransferTrainer` (trainer.py) applies it. The plan is printed as a table and saved as ``transfer_plan.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import TransferError
+from .layers import LayerMap, build_layer_map
+
+STRATEGIES = ("full", "linear_probe", "partial", "lp_ft", "scratch")
+BN_POLICIES = ("frozen", "eval", "train")
+PLAN_FILE = "transfer_plan.json"
+PLAN_VERSION = 1
+
+# Parameters that are not weights of a linear map: decaying them pulls tokens / positions toward zero.
+NO_DECAY_NAME = re.compile(r"(^|\.|_)(pos_embed|position_embeddings|cls_token|dist_token|reg_token|mask_token|"
+                           r"relative_position_bias_table|absolute_pos_embed)($|\.)")
+RESETTABLE = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm,
+              torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def default_learning_rate(model: torch.nn.Module) -> float:
+    """The head's learning rate when none is given; the pretrained body trains at x backbone_lr_multiplier (0.1).
+
+    BatchNorm CNNs (EfficientNet, ResNet, MobileNet) fine-tune well at 1e-2 / 1e-3: on the embedded default
+    (Lite0, MNIST-5k, one epoch) 1e-2 / 1e-3 gave 0.988 accuracy against 0.922 at 1e-3 / 1e-4. Transformers and
+    LayerNorm ConvNeXts diverge at such rates and get 1e-3 / 1e-4.
+    """
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return 1e-2 if has_batchnorm else 1e-3
+
+
+@dataclass
+class TransferConfig:
+    """What the user asked for (the `TransferArguments` flags plus the head's learning rate and weight decay)."""
+
+    strategy: str = "full"
+    freeze: str = "none"
+    bn_policy: str = "frozen"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    backbone_lr_multiplier: float = 0.1
+    layer_decay: float = 1.0
+    lr_multipliers: str | None = None
+    reinit: str | None = None
+    gradual_unfreeze_epochs: int = 0
+    lp_epochs: int = 0
+    layer_regex: str | None = None
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise TransferError(f"--strategy {self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+        if self.bn_policy not in BN_POLICIES:
+            raise TransferError(f"--bn_policy {self.bn_policy!r} is unknown; choose one of {', '.join(BN_POLICIES)}")
+        if self.strategy == "partial" and self.freeze in ("none", "", None):
+            raise TransferError("--strategy partial needs a --freeze rule; pass e.g. --freeze fraction:0.5")
+        if self.strategy == "lp_ft" and self.lp_epochs < 1:
+            raise TransferError("--strategy lp_ft needs --lp_epochs N (N >= 1 head-only epochs)")
+        if self.lp_epochs and self.strategy != "lp_ft":
+            raise TransferError("--lp_epochs only applies to --strategy lp_ft; add --strategy lp_ft or drop it")
+        if self.gradual_unfreeze_epochs < 0:
+            raise TransferError("--gradual_unfreeze_epochs must be >= 0")
+        if self.gradual_unfreeze_epochs and self.strategy in ("linear_probe", "lp_ft"):
+            raise TransferError(f"--gradual_unfreeze_epochs cannot be combined with --strategy {self.strategy}; pick one schedule")
+        if not 0 < self.layer_decay <= 1:
+            raise TransferError(f"--layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
+        if self.backbone_lr_multiplier < 0 or self.learning_rate <= 0:
+            raise TransferError("--learning_rate must be > 0 and --backbone_lr_multiplier >= 0")
+
+
+@dataclass
+class ParamGroup:
+    """One optimizer parameter group: parameters that share depth, lr, weight decay and start epoch."""
+
+    name: str
+    depth: int
+    lr: float
+    weight_decay: float
+    trains_from_epoch: int | None  # None: frozen for the whole run (not in the optimizer)
+    new: bool  # head or re-initialized: not pretrained
+    params: list[str] = field(default_factory=list)
+
+    @property
+    def frozen(self) -> bool:
+        return self.trains_from_epoch is None
+
+
+def parse_lr_multipliers(text: str | None) -> list[tuple[re.Pattern, float]]:
+    """'blocks\\.0=0.5,head=2' -> [(re, 0.5), (re, 2.0)]; each item splits at its last '='."""
+    rules = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        pattern, sep, factor = item.rpartition("=")
+        try:
+            if not sep or not pattern:
+                raise ValueError
+            rules.append((re.compile(pattern), float(factor)))
+        except (ValueError, re.error):
+            raise TransferError(f"--lr_multipliers item {item!r} is not 'regex=factor'; write e.g. 'blocks\\.0=0.5,classifier=2'") from None
+    return rules
+
+
+def _frozen_by_rule(rule: str, layer_map: LayerMap, names: list[str]) -> set[str]:
+    """Parameter names a --freeze rule freezes for the whole run."""
+    rule = (rule or "none").strip()
+    body_depths = [g.index for g in layer_map.body]
+    if rule == "none":
+        return set()
+    if rule == "backbone":
+        return set(layer_map.param_names(body_depths))
+    kind, _, value = rule.partition(":")
+    if kind == "depth":
+        try:
+            k = int(value)
+        except ValueError:
+            k = -1
+        if not 0 < k <= len(body_depths):
+            raise TransferError(f"--freeze {rule!r}: K must be an integer in 1..{len(body_depths)} (the body has {len(body_depths)} depth groups)")
+        return set(layer_map.param_names(body_depths[:k]))
+    if kind == "fraction":
+        try:
+            f = float(value)
+        except ValueError:
+            f = -1.0
+        if not 0 < f <= 1:
+            raise TransferError(f"--freeze {rule!r}: F must be a number in (0, 1], e.g. fraction:0.5")
+        k = int(math.floor(f * len(body_depths) + 1e-9))
+        if k == 0:
+            raise TransferError(f"--freeze {rule!r} freezes no depth group ({len(body_depths)} in the body); raise F")
+        return set(layer_map.param_names(body_depths[:k]))
+    if kind == "regex":
+        try:
+            pattern = re.compile(value)
+        except re.error as err:
+            raise TransferError(f"--freeze {rule!r}: invalid regular expression ({err})") from None
+        matched = {n for n in names if pattern.search(n)}
+        if not matched:
+            raise TransferError(f"--freeze {rule!r} matches no parameter; check the names with build_layer_map(model).table()")
+        return matched
+    raise TransferError(f"--freeze {rule!r} is unknown; use none, backbone, depth:K, fraction:F or regex:PATTERN")
+
+
+def _reinit_modules(model: torch.nn.Module, pattern: str | None) -> list[str]:
+    """The highest resettable modules whose name matches --reinit."""
+    if not pattern:
+        return []
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise TransferError(f"--reinit {pattern!r}: invalid regular expression ({err})") from None
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if name and regex.search(name) and not any(name.startswith(c + ".") for c in chosen):
+            if any(isinstance(m, RESETTABLE) for m in module.modules()):
+                chosen.append(name)
+    if not chosen:
+        raise TransferError(f"--reinit {pattern!r} matches no Linear/Conv/Norm module; check the names with model.named_modules()")
+    return chosen
+
+
+def _no_decay_names(model: torch.nn.Module) -> set[str]:
+    """Biases, every normalization weight (BatchNorm too) and position/class tokens: no weight decay."""
+    names = {n for n, p in model.named_parameters() if p.ndim <= 1 or NO_DECAY_NAME.search(n)}
+    for prefix, module in model.named_modules():  # timm declares its own no-decay names (pos_embed, cls_token, ...)
+        declared = getattr(module, "no_weight_decay", None)
+        if callable(declared) and isinstance(module, torch.nn.Module):
+            try:
+                for short in declared():
+                    names.update(n for n, _ in model.named_parameters()
+                                 if n == f"{prefix}.{short}" or n.startswith(f"{prefix}.{short}.") or (not prefix and n == short))
+            except TypeError:
+                pass
+    return names
+
+
+@dataclass
+class TransferPlan:
+    config: TransferConfig
+    groups: list[ParamGroup]
+    depth_names: list[str]
+    reinit_modules: list[str] = field(default_factory=list)
+    layer_map_source: str = ""
+
+    # ----------------------------------------------------------------------------------------------- build
+    @classmethod
+    def build(cls, model: torch.nn.Module, config: TransferConfig, layer_map: LayerMap | None = None) -> "TransferPlan":
+        config.validate()
+        layer_map = layer_map or build_layer_map(model, config.layer_regex)
+        names = [n for n, _ in model.named_parameters()]
+        head = layer_map.head.index  # L in D^(L - i)
+        reinit = _reinit_modules(model, config.reinit)
+        new = set(layer_map.head.param_names) | {n for n in names if any(n.startswith(m + ".") for m in reinit)}
+        if config.strategy == "scratch":
+            new = set(names)  # random init: nothing is pretrained
+        frozen = _frozen_by_rule(config.freeze, layer_map, names)
+        if config.strategy == "linear_probe":
+            frozen |= set(layer_map.param_names([g.index for g in layer_map.body]))
+        if frozen and not frozen - new:
+            raise TransferError(f"--freeze {config.freeze!r} only matches new (head or re-initialized) parameters, which always "
+                                "train; point it at pretrained layers")
+        frozen -= new  # new modules always train: frozen random weights help nobody
+
+        start = _start_epochs(config, layer_map, frozen, new)
+        rules = parse_lr_multipliers(config.lr_multipliers)
+        for pattern, _ in rules:
+            if not any(pattern.search(n) for n in names):
+                raise TransferError(f"--lr_multipliers rule {pattern.pattern!r} matches no parameter; check the names")
+        no_decay = _no_decay_names(model)
+
+        grouped: dict[tuple, ParamGroup] = {}
+        for n in names:
+            depth = layer_map.depth_of(n)
+            is_new = n in new
+            lr = config.learning_rate
+            if not is_new:
+                lr *= config.backbone_lr_multiplier * config.layer_decay ** (head - depth)
+            override = next(((pattern, factor) for pattern, factor in rules if pattern.search(n)), None)
+            if override:  # the first matching rule wins
+                lr *= override[1]
+            wd = 0.0 if n in no_decay else config.weight_decay
+            key = (depth, is_new, wd == 0.0, lr, start[n])
+            if key not in grouped:
+                label = layer_map.groups[depth].name + ("/new" if is_new and depth != head else "") + ("/no_decay" if wd == 0.0 else "")
+                if override:
+                    label += f"/x{override[1]:g}"
+                grouped[key] = ParamGroup(label, depth, lr, wd, start[n], is_new)
+            grouped[key].params.append(n)
+        groups = sorted(grouped.values(), key=lambda g: (g.depth, g.new, g.weight_decay == 0.0, g.lr))
+        return cls(config, groups, [g.name for g in layer_map.groups], reinit, layer_map.source)
+
+    # --------------------------------------------------------------------------------------------- queries
+    @property
+    def ever_trained(self) -> set[str]:
+        return {n for g in self.groups if not g.frozen for n in g.params}
+
+    def trainable_at(self, epoch: int) -> set[str]:
+        return {n for g in self.groups if not g.frozen and g.trains_from_epoch <= epoch for n in g.params}
+
+    def change_epochs(self) -> list[int]:
+        return sorted({g.trains_from_epoch for g in self.groups if not g.frozen})
+
+    # --------------------------------------------------------------------------------------------- apply
+    def reinitialize(self, model: torch.nn.Module) -> None:
+        """reset_parameters() on every --reinit module (call once, on a freshly loaded model)."""
+        modules = dict(model.named_modules())
+        for name in self.reinit_modules:
+            for sub in modules[name].modules():
+                if isinstance(sub, RESETTABLE) and hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+
+    def apply_freeze(self, model: torch.nn.Module, epoch: int | None) -> set[str]:
+        """requires_grad for the phase at ``epoch``; ``None`` means 'every parameter that ever trains' (for DDP wrap)."""
+        trainable = self.ever_trained if epoch is None else self.trainable_at(epoch)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in trainable)
+        return trainable
+
+    def frozen_batchnorm(self, model: torch.nn.Module, epoch: int) -> list[torch.nn.Module]:
+        """BatchNorm modules that must stay in eval mode during training at ``epoch`` under the BN policy."""
+        if self.config.bn_policy == "train":
+            return []
+        trainable = self.trainable_at(epoch)
+        chosen = []
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                params = [f"{name}.{p}" for p, _ in module.named_parameters()]
+                if self.config.bn_policy == "eval" or (params and not any(p in trainable for p in params)):
+                    chosen.append(module)
+        return chosen
+
+    def frozen_batchnorm_names(self, model: torch.nn.Module) -> list[str]:
+        """BatchNorm modules whose statistics never update in this run."""
+        keep = {id(m) for m in self.frozen_batchnorm(model, max(self.change_epochs(), default=0))}
+        return [n for n, m in model.named_modules() if id(m) in keep]
+
+    def optimizer_groups(self, model: torch.nn.Module) -> list[dict]:
+        """Parameter groups for torch optimizers: every parameter that trains at some point, frozen ones never."""
+        params = dict(model.named_parameters())
+        missing = [n for g in self.groups for n in g.params if n not in params]
+        if missing:
+            raise TransferError(f"the plan does not fit this model (no parameter {missing[0]!r}); build the plan from the model you train")
+        return [
+            {"params": [params[n] for n in g.params], "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
+            for g in self.groups if not g.frozen
+        ]
+
+    # ------------------------------------------------------------------------------------------- reporting
+    def table(self, epoch: int | None = None) -> str:
+        c = self.config
+        head = (f"TransferPlan: strategy={c.strategy} freeze={c.freeze} bn_policy={c.bn_policy} lr={c.learning_rate:g} "
+                f"backbone_x{c.backbone_lr_multiplier:g} layer_decay={c.layer_decay:g}"
+                + (f" reinit={','.join(self.reinit_modules)}" if self.reinit_modules else "")
+                + (f" (epoch {epoch})" if epoch is not None else ""))
+        rows = [head, f"{'depth':>5}  {'group':<34} {'params':>7} {'lr':>10} {'wd':>7}  trains"]
+        for g in self.groups:
+            if g.frozen:
+                when = "frozen"
+            elif epoch is not None:
+                when = "yes" if g.trains_from_epoch <= epoch else f"from epoch {g.trains_from_epoch}"
+            else:
+                when = f"from epoch {g.trains_from_epoch}"
+            rows.append(f"{g.depth:>5}  {g.name[:34]:<34} {len(g.params):>7} {g.lr:>10.3g} {g.weight_decay:>7.3g}  {when}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "version": PLAN_VERSION,
+            "config": asdict(self.config),
+            "layer_map": {"source": self.layer_map_source, "depth_names": self.depth_names},
+            "reinitialized_modules": self.reinit_modules,
+            "groups": [
+                {"name": g.name, "depth": g.depth, "lr": g.lr, "weight_decay": g.weight_decay, "new": g.new,
+                 "frozen": g.frozen, "trains_from_epoch": g.trains_from_epoch, "params": g.params}
+                for g in self.groups
+            ],
+        }
+
+    def save(self, folder, model: torch.nn.Module | None = None) -> Path:
+        payload = self.to_dict()
+        if model is not None:
+            payload["frozen_batchnorm_modules"] = self.frozen_batchnorm_names(model)
+        path = Path(folder) / PLAN_FILE
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "TransferPlan":
+        if payload.get("version") != PLAN_VERSION:
+            raise TransferError(f"{PLAN_FILE} has version {payload.get('version')!r}, expected {PLAN_VERSION}; rebuild the plan")
+        groups = [ParamGroup(g["name"], g["depth"], g["lr"], g["weight_decay"], g["trains_from_epoch"], g["new"], list(g["params"]))
+                  for g in payload["groups"]]
+        return cls(TransferConfig(**payload["config"]), groups, payload["layer_map"]["depth_names"],
+                   payload.get("reinitialized_modules", []), payload["layer_map"]["source"])
+
+    @classmethod
+    def load(cls, folder_or_file) -> "TransferPlan":
+        path = Path(folder_or_file)
+        path = path / PLAN_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise TransferError(f"no {PLAN_FILE} in {str(path.parent)!r}; was this checkpoint written by TransferTrainer?")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def differences(self, other: "TransferPlan") -> list[str]:
+        """What differs between two plans (empty when they train the same parameters the same way)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        diffs = [f"config.{k}: {theirs['config'].get(k)!r} -> {v!r}" for k, v in mine["config"].items()
+                 if theirs["config"].get(k) != v]
+        if not diffs and mine["groups"] != theirs["groups"]:
+            diffs.append("parameter groups differ (another model or layer map)")
+        return diffs
+
+
+def _start_epochs(config: TransferConfig, layer_map: LayerMap, frozen: set[str], new: set[str]) -> dict[str, int | None]:
+    """Epoch from which each parameter trains (None: never)."""
+    start: dict[str, int | None] = {}
+    body = layer_map.body
+    # Gradual unfreezing counts only the depth groups that train at all, from the top down.
+    trainable_depths = [g.index for g in reversed(body) if any(n not in frozen and n not in new for n in g.param_names)]
+    for g in layer_map.groups:
+        for n in g.param_names:
+            if n in frozen:
+                start[n] = None
+            elif n in new or g.is_head:
+                start[n] = 0
+            elif config.strategy == "lp_ft":
+                start[n] = config.lp_epochs
+            elif config.gradual_unfreeze_epochs:
+                start[n] = config.gradual_unfreeze_epochs * (trainable_depths.index(g.index) + 1)
+            else:
+                start[n] = 0
+    return start

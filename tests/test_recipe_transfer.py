@@ -1,0 +1,62 @@
+"""recipes/finetune.py with transfer flags: frozen weights and BatchNorm statistics stay pretrained, bit for bit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "finetune.py"
+
+
+def run_recipe(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_fraction_freeze_keeps_pretrained_weights_and_bn_statistics(tmp_path):
+    out = tmp_path / "run"
+    result = run_recipe("--freeze", "fraction:0.5", "--layer_decay", "0.8", "--max_train_samples", "128",
+                        "--max_eval_samples", "32", "--image_size", "64", "--eval_strategy", "no", "--output_dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TransferPlan" in result.stdout
+    plan = json.loads((out / "transfer_plan.json").read_text())
+    frozen = {n for g in plan["groups"] if g["frozen"] for n in g["params"]}
+    trained = {n for g in plan["groups"] if not g["frozen"] for n in g["params"]}
+    assert frozen and trained and not frozen & trained
+    assert all(g["trains_from_epoch"] == 0 for g in plan["groups"] if not g["frozen"])
+
+    from safetensors.torch import load_file
+
+    from hf_transfer import load_backbone
+
+    saved = load_file(out / "model.safetensors")
+    pretrained = load_backbone("embedded:efficientnet_lite0").state_dict()
+    for name in frozen:
+        assert torch.equal(saved[name], pretrained[name]), name
+    frozen_bn = plan["frozen_batchnorm_modules"]
+    assert frozen_bn and all(f"{m}.weight" in frozen for m in frozen_bn)
+    for module in frozen_bn:
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(saved[f"{module}.{buffer}"], pretrained[f"{module}.{buffer}"]), f"{module}.{buffer}"
+    # and the trained part did move
+    assert any(not torch.equal(saved[n], pretrained[n]) for n in trained if n in pretrained and "classifier" not in n)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "nonsense"], "--strategy"),
+        (["--freeze", "regex:no_such_layer"], "matches no parameter"),
+        (["--head_init_from", "somewhere"], "--head_init_from is not available yet"),
+    ],
+)
+def test_bad_transfer_flags_exit_2(args, message):
+    result = run_recipe("--dataset_name", "embedded:lfw", "--max_train_samples", "16", "--image_size", "32", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "finetune: error:" in result.stderr and message in result.stderr
