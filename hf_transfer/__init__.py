@@ -7,6 +7,9 @@ from .data import EMBEDDED_DATASETS, load_image_classification_data
 from .errors import TransferError
 from .metrics import ClassificationMetrics, load_metric
 
+# Registers the "hf_transfer_probe" model type (earlier-depth probes) with AutoConfig / AutoModelForImageClassification.
+from . import modeling_probe  # noqa: E402,F401
+
 __all__ = [
     "EMBEDDED_BACKBONES",
     "EMBEDDED_DATASETS",
