@@ -123,6 +123,14 @@ def tokens_last_layout(model) -> bool:
     return getattr(inner, "output_fmt", "NCHW") == "NHWC"
 
 
+def module_is_nhwc(module: torch.nn.Module, default: bool = False) -> bool:
+    """Whether a module's 4-D output is (N, H, W, C): timm modules say so in ``output_fmt`` (e.g. ViT patch_embed)."""
+    fmt = getattr(module, "output_fmt", None)
+    if fmt is None:
+        return default
+    return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
+
+
 def global_pool(output, nhwc: bool = False) -> torch.Tensor:
     """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C)."""
     if isinstance(output, (tuple, list)):
@@ -160,7 +168,7 @@ class FeatureExtractor:
         handles = []
         for layer in self._depth_layers:
             def hook(module, args, output, layer=layer):
-                self._store[layer.key] = global_pool(output, self.nhwc).float()
+                self._store[layer.key] = global_pool(output, module_is_nhwc(module, self.nhwc)).float()
                 if layer.module == self.stop_after and len(self._store) == len(self._depth_layers):
                     raise _StopForward
 
@@ -180,8 +188,11 @@ class FeatureExtractor:
             if self.is_timm:
                 inner = self.model.timm_model
                 features = inner.forward_features(pixel_values)
+                # forward_head also runs for depth-only requests: a last body group can live in the head
+                # (ConvNeXt's head.norm); a stop hook ends the forward before that when it is not needed.
+                pooled = inner.forward_head(features, pre_logits=True)
                 if self.wants_pooled:
-                    self._store[POOLED] = inner.forward_head(features, pre_logits=True).flatten(1).float()
+                    self._store[POOLED] = pooled.flatten(1).float()
             else:
                 self.model(pixel_values=pixel_values)
         except _StopForward:

@@ -98,12 +98,12 @@ class HFTransferProbeForImageClassification(PreTrainedModel):
             torch.nn.init.zeros_(module.bias)
 
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        from .features import global_pool
+        from .features import global_pool, module_is_nhwc
 
         captured = {}
 
         def hook(module, args, output):
-            captured["features"] = global_pool(output, self.config.nhwc)
+            captured["features"] = global_pool(output, module_is_nhwc(module, self.config.nhwc))
             raise _StopForward
 
         handle = self.backbone.get_submodule(self.config.output_module).register_forward_hook(hook)
