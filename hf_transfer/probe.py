@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .errors import TransferError
 from .features import FeatureLayer, head_linear, tokens_last_layout
@@ -72,7 +73,7 @@ def resolve_probes(spec: str | Sequence[str], n_train: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- estimators
-class TorchLinearClassifier:
+class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
     """A linear softmax head trained with AdamW on (standardized) features; L2 strength 1/(C·n) as in logreg.
 
     Minibatches keep memory flat, so it handles feature sets far larger than scikit-learn's lbfgs is happy with.
@@ -81,14 +82,6 @@ class TorchLinearClassifier:
 
     def __init__(self, C: float = 1.0, epochs: int = 30, batch_size: int = 512, lr: float = 1e-2, seed: int = 0):
         self.C, self.epochs, self.batch_size, self.lr, self.seed = C, epochs, batch_size, lr, seed
-
-    def get_params(self, deep=True):
-        return {"C": self.C, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
-
-    def set_params(self, **params):
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
 
     def fit(self, X, y):
         generator = torch.Generator().manual_seed(self.seed)
@@ -124,9 +117,6 @@ class TorchLinearClassifier:
         scores = self.decision_function(X)
         index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(1)
         return self.classes_[index]
-
-    def score(self, X, y):
-        return float((self.predict(X) == y).mean())
 
 
 def _estimator(kind: str, value, config: ProbeConfig):
@@ -357,7 +347,7 @@ def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: L
     """
     import copy
 
-    from .saving import image_processor_for, save_model_folder
+    from .saving import save_model_folder
 
     weight, bias = result.folded_head()
     layer_map = layer_map or build_layer_map(model)
@@ -379,8 +369,11 @@ def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: L
         exported.config.hf_transfer_probe = {"probe": result.probe, "layer": "pooled", result.param_name: result.param_value}
         exported.eval()
         save_model_folder(exported, folder, image_size=image_size)
+        if not (folder / "preprocessor_config.json").exists() and "pretrained_cfg" not in exported.config.to_dict():
+            _write_processor(exported, folder, image_size)
         return exported
 
+    from .backbones import is_timm_wrapper
     from .modeling_probe import HFTransferProbeConfig, HFTransferProbeForImageClassification
 
     depth = result.layer.depth
@@ -395,6 +388,9 @@ def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: L
         num_features=int(weight.shape[1]),
         num_logits=int(weight.shape[0]),
         probe=result.probe,
+        # transformers reads a timm folder's preprocessing from config.json: keep it there, as TimmWrapper does.
+        **({"pretrained_cfg": dict(model.config.pretrained_cfg), "image_processor_type": "TimmWrapperImageProcessor"}
+           if is_timm_wrapper(model) else {}),
         id2label={int(k): v for k, v in labels.items()},
         label2id={v: int(k) for k, v in labels.items()},
     )
@@ -406,10 +402,32 @@ def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: L
         exported.classifier.bias.copy_(torch.from_numpy(bias))
     exported.eval()
     exported.save_pretrained(folder, safe_serialization=True)
-    processor = image_processor_for(model, image_size)
-    if processor is not None:
-        processor.save_pretrained(folder)
+    _write_processor(model, folder, image_size)
     return exported
+
+
+def _write_processor(model, folder: Path, image_size: int | None) -> None:
+    """preprocessor_config.json, which AutoImageProcessor / pipeline() need to preprocess raw images."""
+    import json
+
+    from .backbones import data_config, is_timm_wrapper
+    from .saving import image_processor_for
+
+    if is_timm_wrapper(model):
+        # TimmWrapperImageProcessor.save_pretrained is a no-op (timm keeps preprocessing in its config.json), but an
+        # hf_transfer_probe config is ours: write the file that AutoImageProcessor looks for.
+        payload = {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": dict(model.config.pretrained_cfg)}
+        (folder / "preprocessor_config.json").write_text(json.dumps(payload, indent=2, default=list) + "\n")
+        return
+    processor = image_processor_for(model, image_size)
+    if processor is None:  # a transformers model saved without its processor: describe the eval transform
+        from transformers import ViTImageProcessor
+
+        cfg = data_config(model)
+        size = int(image_size or cfg["input_size"][-1])
+        processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=list(cfg["mean"]),
+                                      image_std=list(cfg["std"]), resample=2)
+    processor.save_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------------- LP-FT hand-off
@@ -427,11 +445,14 @@ def init_head_from_probe(model, probe_dir: str | Path):
     if not config_file.is_file() or not weights_file.is_file():
         raise TransferError(f"{str(probe_dir)!r} is not an exported probe (no config.json/model.safetensors); "
                             "pass the output folder of recipes/linear_probe.py")
-    config = json.loads(config_file.read_text())
-    if config.get("model_type") == "hf_transfer_probe":
-        raise TransferError(f"the probe in {str(probe_dir)!r} reads depth {config.get('depth')}, not the pooled bottleneck; "
+    if json.loads(config_file.read_text()).get("model_type") == "hf_transfer_probe":
+        depth = json.loads(config_file.read_text()).get("depth")
+        raise TransferError(f"the probe in {str(probe_dir)!r} reads depth {depth}, not the pooled bottleneck; "
                             "LP-FT needs a probe exported with --layers pooled")
-    probe_labels = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(probe_dir)  # label storage differs per model type (timm: label_names)
+    probe_labels = {int(k): str(v) for k, v in config.id2label.items()}
     model_labels = {int(k): str(v) for k, v in model.config.id2label.items()}
     if probe_labels != model_labels:
         raise TransferError(f"the probe's labels ({', '.join(probe_labels.values())}) differ from the model's "
