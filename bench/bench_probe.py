@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hf_transfer.backbones import data_config, load_backbone, set_preprocessing

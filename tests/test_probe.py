@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from hf_transfer.layers import build_layer_map
 from hf_transfer.probe import ProbeConfig, export_probe, fit_probe, init_head_from_probe, probe_layers, resolve_probes
 from hf_transfer.transforms import with_transforms
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ProbeConfig(cv_folds=2)
 
 
