@@ -304,7 +304,9 @@ class DepthProbeReport:
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels([name.replace(" (", "\n(") for name in layers], rotation=60, fontsize=7, ha="right")
         ax.set_ylabel(f"{self.eval_split} accuracy")
-        ax.set_title(title or "linear probe accuracy per depth")
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(title or "linear probe accuracy per depth", 70)), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
