@@ -25,6 +25,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'hf_transfer' has no attribute {name!r}")
 
 
+# Registers the "hf_transfer_probe" model type (earlier-depth probes) with AutoConfig / AutoModelForImageClassification.
+from . import modeling_probe  # noqa: E402,F401
+
 __all__ = [
     "EMBEDDED_BACKBONES",
     "EMBEDDED_DATASETS",

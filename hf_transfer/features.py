@@ -1,0 +1,444 @@
+"""Frozen-backbone features: the pooled bottleneck and globally pooled earlier layers, with an on-disk cache.
+
+A *feature layer* is either ``pooled`` (the input of the classifier: timm ``forward_head(pre_logits=True)``, the
+pooled output of a transformers model) or one depth group of the `LayerMap` (the same map the fine-tuning core
+freezes by). A depth group's output is read with a forward hook on ``DepthGroup.output_module`` and pooled
+globally: CNN maps (N, C, H, W) -> mean over H×W, token maps (N, L, C) -> mean over tokens (class token
+included). When no requested layer needs the end of the network, the forward stops right after the deepest one.
+
+Features are cached under ``~/.cache/hf_transfer/features`` (``HF_TRANSFER_CACHE`` or ``cache_dir`` override it),
+one safetensors file per (split, layer), keyed by everything that determines them: the weights, the layer, the
+eval transform, the images and labels, and the image size. Change any of these and the key changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import TransferError
+from .layers import LayerMap, build_layer_map
+
+POOLED = "pooled"
+CACHE_ENV = "HF_TRANSFER_CACHE"
+CACHE_FORMAT = 1  # bump when the way features are computed changes: old entries then stop matching
+
+
+# ------------------------------------------------------------------------------------------- feature layers
+@dataclass(frozen=True)
+class FeatureLayer:
+    """Where features are read: ``depth`` None is the pooled bottleneck."""
+
+    name: str  # "pooled" or "depth 12 (blocks.5.0)"
+    depth: int | None = None
+    module: str | None = None  # the hooked output module (None for pooled)
+
+    @property
+    def is_pooled(self) -> bool:
+        return self.depth is None
+
+    @property
+    def key(self) -> str:
+        return POOLED if self.is_pooled else f"depth{self.depth}:{self.module}"
+
+
+def _depth_layer(group) -> FeatureLayer:
+    return FeatureLayer(f"depth {group.index} ({group.name})", group.index, group.output_module)
+
+
+def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap) -> list[FeatureLayer]:
+    """``pooled`` | ``all`` | ``auto`` | ``"3,7,pooled"`` -> feature layers, shallow first, pooled last.
+
+    ``auto`` is three evenly spaced depths (at 1/4, 1/2, 3/4 of the body) plus ``pooled``: enough to see where features transfer best without
+    probing every block (dissimilar data often peaks in the middle of the network).
+    """
+    body = layer_map.body
+    if spec is None:
+        spec = "auto"
+    items = [s.strip() for part in ([spec] if isinstance(spec, str) else spec) for s in str(part).split(",") if s.strip()]
+    if not items:
+        raise TransferError("--layers is empty; pass pooled, all, auto or depth indices such as '3,7,pooled'")
+    depths: set[int] = set()
+    pooled = False
+    for item in items:
+        if item == POOLED:
+            pooled = True
+        elif item == "all":
+            depths.update(g.index for g in body)
+            pooled = True
+        elif item == "auto":
+            count = len(body)
+            depths.update(max(0, round(count * f) - 1) for f in (0.25, 0.5, 0.75))
+            pooled = True
+        elif re.fullmatch(r"-?\d+", item):
+            depth = int(item)
+            if depth < 0:
+                depth += len(body)
+            if not 0 <= depth < len(body):
+                raise TransferError(
+                    f"--layers depth {item} is out of range: this backbone has depths 0-{len(body) - 1} "
+                    f"(and 'pooled'); see the depth table printed at start"
+                )
+            depths.add(depth)
+        else:
+            raise TransferError(f"--layers entry {item!r} is not understood; use pooled, all, auto or depth indices like '3,7,pooled'")
+    layers = [_depth_layer(body[d]) for d in sorted(depths) if body[d].output_module]
+    if pooled:
+        layers.append(FeatureLayer(POOLED))
+    return layers
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+class _StopForward(Exception):
+    """Raised by the hook on the deepest requested layer: nothing after it is computed."""
+
+
+def head_linear(model, layer_map: LayerMap | None = None) -> tuple[str, torch.nn.Linear]:
+    """The classifier's final `nn.Linear` (its input is the pooled bottleneck feature)."""
+    layer_map = layer_map or build_layer_map(model)
+    modules = dict(model.named_modules())
+    found = None
+    for name in layer_map.head.module_names:
+        candidates = [(name, modules[name])] + [(f"{name}.{n}", m) for n, m in modules[name].named_modules() if n]
+        for full, module in candidates:
+            if isinstance(module, torch.nn.Linear):
+                found = (full, module)
+    if found is None:
+        raise TransferError(f"the head of {type(model).__name__} has no nn.Linear; pass a model with a linear classifier")
+    return found
+
+
+def tokens_last_layout(model) -> bool:
+    """True when 4-D maps are (N, H, W, C), as in timm Swin-style models (``output_fmt == 'NHWC'``)."""
+    inner = getattr(model, "timm_model", model)
+    return getattr(inner, "output_fmt", "NCHW") == "NHWC"
+
+
+def module_is_nhwc(module: torch.nn.Module, default: bool = False) -> bool:
+    """Whether a module's 4-D output is (N, H, W, C): timm modules say so in ``output_fmt`` (e.g. ViT patch_embed)."""
+    fmt = getattr(module, "output_fmt", None)
+    if fmt is None:
+        return default
+    return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
+
+
+def global_pool(output, nhwc: bool = False) -> torch.Tensor:
+    """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C)."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):  # a transformers ModelOutput
+        output = output.to_tuple()[0]
+    if output.ndim == 4:
+        return output.mean(dim=(1, 2) if nhwc else (2, 3))
+    if output.ndim == 3:
+        return output.mean(dim=1)
+    if output.ndim == 2:
+        return output
+    raise TransferError(f"cannot pool a layer output of shape {tuple(output.shape)}; choose another depth with --layers")
+
+
+class FeatureExtractor:
+    """Run a backbone once and return the requested layers' pooled features, shape (N, C) each."""
+
+    def __init__(self, model, layers: Sequence[FeatureLayer], layer_map: LayerMap | None = None):
+        from .backbones import is_timm_wrapper
+
+        self.model = model
+        self.layers = list(layers)
+        self.layer_map = layer_map or build_layer_map(model)
+        self.is_timm = is_timm_wrapper(model)
+        self.nhwc = tokens_last_layout(model)
+        self.wants_pooled = any(layer.is_pooled for layer in self.layers)
+        depth_layers = [layer for layer in self.layers if not layer.is_pooled]
+        self.stop_after = None if self.wants_pooled or not depth_layers else max(depth_layers, key=lambda l: l.depth).module
+        self._store: dict[str, torch.Tensor] = {}
+        self._depth_layers = depth_layers
+
+    def _hooks(self):
+        modules = dict(self.model.named_modules())
+        handles = []
+        for layer in self._depth_layers:
+            def hook(module, args, output, layer=layer):
+                self._store[layer.key] = global_pool(output, module_is_nhwc(module, self.nhwc)).float()
+                if layer.module == self.stop_after and len(self._store) == len(self._depth_layers):
+                    raise _StopForward
+
+            handles.append(modules[layer.module].register_forward_hook(hook))
+        if self.wants_pooled and not self.is_timm:
+            def pre_hook(module, args):
+                self._store[POOLED] = args[0].flatten(1).float()
+
+            handles.append(head_linear(self.model, self.layer_map)[1].register_forward_pre_hook(pre_hook))
+        return handles
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._store = {}
+        handles = self._hooks()
+        try:
+            if self.is_timm:
+                inner = self.model.timm_model
+                features = inner.forward_features(pixel_values)
+                # forward_head also runs for depth-only requests: a last body group can live in the head
+                # (ConvNeXt's head.norm); a stop hook ends the forward before that when it is not needed.
+                pooled = inner.forward_head(features, pre_logits=True)
+                if self.wants_pooled:
+                    self._store[POOLED] = pooled.flatten(1).float()
+            else:
+                self.model(pixel_values=pixel_values)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {layer.key: self._store[layer.key] for layer in self.layers}
+
+
+def iter_batches(dataset, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(pixel_values, labels) batches from a `with_transforms` dataset, in order."""
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start:start + batch_size]
+        pixels = batch["pixel_values"]
+        pixels = torch.stack(pixels) if isinstance(pixels, list) else pixels
+        yield pixels, torch.as_tensor(batch["labels"])
+
+
+def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
+                     batch_size: int = 64, desc: str = "features") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of every image in ``dataset`` (eval mode, inference mode, batched) -> ({layer key: (N, C)}, labels)."""
+    from tqdm.auto import tqdm
+
+    from .finetuning import use_channels_last
+
+    was_training = model.training
+    model.eval()
+    channels_last = use_channels_last(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # ~1.7x faster CNN inference on CPU
+    extractor = FeatureExtractor(model, layers, layer_map)
+    chunks: dict[str, list[torch.Tensor]] = {layer.key: [] for layer in layers}
+    labels = []
+    try:
+        with tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
+            for pixels, batch_labels in iter_batches(dataset, batch_size):
+                if channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                for key, value in extractor(pixels).items():
+                    chunks[key].append(value)
+                labels.append(batch_labels)
+                bar.update(len(batch_labels))
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v).numpy() for k, v in chunks.items()}, torch.cat(labels).numpy().astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+def model_fingerprint(model, layer_map: LayerMap | None = None) -> str:
+    """Hash of every body weight and buffer (names, dtypes, shapes, values): a changed weight changes it.
+
+    The classifier is left out: it never affects features, and a new head is randomly initialized on each load.
+    """
+    layer_map = layer_map or build_layer_map(model)
+    head = set(layer_map.head.param_names)
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if name in head:
+            continue
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        if tensor.numel():
+            digest.update(tensor.view(torch.uint8).numpy().data)
+    return digest.hexdigest()[:32]
+
+
+def dataset_fingerprint(dataset) -> str:
+    """Content hash of a `datasets.Dataset` split: its Arrow data (image bytes or paths, labels) and row order.
+
+    Files referenced only by path are hashed by size and modification time, so an edited image invalidates.
+    """
+    digest = hashlib.sha256()
+    table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+    for column in table.column_names:
+        digest.update(f"column:{column};".encode())
+        for chunk in table.column(column).chunks:
+            _hash_array(digest, chunk)
+            if column.lower() in ("image", "img") or "path" in str(chunk.type):
+                _hash_referenced_files(digest, chunk)
+    indices = getattr(dataset, "_indices", None)
+    if indices is not None:
+        digest.update(b"indices;")
+        for chunk in indices.column(0).chunks:
+            _hash_array(digest, chunk)
+    return digest.hexdigest()[:32]
+
+
+def _hash_array(digest, array) -> None:
+    digest.update(f"{array.type}:{array.offset}:{len(array)};".encode())
+    for buffer in array.buffers():
+        if buffer is not None:
+            digest.update(memoryview(buffer))
+
+
+def _hash_referenced_files(digest, chunk) -> None:
+    import pyarrow as pa
+
+    if not pa.types.is_struct(chunk.type) or chunk.type.get_field_index("path") < 0:
+        return
+    if chunk.type.get_field_index("bytes") >= 0 and chunk.field("bytes").null_count == 0:
+        return  # the bytes themselves are hashed already
+    for path in chunk.field("path").to_pylist():
+        if path and os.path.exists(path):
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+
+
+def transform_fingerprint(transform, data_cfg: dict | None = None, image_size: int | None = None) -> str:
+    """The eval transform as text (memory addresses removed) plus the data config it was built from."""
+    text = re.sub(r" at 0x[0-9a-f]+", "", repr(transform))
+    payload = json.dumps({"transform": text, "data_cfg": data_cfg, "image_size": image_size}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------------------------------- cache
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hf_transfer" / "features").expanduser()
+
+
+class FeatureCache:
+    """One safetensors file per (split, layer) entry, written atomically (temp file + rename)."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, enabled: bool = True):
+        self.dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.enabled = enabled
+
+    @staticmethod
+    def key(**parts) -> str:
+        payload = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:40]
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.safetensors"
+
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.enabled or not self.path(key).is_file():
+            return None
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(self.path(key)))
+        except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
+            return None
+        return tensors["features"], tensors["labels"]
+
+    def save(self, key: str, features: np.ndarray, labels: np.ndarray, metadata: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        from safetensors.numpy import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.dir)
+        os.close(handle)
+        try:
+            save_file({"features": np.ascontiguousarray(features, dtype=np.float32),
+                       "labels": np.ascontiguousarray(labels, dtype=np.int64)},
+                      tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+            os.replace(tmp, self.path(key))  # readers see the old entry or the whole new one, never a part
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+@dataclass
+class FeatureSet:
+    """Cached or freshly computed features: ``features[split][layer.key]`` is (N, C), ``labels[split]`` is (N,)."""
+
+    layers: list[FeatureLayer]
+    features: dict[str, dict[str, np.ndarray]]
+    labels: dict[str, np.ndarray]
+    from_cache: dict[str, bool]  # "split/layer key" -> hit
+    forward_images: int = 0  # images pushed through the backbone in this call
+    seconds: float = 0.0
+
+    @property
+    def all_cached(self) -> bool:
+        return all(self.from_cache.values())
+
+
+def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
+                     cache: FeatureCache | None = None, transform_key: str = "", image_size: int | None = None,
+                     batch_size: int = 64) -> FeatureSet:
+    """Features of each split for each layer, from the cache where possible; only missing layers are computed."""
+    import time
+
+    start = time.perf_counter()
+    cache = cache or FeatureCache()
+    layer_map = layer_map or build_layer_map(model)
+    weights = model_fingerprint(model, layer_map)
+    features: dict[str, dict[str, np.ndarray]] = {}
+    labels: dict[str, np.ndarray] = {}
+    hits: dict[str, bool] = {}
+    forwarded = 0
+    for split_name, dataset in splits.items():
+        data_key = dataset_fingerprint(dataset)
+        keys = {layer.key: FeatureCache.key(weights=weights, layer=layer.key, transform=transform_key, data=data_key,
+                                            image_size=image_size, model_class=type(model).__name__) for layer in layers}
+        features[split_name] = {}
+        missing = []
+        for layer in layers:
+            entry = cache.load(keys[layer.key])
+            hits[f"{split_name}/{layer.key}"] = entry is not None
+            if entry is None:
+                missing.append(layer)
+            else:
+                features[split_name][layer.key], labels[split_name] = entry
+        if missing:
+            computed, split_labels = extract_features(model, dataset, missing, layer_map=layer_map, batch_size=batch_size,
+                                                      desc=f"{split_name} features")
+            forwarded += len(dataset)
+            labels[split_name] = split_labels
+            for layer in missing:
+                features[split_name][layer.key] = computed[layer.key]
+                cache.save(keys[layer.key], computed[layer.key], split_labels,
+                           {"layer": layer.name, "split": split_name, "images": len(dataset), "weights": weights})
+    return FeatureSet(list(layers), features, labels, hits, forwarded, time.perf_counter() - start)
+
+
+def describe_cache_use(feature_set: FeatureSet, cache: FeatureCache) -> str:
+    hits = sum(feature_set.from_cache.values())
+    total = len(feature_set.from_cache)
+    if not cache.enabled:
+        return f"features computed ({feature_set.forward_images} images through the backbone, cache disabled)"
+    if hits == total:
+        return f"features loaded from the cache ({hits}/{total} entries in {cache.dir}); no backbone forward"
+    if hits == 0:
+        return f"features computed ({feature_set.forward_images} images through the backbone) and cached in {cache.dir}"
+    return (f"features partly from the cache ({hits}/{total} entries); the rest computed "
+            f"({feature_set.forward_images} images) and cached in {cache.dir}")
+
+
+__all__ = [
+    "POOLED",
+    "FeatureCache",
+    "FeatureExtractor",
+    "FeatureLayer",
+    "FeatureSet",
+    "compute_features",
+    "dataset_fingerprint",
+    "default_cache_dir",
+    "describe_cache_use",
+    "extract_features",
+    "global_pool",
+    "head_linear",
+    "model_fingerprint",
+    "parse_layers",
+    "transform_fingerprint",
+]

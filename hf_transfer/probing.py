@@ -1,0 +1,139 @@
+"""The linear-probe job behind `recipes/linear_probe.py`: data -> frozen backbone -> cached features -> probes -> folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from .arguments import DataArguments, ModelArguments
+from .backbones import data_config
+from .errors import TransferError
+from .features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
+from .layers import build_layer_map
+from .probe import LINEAR_PROBES, PROBES, ProbeConfig, export_probe, evaluate_probe, probe_layers, resolve_probes
+from .runtime import configure_cpu_threads, say
+from .saving import staged_output, write_json
+from .transforms import build_transform
+
+
+@dataclass
+class ProbeArguments:
+    layers: str = field(
+        default="auto",
+        metadata={"help": "Where to read features: pooled (bottleneck), all (every depth group + pooled), auto "
+                          "(depths at 1/4, 1/2, 3/4 + pooled) or depth indices, e.g. '3,7,pooled'."},
+    )
+    probe: str = field(
+        default="auto",
+        metadata={"help": f"{'|'.join(PROBES)}|all|auto or a comma list. auto: logreg (torch_linear above 50k images), "
+                          "plus rbf_svm and knn for comparison up to 2k images."},
+    )
+    cv_folds: int = field(default=3, metadata={"help": "Stratified folds for choosing C / k on the training split."})
+    export: str = field(
+        default="auto",
+        metadata={"help": "Which probe becomes the saved model: auto (best linear probe by CV), none, or a linear probe "
+                          f"name ({', '.join(LINEAR_PROBES)}; its best layer). Kernel SVM and k-NN cannot be exported."},
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/linear_probe-<model>-<dataset>."})
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Feature cache (default $HF_TRANSFER_CACHE or ~/.cache/hf_transfer/features)."}
+    )
+    no_feature_cache: bool = field(default=False, metadata={"help": "Always recompute features; write no cache."})
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass during feature extraction."})
+    seed: int = field(default=42, metadata={"help": "Seed for the validation split and the CV folds."})
+
+    def __post_init__(self):
+        self.output_dir_was_defaulted = self.output_dir is None
+        if self.output_dir is None:
+            self.output_dir = "outputs/default"
+
+
+def _choose_export(report, export: str):
+    if export == "none":
+        return None
+    if export == "auto":
+        return report.best(exportable_only=True)
+    matching = [r for r in report.results if r.probe == export]
+    if not matching:
+        raise TransferError(f"--export {export} names a probe that was not run; add it to --probe or use --export auto")
+    return max(matching, key=lambda r: r.cv_score)
+
+
+def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe_args: ProbeArguments) -> dict:
+    """Probe the requested depths, write all_results.json, the per-depth table and plot, and the exported model."""
+    import numpy as np
+    import torch
+
+    from .finetuning import prepare
+
+    start = time.perf_counter()
+    configure_cpu_threads()
+    torch.manual_seed(probe_args.seed)
+    np.random.seed(probe_args.seed)
+    if probe_args.export not in ("auto", "none", *PROBES):
+        raise TransferError(f"--export {probe_args.export!r} is not understood; use auto, none or one of {', '.join(LINEAR_PROBES)}")
+    # Features always use the eval transform: augmentation would make cached features depend on chance.
+    data_args = dataclasses.replace(data_args, augmentation="none")
+    data, model, splits, image_size = prepare(model_args, data_args, probe_args, "linear_probe")
+    layer_map = build_layer_map(model)
+    layers = parse_layers(probe_args.layers, layer_map)
+    probes = resolve_probes(probe_args.probe, len(splits["train"]))
+    say(f"{model_args.model_name_or_path} on {data.source}: {len(splits['train'])} train / {len(splits['validation'])} "
+        f"validation images, {len(data.labels)} classes, {image_size} px; layers: {', '.join(l.name for l in layers)}; "
+        f"probes: {', '.join(probes)}")
+    for note in data.notes:
+        say(note)
+
+    cfg = data_config(model)
+    transform_key = transform_fingerprint(build_transform(cfg, image_size=image_size), cfg, image_size)
+    cache = FeatureCache(probe_args.feature_cache_dir, enabled=not probe_args.no_feature_cache)
+    feature_set = compute_features(model, splits, layers, layer_map=layer_map, cache=cache, transform_key=transform_key,
+                                   image_size=image_size, batch_size=probe_args.batch_size)
+    say(describe_cache_use(feature_set, cache) + f" [{feature_set.seconds:.1f}s]")
+
+    probe_start = time.perf_counter()
+    report = probe_layers(feature_set, probes, ProbeConfig(cv_folds=probe_args.cv_folds, seed=probe_args.seed),
+                          eval_split="validation", log=say)
+    probe_seconds = time.perf_counter() - probe_start
+    say("per-depth results (C / k chosen by cross-validation on train):\n" + report.table())
+    best = report.best()
+    chosen = _choose_export(report, probe_args.export)
+    if chosen is not None and not chosen.exportable:
+        chosen.folded_head()  # raises the one-line "evaluation only" error
+    if "test" in splits and chosen is not None:
+        evaluate_probe(chosen, feature_set.features["test"][chosen.layer.key], feature_set.labels["test"], prefix="test")
+
+    results = {
+        **report.as_dict(),
+        "exported": chosen.summary() if chosen else None,
+        "eval_accuracy": (chosen or best).eval_metrics.get("validation_accuracy"),
+        "eval_macro_f1": (chosen or best).eval_metrics.get("validation_macro_f1"),
+        "features_from_cache": feature_set.all_cached,
+        "feature_cache_hits": feature_set.from_cache,
+        "backbone_forward_images": feature_set.forward_images,
+        "feature_seconds": round(feature_set.seconds, 2),
+        "probe_seconds": round(probe_seconds, 2),
+        "image_size": image_size,
+        "model_name_or_path": model_args.model_name_or_path,
+        "dataset": data.source,
+    }
+    with staged_output(probe_args.output_dir) as staging:
+        if chosen is not None:
+            export_probe(model, chosen, staging, layer_map=layer_map, image_size=image_size)
+        if len({r.layer.key for r in report.results}) > 1:
+            report.plot(staging / "probe_accuracy_per_depth.png",
+                        title=f"{model_args.model_name_or_path} on {data.source}: probe accuracy per depth")
+        (staging / "probe_table.txt").write_text(report.table() + "\n")
+        results["total_seconds"] = round(time.perf_counter() - start, 2)
+        write_json(staging / "all_results.json", results)
+    if chosen is not None:
+        note = "" if chosen.layer.is_pooled else " (an hf_transfer_probe model: `import hf_transfer` before loading it)"
+        say(f"exported {chosen.probe} on {chosen.layer.name}: validation accuracy "
+            f"{chosen.eval_metrics.get('validation_accuracy', float('nan')):.4f}, macro-F1 "
+            f"{chosen.eval_metrics.get('validation_macro_f1', float('nan')):.4f} -> {probe_args.output_dir}{note}")
+    if best is not None and best is not chosen:
+        say(f"best by CV overall: {best.probe} on {best.layer.name} (cv {best.cv_score:.4f}; "
+            f"{'not exportable, ' if not best.exportable else ''}validation {best.eval_metrics.get('validation_accuracy', float('nan')):.4f})")
+    say(f"done in {results['total_seconds']:.1f}s")
+    return results

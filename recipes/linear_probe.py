@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Linear probes on a frozen backbone's cached features, per depth, exported as a model folder.
+
+    python recipes/linear_probe.py                          # embedded default: EfficientNet-Lite0 on MNIST-5k, 96 px
+    python recipes/linear_probe.py --layers all --probe logreg,linear_svm --output_dir out/probe
+    python recipes/linear_probe.py --model_name_or_path timm/resnet50.a1_in1k --train_dir data/train --layers pooled
+
+Features are cached (``~/.cache/hf_transfer/features`` or ``$HF_TRANSFER_CACHE``): a rerun, or another --probe,
+skips the backbone. The folder gets all_results.json (per layer, per probe), probe_table.txt, a per-depth plot and
+the best linear probe as a model: a pooled-depth probe loads with plain transformers, an earlier-depth one needs
+``import hf_transfer`` first. Flags: `ModelArguments`, `DataArguments`, `ProbeArguments` (`--help` lists them).
+"""
+
+from hf_transfer.arguments import DataArguments, ModelArguments, parse_args
+from hf_transfer.errors import exit_on_user_error
+from hf_transfer.probing import ProbeArguments, run_linear_probe
+
+
+def main(args=None):
+    with exit_on_user_error("linear_probe"):
+        model_args, data_args, probe_args = parse_args((ModelArguments, DataArguments, ProbeArguments), args)
+        return run_linear_probe(model_args, data_args, probe_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""End-to-end: recipes/linear_probe.py probes several depths, caches features, and writes a loadable model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "linear_probe.py"
+
+
+def run_recipe(*args, cache):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_CACHE": str(cache)}
+    return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_linear_probe_recipe_caches_and_exports(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["--model_name_or_path", "test_resnet", "--no_pretrained", "--dataset_name", "embedded:digits",
+            "--image_size", "32", "--max_train_samples", "120", "--max_eval_samples", "40", "--layers", "1,3,pooled",
+            "--probe", "logreg,knn", "--cv_folds", "2", "--output_dir", out]
+    first = run_recipe(*args, cache=cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "features computed" in first.stdout
+    results = json.loads((out / "all_results.json").read_text())
+    assert set(results["layers"]) == {"depth 1 (layer1)", "depth 3 (layer3)", "pooled"}
+    assert all(set(per_probe) == {"logreg", "knn"} for per_probe in results["layers"].values())
+    assert results["exported"]["probe"] == "logreg" and not results["features_from_cache"]
+    assert {"config.json", "model.safetensors", "probe_table.txt", "probe_accuracy_per_depth.png"} <= {p.name for p in out.iterdir()}
+    assert not (out / ".staging").exists()
+
+    second = run_recipe(*args, "--probe", "logreg", cache=cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "features loaded from the cache" in second.stdout and "no backbone forward" in second.stdout
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["features_from_cache"] and results["backbone_forward_images"] == 0
+
+    refused = run_recipe(*args, "--probe", "knn", "--export", "knn", cache=cache)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("linear_probe: error: a knn probe cannot be exported")
