@@ -112,7 +112,8 @@ class TransferArguments:
         default=None, metadata={"help": "Regex with one (\\d+) group numbering the blocks, for architectures the layer map does not know."}
     )
     head_init_from: str | None = field(
-        default=None, metadata={"help": "Folder of an exported linear probe to initialize the head from."}
+        default=None, metadata={"help": "Output folder of recipes/linear_probe.py (pooled probe of the same backbone): "
+                                        "the head starts from the probe (LP-FT; with --strategy lp_ft, --lp_epochs may be 0)."}
     )
 
     def to_config(self, training_args: TrainingArguments, learning_rate: float | None = None):
@@ -124,6 +125,7 @@ class TransferArguments:
             backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
+            head_init_from=self.head_init_from,
         )
 
 

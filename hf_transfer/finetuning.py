@@ -52,15 +52,6 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     return data, model, splits, int(image_size or cfg["input_size"][-1])
 
 
-def init_head_from(model, folder: str) -> None:
-    """Initialize the classifier from an exported linear probe (the loader comes with the probe export)."""
-    try:
-        from .probe import init_head_from_probe  # noqa: F401 - provided by the probe-export feature
-    except ImportError:
-        raise TransferError("--head_init_from is not available yet") from None
-    init_head_from_probe(model, folder)
-
-
 def run_finetune(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -84,7 +75,10 @@ def run_finetune(
     pretrained = False if transfer_args.strategy == "scratch" else None
     data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune", pretrained=pretrained)
     if transfer_args.head_init_from:
-        init_head_from(model, transfer_args.head_init_from)
+        from .probe import init_head_from_probe
+
+        init_head_from_probe(model, transfer_args.head_init_from)
+        say(f"head initialized from the linear probe in {transfer_args.head_init_from}")
     if training_args.learning_rate is None:
         training_args.learning_rate = default_learning_rate(model)
         say(f"--learning_rate not given: {training_args.learning_rate:g} for the head (the default for "

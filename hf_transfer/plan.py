@@ -64,6 +64,7 @@ class TransferConfig:
     reinit: str | None = None
     gradual_unfreeze_epochs: int = 0
     lp_epochs: int = 0
+    head_init_from: str | None = None  # an exported linear probe gave the head its start (LP-FT hand-off)
     layer_regex: str | None = None
 
     def validate(self) -> None:
@@ -73,8 +74,9 @@ class TransferConfig:
             raise TransferError(f"--bn_policy {self.bn_policy!r} is unknown; choose one of {', '.join(BN_POLICIES)}")
         if self.strategy == "partial" and self.freeze in ("none", "", None):
             raise TransferError("--strategy partial needs a --freeze rule; pass e.g. --freeze fraction:0.5")
-        if self.strategy == "lp_ft" and self.lp_epochs < 1:
-            raise TransferError("--strategy lp_ft needs --lp_epochs N (N >= 1 head-only epochs)")
+        if self.strategy == "lp_ft" and self.lp_epochs < 1 and not self.head_init_from:
+            raise TransferError("--strategy lp_ft needs --lp_epochs N (N >= 1 head-only epochs) or a probe's head "
+                                "(--head_init_from DIR, from recipes/linear_probe.py)")
         if self.lp_epochs and self.strategy != "lp_ft":
             raise TransferError("--lp_epochs only applies to --strategy lp_ft; add --strategy lp_ft or drop it")
         if self.gradual_unfreeze_epochs < 0:

@@ -53,10 +53,34 @@ def test_fraction_freeze_keeps_pretrained_weights_and_bn_statistics(tmp_path):
     [
         (["--strategy", "nonsense"], "--strategy"),
         (["--freeze", "regex:no_such_layer"], "matches no parameter"),
-        (["--head_init_from", "somewhere"], "--head_init_from is not available yet"),
+        (["--head_init_from", "somewhere"], "is not an exported probe"),
     ],
 )
 def test_bad_transfer_flags_exit_2(args, message):
     result = run_recipe("--dataset_name", "embedded:lfw", "--max_train_samples", "16", "--image_size", "32", *args)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "finetune: error:" in result.stderr and message in result.stderr
+
+
+@pytest.mark.slow
+def test_lp_ft_starts_from_an_exported_probe_head(tmp_path):
+    """LP-FT hand-off: linear_probe.py exports a pooled probe; finetune.py --head_init_from starts from its head."""
+    from safetensors.torch import load_file
+
+    data = ["--dataset_name", "embedded:lfw", "--image_size", "32", "--max_train_samples", "60", "--max_eval_samples", "20"]
+    probe_dir, tuned_dir = tmp_path / "probe", tmp_path / "tuned"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_CACHE": str(tmp_path / "cache")}
+    probe = subprocess.run([sys.executable, str(ROOT / "recipes" / "linear_probe.py"), *data, "--layers", "pooled",
+                            "--probe", "logreg", "--cv_folds", "2", "--output_dir", str(probe_dir)],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    # A vanishing learning rate: whatever the run saves is the head it started from.
+    tuned = run_recipe(*data, "--strategy", "lp_ft", "--head_init_from", probe_dir, "--learning_rate", "1e-12",
+                       "--eval_strategy", "no", "--output_dir", tuned_dir)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert "head initialized from the linear probe" in tuned.stdout
+    probe_head, tuned_head = load_file(probe_dir / "model.safetensors"), load_file(tuned_dir / "model.safetensors")
+    for name in ("timm_model.classifier.weight", "timm_model.classifier.bias"):
+        torch.testing.assert_close(tuned_head[name], probe_head[name].float(), atol=1e-6, rtol=0)
+    plan = json.loads((tuned_dir / "transfer_plan.json").read_text())
+    assert plan["config"]["strategy"] == "lp_ft" and plan["config"]["head_init_from"] == str(probe_dir)
