@@ -1,6 +1,7 @@
 """The `hf-transfer` command: a thin layer over the library (parse, then call), like `accelerate`'s CLI.
 
     hf-transfer finetune [flags of recipes/finetune.py]
+    hf-transfer probe    [flags of recipes/linear_probe.py]
     hf-transfer list                       # embedded backbones and datasets
 """
 
@@ -19,6 +20,14 @@ def _finetune(argv: list[str]) -> None:
         run_finetune(*parse_args(finetune_argument_types(), argv))
 
 
+def _probe(argv: list[str]) -> None:
+    from .arguments import parse_args
+    from .probing import probe_argument_types, run_linear_probe
+
+    with exit_on_user_error("hf-transfer probe"):
+        run_linear_probe(*parse_args(probe_argument_types(), argv))
+
+
 def _list(argv: list[str]) -> None:
     from .backbones import EMBEDDED_BACKBONES, EMBEDDED_PREFIX
     from .data import EMBEDDED_DATASETS
@@ -33,6 +42,7 @@ def _list(argv: list[str]) -> None:
 
 COMMANDS = {
     "finetune": (_finetune, "fine-tune a backbone (the flags of recipes/finetune.py)"),
+    "probe": (_probe, "linear/SVM probes on cached frozen features, per depth (the flags of recipes/linear_probe.py)"),
     "list": (_list, "list the embedded backbones and datasets"),
 }
 

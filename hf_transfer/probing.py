@@ -49,6 +49,11 @@ class ProbeArguments:
             self.output_dir = "outputs/default"
 
 
+def probe_argument_types() -> tuple:
+    """The dataclasses `recipes/linear_probe.py` and `hf-transfer probe` parse, in order."""
+    return (ModelArguments, DataArguments, ProbeArguments)
+
+
 def _choose_export(report, export: str):
     if export == "none":
         return None

@@ -11,15 +11,14 @@ the best linear probe as a model: a pooled-depth probe loads with plain transfor
 ``import hf_transfer`` first. Flags: `ModelArguments`, `DataArguments`, `ProbeArguments` (`--help` lists them).
 """
 
-from hf_transfer.arguments import DataArguments, ModelArguments, parse_args
+from hf_transfer.arguments import parse_args
 from hf_transfer.errors import exit_on_user_error
-from hf_transfer.probing import ProbeArguments, run_linear_probe
+from hf_transfer.probing import probe_argument_types, run_linear_probe
 
 
 def main(args=None):
     with exit_on_user_error("linear_probe"):
-        model_args, data_args, probe_args = parse_args((ModelArguments, DataArguments, ProbeArguments), args)
-        return run_linear_probe(model_args, data_args, probe_args)
+        return run_linear_probe(*parse_args(probe_argument_types(), args))
 
 
 if __name__ == "__main__":

@@ -21,3 +21,10 @@ def test_finetune_subcommand_reports_bad_input(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hf-transfer finetune: error: image folder")
+
+
+def test_probe_subcommand_reports_bad_input():
+    result = subprocess.run([sys.executable, "-m", "hf_transfer.cli", "probe", "--probe", "telepathy"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("hf-transfer probe: error:")
