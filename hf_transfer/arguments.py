@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
-
 from .backbones import DEFAULT_BACKBONE
 from .data import DEFAULT_DATASET
 from .transforms import AUGMENTATION_PRESETS
@@ -116,7 +114,7 @@ class TransferArguments:
                                         "the head starts from the probe (LP-FT; with --strategy lp_ft, --lp_epochs may be 0)."}
     )
 
-    def to_config(self, training_args: TrainingArguments, learning_rate: float | None = None):
+    def to_config(self, training_args, learning_rate: float | None = None):
         from .plan import TransferConfig
 
         return TransferConfig(
@@ -127,37 +125,6 @@ class TransferArguments:
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
             head_init_from=self.head_init_from,
         )
-
-
-@dataclass
-class TransferTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults that suit fine-tuning a pretrained vision backbone."""
-
-    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
-    learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Learning rate of the new head (pretrained parts get x --backbone_lr_multiplier). Default by "
-                          "family: 1e-2 for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
-    )
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
-    weight_decay: float = field(default=0.01, metadata={"help": "Weight decay (never on biases or norm weights)."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (a float below 1: share of all steps)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
-    save_strategy: str = field(default="no", metadata={"help": "When to checkpoint: no, steps, epoch or best."})
-    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: transforms read raw columns."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
-    seed: int = field(default=42, metadata={"help": "Seed for splits, initialisation and shuffling."})
-
-    def __post_init__(self):
-        # No --output_dir: the recipe names one after the model and dataset (see `default_output_dir`).
-        self.output_dir_was_defaulted = self.output_dir is None
-        if self.output_dir is None:
-            self.output_dir = "outputs/default"
-        super().__post_init__()
 
 
 def default_output_dir(recipe: str, model_name: str, data_source: str) -> str:
@@ -194,4 +161,6 @@ def parse_args(dataclass_types, args: list[str] | None = None):
 
 def finetune_argument_types() -> tuple:
     """The dataclasses `recipes/finetune.py` and `hf-transfer finetune` parse, in order."""
+    from .training_args import TransferTrainingArguments  # imports Trainer machinery (and peft): only when training
+
     return (ModelArguments, DataArguments, TransferTrainingArguments, TransferArguments)

@@ -344,14 +344,32 @@ class FeatureCache:
             return
         from safetensors.numpy import save_file
 
+        self._write_atomically(self.path(key), lambda tmp: save_file(
+            {"features": np.ascontiguousarray(features, dtype=np.float32),
+             "labels": np.ascontiguousarray(labels, dtype=np.int64)},
+            tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+
+    # Small JSON results derived from cached features (cross-validation scores): plain data, never pickles.
+    def load_json(self, key: str) -> dict | None:
+        path = self.dir / f"{key}.json"
+        if not self.enabled or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save_json(self, key: str, payload: dict) -> None:
+        if self.enabled:
+            self._write_atomically(self.dir / f"{key}.json", lambda tmp: Path(tmp).write_text(json.dumps(payload)))
+
+    def _write_atomically(self, path: Path, write) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.dir)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.dir)
         os.close(handle)
         try:
-            save_file({"features": np.ascontiguousarray(features, dtype=np.float32),
-                       "labels": np.ascontiguousarray(labels, dtype=np.int64)},
-                      tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-            os.replace(tmp, self.path(key))  # readers see the old entry or the whole new one, never a part
+            write(tmp)
+            os.replace(tmp, path)  # readers see the old entry or the whole new one, never a part
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

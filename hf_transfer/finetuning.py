@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
-from .arguments import DataArguments, ModelArguments, TransferArguments, TransferTrainingArguments, default_output_dir
+from .arguments import DataArguments, ModelArguments, TransferArguments, default_output_dir
 from .backbones import data_config, is_timm_wrapper, load_backbone, set_preprocessing
 from .errors import TransferError
 from .metrics import ClassificationMetrics
@@ -15,6 +16,9 @@ from .resolution import change_input_size
 from .runtime import configure_cpu_threads, say
 from .saving import save_model_folder, staged_output, write_json
 from .transforms import with_transforms
+
+if TYPE_CHECKING:
+    from .training_args import TransferTrainingArguments
 
 logger = logging.getLogger("hf_transfer")
 

@@ -217,8 +217,14 @@ def _cv_folds(y: np.ndarray, requested: int) -> int:
     return folds
 
 
-def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, config: ProbeConfig | None = None) -> ProbeResult:
-    """Choose the probe's hyper-parameter by stratified k-fold CV on (X, y), then refit on all of it."""
+def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, config: ProbeConfig | None = None,
+              score_cache=None) -> ProbeResult:
+    """Choose the probe's hyper-parameter by stratified k-fold CV on (X, y), then refit on all of it.
+
+    With a `FeatureCache` as ``score_cache``, the CV scores of each (features, labels, probe, value, folds, seed) are
+    kept as JSON beside the features: a rerun, or an export of another probe, skips the CV fits (the final refit
+    always runs, so no fitted estimator is ever unpickled).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from threadpoolctl import threadpool_limits
@@ -228,18 +234,37 @@ def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, conf
     name, values = _grid(kind, config)
     if kind == "knn":
         values = tuple(v for v in values if v < len(y) * (1 - 1 / max(2, config.cv_folds))) or (1,)
-    folds = StratifiedKFold(n_splits=_cv_folds(y, config.cv_folds), shuffle=True, random_state=config.seed)
+    n_folds = _cv_folds(y, config.cv_folds)
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=config.seed)
+    data_digest = _digest(X, y) if score_cache is not None else ""
     scores = {}
     # One BLAS/OpenMP thread: on these small problems, threads (worse: torch's and scikit-learn's OpenMP runtimes
     # side by side on a busy CPU) made a logistic regression fit 20x slower (6.7s vs 0.27s, measured here).
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for value in values:
-            fold_scores = cross_val_score(_estimator(kind, value, config), X, y, cv=folds, scoring="accuracy")
-            scores[value] = (float(fold_scores.mean()), float(fold_scores.std()))
+            key = score_cache.key(kind="cv_scores", data=data_digest, probe=kind, value=value, folds=n_folds,
+                                  seed=config.seed, max_iter=config.max_iter) if score_cache is not None else None
+            cached = score_cache.load_json(key) if key else None
+            if cached is None:
+                fold_scores = cross_val_score(_estimator(kind, value, config), X, y, cv=folds, scoring="accuracy")
+                cached = {"mean": float(fold_scores.mean()), "std": float(fold_scores.std())}
+                if key:
+                    score_cache.save_json(key, cached)
+            scores[value] = (cached["mean"], cached["std"])
         best = max(values, key=lambda v: (scores[v][0], -values.index(v)))  # ties: the earlier (stronger-regularized)
         estimator = _estimator(kind, best, config).fit(X, y)
     return ProbeResult(kind, layer, scores[best][0], scores[best][1], name, best, estimator, time.perf_counter() - start)
+
+
+def _digest(X: np.ndarray, y: np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(X), np.ascontiguousarray(y)):
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: str = "eval") -> dict[str, float]:
@@ -316,7 +341,7 @@ class DepthProbeReport:
 
 
 def probe_layers(feature_set, probes: Sequence[str], config: ProbeConfig | None = None, train_split: str = "train",
-                 eval_split: str = "validation", log=None) -> DepthProbeReport:
+                 eval_split: str = "validation", log=None, score_cache=None) -> DepthProbeReport:
     """Fit every probe on every layer of ``feature_set`` and report the held-out split's metrics."""
     config = config or ProbeConfig()
     results = []
@@ -324,7 +349,7 @@ def probe_layers(feature_set, probes: Sequence[str], config: ProbeConfig | None 
     for layer in feature_set.layers:
         X_train = feature_set.features[train_split][layer.key]
         for probe in probes:
-            result = fit_probe(probe, layer, X_train, y_train, config)
+            result = fit_probe(probe, layer, X_train, y_train, config, score_cache=score_cache)
             if y_eval is not None:
                 evaluate_probe(result, feature_set.features[eval_split][layer.key], y_eval, prefix=eval_split)
             results.append(result)

@@ -99,7 +99,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
 
     probe_start = time.perf_counter()
     report = probe_layers(feature_set, probes, ProbeConfig(cv_folds=probe_args.cv_folds, seed=probe_args.seed),
-                          eval_split="validation", log=say)
+                          eval_split="validation", log=say, score_cache=cache if cache.enabled else None)
     probe_seconds = time.perf_counter() - probe_start
     say("per-depth results (C / k chosen by cross-validation on train):\n" + report.table())
     best = report.best()

@@ -16,10 +16,16 @@ def test_embedded_mnist_is_real_and_split_stratified():
     assert data.labels == [str(i) for i in range(10)]
     assert data.image_column == "image" and data.label_column == "label"
     assert np.bincount(val["label"], minlength=10).tolist() == [50] * 10  # stratified: 500 per class -> 50 each
+    def image_bytes(split):
+        from datasets import Image
+
+        return [cell["bytes"] for cell in split.cast_column("image", Image(decode=False))["image"]]
+
     again = load_image_classification_data("embedded:mnist")
-    assert again.splits["validation"]["label"] == val["label"]  # same seed, same split
+    assert image_bytes(again.splits["validation"]) == image_bytes(val)  # same seed, same split
     other = load_image_classification_data("embedded:mnist", seed=7)
-    assert other.splits["validation"]["label"] != val["label"]
+    assert image_bytes(other.splits["validation"]) != image_bytes(val)
+    assert not set(image_bytes(val)) & set(image_bytes(train))  # no image on both sides
 
 
 def test_image_folder_and_explicit_columns(image_folder):

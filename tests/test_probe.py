@@ -172,3 +172,28 @@ def test_resolve_probes():
     assert resolve_probes("logreg,knn", 10) == ["logreg", "knn"]
     with pytest.raises(TransferError, match="unknown probe"):
         resolve_probes("svm", 10)
+
+
+def test_cv_scores_are_cached_beside_the_features(tmp_path, monkeypatch):
+    """A rerun on the same features skips the CV fits; other data or another probe misses."""
+    import sklearn.model_selection
+
+    from hf_transfer.features import FeatureLayer
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 5)).astype(np.float32), np.repeat([0, 1, 2], 20)
+    X[:, 0] += y  # learnable
+    cache = FeatureCache(tmp_path)
+    layer = FeatureLayer("pooled", None)
+    calls = []
+    real = sklearn.model_selection.cross_val_score
+    monkeypatch.setattr(sklearn.model_selection, "cross_val_score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = ProbeConfig(cv_folds=2)
+    first = fit_probe("logreg", layer, X, y, config, score_cache=cache)
+    assert len(calls) == len(config.logreg_c)
+    again = fit_probe("logreg", layer, X, y, config, score_cache=cache)
+    assert len(calls) == len(config.logreg_c)  # no new CV fit
+    assert (again.cv_score, again.param_value) == (first.cv_score, first.param_value)
+    np.testing.assert_allclose(again.decision_function(X), first.decision_function(X))
+    fit_probe("logreg", layer, X + 1, y, config, score_cache=cache)  # changed features: computed again
+    assert len(calls) == 2 * len(config.logreg_c)

@@ -1,0 +1,42 @@
+"""`TrainingArguments` with defaults for fine-tuning vision backbones.
+
+Kept apart from `arguments.py`: importing `transformers.TrainingArguments` loads the Trainer machinery (and peft
+when installed), about 3 s that the probe path, which never trains with Trainer, should not pay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class TransferTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults that suit fine-tuning a pretrained vision backbone."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the new head (pretrained parts get x --backbone_lr_multiplier). Default by "
+                          "family: 1e-2 for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    weight_decay: float = field(default=0.01, metadata={"help": "Weight decay (never on biases or norm weights)."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (a float below 1: share of all steps)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
+    save_strategy: str = field(default="no", metadata={"help": "When to checkpoint: no, steps, epoch or best."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: transforms read raw columns."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    seed: int = field(default=42, metadata={"help": "Seed for splits, initialisation and shuffling."})
+
+    def __post_init__(self):
+        # No --output_dir: the recipe names one after the model and dataset (see `default_output_dir`).
+        self.output_dir_was_defaulted = self.output_dir is None
+        if self.output_dir is None:
+            self.output_dir = "outputs/default"
+        super().__post_init__()
