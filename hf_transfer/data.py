@@ -246,7 +246,8 @@ def _stratified_split(dataset, label_col: str, test_size: float, seed: int):
     except ValueError as err:  # a class with a single image cannot be on both sides
         raise TransferError(f"cannot hold out a stratified validation split ({err}); add images to the rarest classes "
                             "or pass a validation split (--validation_dir)") from None
-    return dataset.select(np.sort(train_idx)), dataset.select(np.sort(test_idx))
+    # Shuffled order (as train_test_split returns it): a truncated split (max_eval_samples) keeps every class.
+    return dataset.select(train_idx), dataset.select(test_idx)
 
 
 def load_image_classification_data(

@@ -102,3 +102,8 @@ def test_with_transforms_gives_pixel_values_and_labels():
     batch = splits["train"][:4]
     assert torch.stack(batch["pixel_values"]).shape == (4, 3, 32, 32)
     assert batch["labels"] == data.splits["train"]["label"][:4]
+
+
+def test_truncated_validation_keeps_every_class():
+    data = load_image_classification_data("embedded:mnist", max_eval_samples=100)
+    assert set(data.splits["validation"]["label"]) == set(range(10))

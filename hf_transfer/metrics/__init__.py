@@ -23,6 +23,8 @@ def load_metric(name: str, **kwargs):
 
     if name not in AVAILABLE_METRICS:
         raise TransferError(f"unknown metric {name!r}; shipped metrics: {', '.join(AVAILABLE_METRICS)}")
+    # In memory: our inputs are one eval set at a time, so evaluate's Arrow cache files only cost time and disk.
+    kwargs.setdefault("keep_in_memory", True)
     return evaluate.load(str(METRICS_DIR / name), **kwargs)
 
 
