@@ -127,6 +127,13 @@ class TransferArguments:
         )
 
 
+def mark_default_output_dir(args) -> None:
+    """No --output_dir given: flag it, so the recipe names one after the model and dataset (`default_output_dir`)."""
+    args.output_dir_was_defaulted = args.output_dir is None
+    if args.output_dir is None:
+        args.output_dir = "outputs/default"
+
+
 def default_output_dir(recipe: str, model_name: str, data_source: str) -> str:
     def slug(text: str) -> str:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.rstrip("/").split("/")[-1].split(":")[-1])

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from .arguments import DataArguments, ModelArguments
+from .arguments import DataArguments, ModelArguments, mark_default_output_dir
 from .backbones import data_config
 from .errors import TransferError
 from .features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
@@ -44,9 +44,7 @@ class ProbeArguments:
     seed: int = field(default=42, metadata={"help": "Seed for the validation split and the CV folds."})
 
     def __post_init__(self):
-        self.output_dir_was_defaulted = self.output_dir is None
-        if self.output_dir is None:
-            self.output_dir = "outputs/default"
+        mark_default_output_dir(self)
 
 
 def probe_argument_types() -> tuple:

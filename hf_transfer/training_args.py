@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .arguments import mark_default_output_dir
+
 
 @dataclass
 class TransferTrainingArguments(TrainingArguments):
@@ -35,8 +37,5 @@ class TransferTrainingArguments(TrainingArguments):
     seed: int = field(default=42, metadata={"help": "Seed for splits, initialisation and shuffling."})
 
     def __post_init__(self):
-        # No --output_dir: the recipe names one after the model and dataset (see `default_output_dir`).
-        self.output_dir_was_defaulted = self.output_dir is None
-        if self.output_dir is None:
-            self.output_dir = "outputs/default"
+        mark_default_output_dir(self)
         super().__post_init__()
