@@ -47,7 +47,8 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging, quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation."})
     augmentation: str = field(
-        default="gentle", metadata={"help": f"Training augmentation preset: {', '.join(AUGMENTATION_PRESETS)}."}
+        default="auto", metadata={"help": f"Training augmentation preset: auto (none under 3 epochs, else gentle), "
+                                          f"{', '.join(AUGMENTATION_PRESETS)}."}
     )
 
     def load(self, seed: int, model_args: ModelArguments | None = None):

@@ -15,7 +15,7 @@ from .metrics import ClassificationMetrics
 from .resolution import change_input_size
 from .runtime import configure_cpu_threads, say
 from .saving import save_model_folder, staged_output, write_json
-from .transforms import with_transforms
+from .transforms import resolve_augmentation, with_transforms
 
 if TYPE_CHECKING:
     from .training_args import TransferTrainingArguments
@@ -50,7 +50,9 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
         say(change_input_size(model, image_size))
     set_preprocessing(model, image_size)
     cfg = data_config(model)
-    splits = with_transforms(data.splits, data, cfg, image_size=image_size, augmentation=data_args.augmentation)
+    augmentation = resolve_augmentation(data_args.augmentation, getattr(training_args, "num_train_epochs", 0))
+    data_args.augmentation = augmentation
+    splits = with_transforms(data.splits, data, cfg, image_size=image_size, augmentation=augmentation)
     if getattr(training_args, "output_dir_was_defaulted", False):
         training_args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data.source)
     return data, model, splits, int(image_size or cfg["input_size"][-1])

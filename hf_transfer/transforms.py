@@ -2,9 +2,12 @@
 
 Presets, gentlest first (pick by what a label depends on):
 
+* ``auto`` (default): ``none`` for runs under 3 epochs, ``gentle`` from 3 on. Augmentation pays off once the model
+  sees each image several times; in a single epoch it only slows convergence (Lite0 on MNIST-5k, one epoch:
+  0.964 with ``gentle`` against 0.984 with ``none``).
 * ``none``: the eval transform.
 * ``flip``: horizontal flips only.
-* ``gentle`` (default): small translations (10 %), rotations (10°) and scaling; no flips, no cropping away of the
+* ``gentle``: small translations (10 %), rotations (10°) and scaling; no flips, no cropping away of the
   object. Safe for digits, text, inspection and medical images, where orientation or framing carries meaning.
 * ``standard``: ``gentle`` plus horizontal flips: natural photos.
 * ``strong``: ImageNet-style random-resized-crop (scale 0.08-1) plus flips; large, natural-image datasets only:
@@ -41,6 +44,15 @@ def _to_rgb(image):
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def resolve_augmentation(preset: str, num_train_epochs: float) -> str:
+    """``auto`` -> a concrete preset for a run of ``num_train_epochs``; other presets pass through (validated)."""
+    if preset == "auto":
+        return "none" if num_train_epochs < 3 else "gentle"
+    if preset not in AUGMENTATION_PRESETS:
+        raise TransferError(f"unknown augmentation preset {preset!r}; choose auto or one of {', '.join(AUGMENTATION_PRESETS)}")
+    return preset
 
 
 def build_transform(data_cfg: dict, *, image_size: int | None = None, augmentation: str = "none") -> Callable:

@@ -107,3 +107,13 @@ def test_with_transforms_gives_pixel_values_and_labels():
 def test_truncated_validation_keeps_every_class():
     data = load_image_classification_data("embedded:mnist", max_eval_samples=100)
     assert set(data.splits["validation"]["label"]) == set(range(10))
+
+
+def test_auto_augmentation_depends_on_epochs():
+    from hf_transfer.transforms import resolve_augmentation
+
+    assert resolve_augmentation("auto", 1) == "none"
+    assert resolve_augmentation("auto", 3) == "gentle"
+    assert resolve_augmentation("strong", 1) == "strong"
+    with pytest.raises(TransferError, match="augmentation preset"):
+        resolve_augmentation("wild", 1)
