@@ -106,10 +106,16 @@ class ParamGroup:
         return self.trains_from_epoch is None
 
 
+ITEM_SEPARATOR = re.compile(r",(?![^{]*\})")
+
+
 def parse_lr_multipliers(text: str | None) -> list[tuple[re.Pattern, float]]:
-    """'blocks\\.0=0.5,head=2' -> [(re, 0.5), (re, 2.0)]; each item splits at its last '='."""
+    """'blocks\\.0=0.5,head=2' -> [(re, 0.5), (re, 2.0)]; each item splits at its last '='.
+
+    Items are separated by commas outside braces, so quantifiers such as ``blocks\\.[0-9]{1,2}`` stay whole.
+    """
     rules = []
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+    for item in filter(None, (part.strip() for part in ITEM_SEPARATOR.split(text or ""))):
         pattern, sep, factor = item.rpartition("=")
         try:
             if not sep or not pattern:

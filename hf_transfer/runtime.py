@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -12,9 +13,12 @@ def is_main_process() -> bool:
 
 
 def say(message: str) -> None:
-    """Progress for people: printed once, by the main process."""
+    """Progress for people: printed once, by the main process, above any live progress bar (not inside it)."""
     if is_main_process():
-        print(f"[hf_transfer] {message}", flush=True)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"[hf_transfer] {message}", file=sys.stdout)
+        sys.stdout.flush()
 
 
 def configure_cpu_threads() -> int:

@@ -254,3 +254,10 @@ def test_scratch_trains_everything_as_new_at_one_rate():
     model = make_model("test_convnext")
     plan = TransferPlan.build(model, TransferConfig(strategy="scratch", learning_rate=2e-3, layer_decay=0.5))
     assert all(g.new and g.lr == 2e-3 and not g.frozen and g.trains_from_epoch == 0 for g in plan.groups)
+
+
+def test_lr_multipliers_keep_regex_quantifiers_whole():
+    from hf_transfer.plan import parse_lr_multipliers
+
+    rules = parse_lr_multipliers(r"blocks\.[0-9]{1,2}\.=0.5, head=2")
+    assert [(r.pattern, f) for r, f in rules] == [(r"blocks\.[0-9]{1,2}\.", 0.5), ("head", 2.0)]
