@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from .arguments import DataArguments, ModelArguments, TransferArguments, default_output_dir
-from .backbones import data_config, is_timm_wrapper, load_backbone, set_preprocessing
-from .errors import TransferError
+from .backbones import data_config, load_backbone, set_preprocessing
 from .metrics import ClassificationMetrics
 from .resolution import change_input_size
 from .runtime import configure_cpu_threads, say
@@ -19,9 +18,6 @@ from .transforms import resolve_augmentation, with_transforms
 
 if TYPE_CHECKING:
     from .training_args import TransferTrainingArguments
-
-logger = logging.getLogger("hf_transfer")
-
 
 def use_channels_last(model) -> bool:
     """CNNs run markedly faster on CPU (measured ~1.7x for EfficientNet) with channels_last weights."""
@@ -50,9 +46,9 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
         say(change_input_size(model, image_size))
     set_preprocessing(model, image_size)
     cfg = data_config(model)
-    augmentation = resolve_augmentation(data_args.augmentation, getattr(training_args, "num_train_epochs", 0))
-    data_args.augmentation = augmentation
-    splits = with_transforms(data.splits, data, cfg, image_size=image_size, augmentation=augmentation)
+    # run_finetune resolves `auto` from its epochs; any other caller (probing) gets no augmentation for `auto`.
+    splits = with_transforms(data.splits, data, cfg, image_size=image_size,
+                             augmentation=resolve_augmentation(data_args.augmentation, 0))
     if getattr(training_args, "output_dir_was_defaulted", False):
         training_args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data.source)
     return data, model, splits, int(image_size or cfg["input_size"][-1])
@@ -78,6 +74,9 @@ def run_finetune(
     transfer_args.to_config(training_args).validate()  # bad flags fail before any data or model is loaded
     configure_cpu_threads()
     set_seed(training_args.seed)
+    # `auto` depends on the run's length: resolve it here, where the epochs are known, not inside prepare().
+    data_args = dataclasses.replace(
+        data_args, augmentation=resolve_augmentation(data_args.augmentation, training_args.num_train_epochs))
     pretrained = False if transfer_args.strategy == "scratch" else None
     data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune", pretrained=pretrained)
     if transfer_args.head_init_from:
