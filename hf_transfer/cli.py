@@ -48,6 +48,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2)
         return
     COMMANDS[argv[0]][0](argv[1:])
+    if from_command_line:  # the process ends next: ~1 s less shutdown (in-process callers keep a normal heap)
+        from .runtime import skip_exit_garbage_collection
+
+        skip_exit_garbage_collection()
 
 
 if __name__ == "__main__":

@@ -329,24 +329,31 @@ class FeatureCache:
         return self.dir / f"{key}.safetensors"
 
     def load(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        tensors = self.load_arrays(key)
+        return None if tensors is None else (tensors["features"], tensors["labels"])
+
+    def save(self, key: str, features: np.ndarray, labels: np.ndarray, metadata: dict | None = None) -> None:
+        self.save_arrays(key, {"features": np.asarray(features, dtype=np.float32),
+                               "labels": np.asarray(labels, dtype=np.int64)}, metadata)
+
+    # Named arrays (features, or a fitted linear probe's parameters) as one safetensors file: no pickles.
+    def load_arrays(self, key: str) -> dict[str, np.ndarray] | None:
         if not self.enabled or not self.path(key).is_file():
             return None
         from safetensors.numpy import load_file
 
         try:
-            tensors = load_file(str(self.path(key)))
+            return load_file(str(self.path(key)))
         except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
             return None
-        return tensors["features"], tensors["labels"]
 
-    def save(self, key: str, features: np.ndarray, labels: np.ndarray, metadata: dict | None = None) -> None:
+    def save_arrays(self, key: str, arrays: dict[str, np.ndarray], metadata: dict | None = None) -> None:
         if not self.enabled:
             return
         from safetensors.numpy import save_file
 
         self._write_atomically(self.path(key), lambda tmp: save_file(
-            {"features": np.ascontiguousarray(features, dtype=np.float32),
-             "labels": np.ascontiguousarray(labels, dtype=np.int64)},
+            {name: np.ascontiguousarray(array) for name, array in arrays.items()},
             tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
     # Small JSON results derived from cached features (cross-validation scores): plain data, never pickles.

@@ -72,17 +72,23 @@ class LayerMap:
         return "\n".join(rows)
 
 
-def _covering_modules(model: torch.nn.Module, names: list[str]) -> list[str]:
+def _module_parameters(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Every module that holds parameters -> their full names, in registration order (one walk of the model)."""
+    owned: dict[str, list[str]] = {}
+    for full_name, _ in model.named_parameters():
+        parts = full_name.split(".")
+        for cut in range(len(parts)):  # the root module (""), then each ancestor of the parameter
+            owned.setdefault(".".join(parts[:cut]), []).append(full_name)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return dict(sorted(owned.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def _covering_modules(module_params: dict[str, list[str]], names: list[str]) -> list[str]:
     """The highest modules whose parameters all lie in ``names`` (so a hook on them sees this group only)."""
     wanted = set(names)
-    module_params = {}
-    for mod_name, module in model.named_modules():
-        params = [f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters()]
-        if params:
-            module_params[mod_name] = params
     chosen: list[str] = []
-    for mod_name, params in module_params.items():  # named_modules is in registration order
-        if not mod_name or not set(params) <= wanted:
+    for mod_name, params in module_params.items():  # registration order: parents before children
+        if not mod_name or not wanted.issuperset(params):
             continue
         if any(mod_name.startswith(parent + ".") for parent in chosen):
             continue
@@ -123,8 +129,9 @@ def _groups_from_ids(model, ordered: list[tuple[str, list[str]]], head_prefixes:
         )
     groups.append(("head", [n for n in all_names if n in set(head)]))
     result = []
+    module_params = _module_parameters(model)
     for i, (name, params) in enumerate(groups):
-        modules = _covering_modules(model, params)
+        modules = _covering_modules(module_params, params)
         if name is None:  # name a group after its modules: 'blocks.4+conv_head+bn2'
             short = [m.removeprefix("timm_model.") for m in modules]
             name = _common_prefix(params).removeprefix("timm_model.") if len(short) > 1 and "." in _common_prefix(params) else "+".join(short)

@@ -114,9 +114,12 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         return scores[:, 0] if len(self.classes_) == 2 else scores
 
     def predict(self, X):
-        scores = self.decision_function(X)
-        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(1)
-        return self.classes_[index]
+        return _classes_of(self.decision_function(X), self.classes_)
+
+
+def _classes_of(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """scikit-learn's rule: binary scores are one decision value (positive -> second class), else the argmax."""
+    return classes[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(1)]
 
 
 def _estimator(kind: str, value, config: ProbeConfig):
@@ -154,8 +157,57 @@ def _grid(kind: str, config: ProbeConfig) -> tuple[str, tuple]:
 
 # ------------------------------------------------------------------------------------------------- fitting
 @dataclass
+class LinearHead:
+    """A fitted linear probe as plain arrays: ``((x - mean) / scale) @ coef.T + intercept``.
+
+    What every linear probe (logreg, linear SVM, torch head) reduces to: export folds it into one layer, and the
+    probe cache stores it as safetensors, so a rerun needs neither a refit nor an unpickled estimator.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (classes, features); one row for a binary probe, as in scikit-learn
+    intercept: np.ndarray
+    classes: np.ndarray
+
+    @classmethod
+    def from_pipeline(cls, pipeline) -> "LinearHead":
+        scaler, clf = pipeline[0], pipeline[-1]
+        return cls(*(np.asarray(a, dtype=np.float64) for a in (scaler.mean_, scaler.scale_)),
+                   np.atleast_2d(np.asarray(clf.coef_, dtype=np.float64)),
+                   np.atleast_1d(np.asarray(clf.intercept_, dtype=np.float64)), np.asarray(clf.classes_))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "LinearHead":
+        return cls(**{name: arrays[name] for name in ("mean", "scale", "coef", "intercept", "classes")})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(vars(self))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        scores = ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.coef.T + self.intercept
+        return scores[:, 0] if self.coef.shape[0] == 1 else scores
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return _classes_of(self.decision_function(X), self.classes)
+
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W', b') with the standardization folded in; a binary probe becomes two logits ``[0, d]``."""
+        weight = self.coef / self.scale
+        bias = self.intercept - self.coef @ (self.mean / self.scale)
+        if weight.shape[0] == 1:
+            weight = np.vstack([np.zeros_like(weight), weight])
+            bias = np.concatenate([[0.0], bias])
+        return weight, bias
+
+
+@dataclass
 class ProbeResult:
-    """One fitted probe on one layer: its CV score, chosen hyper-parameter, held-out metrics and the estimator."""
+    """One fitted probe on one layer: its CV score, chosen hyper-parameter and held-out metrics.
+
+    ``estimator`` is the fitted scikit-learn pipeline, or None when a linear probe came from the cache; ``linear``
+    is the `LinearHead` of every linear probe.
+    """
 
     probe: str
     layer: FeatureLayer
@@ -166,13 +218,18 @@ class ProbeResult:
     estimator: object = field(repr=False)
     fit_seconds: float = 0.0
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    linear: LinearHead | None = field(default=None, repr=False)
+    from_cache: bool = False
 
     @property
     def exportable(self) -> bool:
         return self.probe in LINEAR_PROBES
 
     def decision_function(self, features: np.ndarray) -> np.ndarray:
-        return self.estimator.decision_function(features)
+        return (self.linear or self.estimator).decision_function(features)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return (self.linear or self.estimator).predict(features)
 
     def summary(self) -> dict:
         return {
@@ -182,6 +239,7 @@ class ProbeResult:
             "cv_std": round(self.cv_std, 5),
             self.param_name: self.param_value,
             "fit_seconds": round(self.fit_seconds, 3),
+            "fit_from_cache": self.from_cache,
             "exportable": self.exportable,
             **{k: round(v, 5) for k, v in self.eval_metrics.items()},
         }
@@ -193,17 +251,7 @@ class ProbeResult:
                 f"a {self.probe} probe cannot be exported as a model: only linear probes "
                 f"({', '.join(LINEAR_PROBES)}) fold into a linear head; {self.probe} is for comparison only"
             )
-        scaler, clf = self.estimator[0], self.estimator[-1]
-        coef = np.atleast_2d(np.asarray(clf.coef_, dtype=np.float64))
-        intercept = np.atleast_1d(np.asarray(clf.intercept_, dtype=np.float64))
-        mean = np.asarray(scaler.mean_, dtype=np.float64)
-        scale = np.asarray(scaler.scale_, dtype=np.float64)
-        weight = coef / scale
-        bias = intercept - coef @ (mean / scale)
-        if weight.shape[0] == 1:  # binary: decision d for the positive class -> logits [0, d]
-            weight = np.vstack([np.zeros_like(weight), weight])
-            bias = np.concatenate([[0.0], bias])
-        return weight, bias
+        return self.linear.folded()
 
 
 def _cv_folds(y: np.ndarray, requested: int) -> int:
@@ -221,9 +269,9 @@ def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, conf
               score_cache=None) -> ProbeResult:
     """Choose the probe's hyper-parameter by stratified k-fold CV on (X, y), then refit on all of it.
 
-    With a `FeatureCache` as ``score_cache``, the CV scores of each (features, labels, probe, value, folds, seed) are
-    kept as JSON beside the features: a rerun, or an export of another probe, skips the CV fits (the final refit
-    always runs, so no fitted estimator is ever unpickled).
+    With a `FeatureCache` as ``score_cache``, what a rerun on the same features would recompute is kept beside the
+    features: the CV scores of each (features, labels, probe, value, folds, seed) as JSON, and the final fit of a
+    linear probe as a `LinearHead` in safetensors. Kernel SVM and k-NN are refitted (only a pickle could store them).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -237,14 +285,18 @@ def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, conf
     n_folds = _cv_folds(y, config.cv_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=config.seed)
     data_digest = _digest(X, y) if score_cache is not None else ""
+
+    def cache_key(what: str, value) -> str | None:
+        return score_cache.key(kind=what, data=data_digest, probe=kind, value=value, folds=n_folds, seed=config.seed,
+                               max_iter=config.max_iter) if score_cache is not None else None
+
     scores = {}
     # One BLAS/OpenMP thread: on these small problems, threads (worse: torch's and scikit-learn's OpenMP runtimes
     # side by side on a busy CPU) made a logistic regression fit 20x slower (6.7s vs 0.27s, measured here).
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for value in values:
-            key = score_cache.key(kind="cv_scores", data=data_digest, probe=kind, value=value, folds=n_folds,
-                                  seed=config.seed, max_iter=config.max_iter) if score_cache is not None else None
+            key = cache_key("cv_scores", value)
             cached = score_cache.load_json(key) if key else None
             if cached is None:
                 fold_scores = cross_val_score(_estimator(kind, value, config), X, y, cv=folds, scoring="accuracy")
@@ -253,8 +305,17 @@ def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, conf
                     score_cache.save_json(key, cached)
             scores[value] = (cached["mean"], cached["std"])
         best = max(values, key=lambda v: (scores[v][0], -values.index(v)))  # ties: the earlier (stronger-regularized)
-        estimator = _estimator(kind, best, config).fit(X, y)
-    return ProbeResult(kind, layer, scores[best][0], scores[best][1], name, best, estimator, time.perf_counter() - start)
+        fit_key = cache_key("linear_head", best) if kind in LINEAR_PROBES else None
+        stored = score_cache.load_arrays(fit_key) if fit_key else None
+        estimator, linear = None, LinearHead.from_arrays(stored) if stored is not None else None
+        if linear is None:
+            estimator = _estimator(kind, best, config).fit(X, y)
+            if kind in LINEAR_PROBES:
+                linear = LinearHead.from_pipeline(estimator)
+                if fit_key:
+                    score_cache.save_arrays(fit_key, linear.arrays())
+    return ProbeResult(kind, layer, scores[best][0], scores[best][1], name, best, estimator,
+                       time.perf_counter() - start, linear=linear, from_cache=estimator is None)
 
 
 def _digest(X: np.ndarray, y: np.ndarray) -> str:
@@ -271,7 +332,7 @@ def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: st
     """Accuracy and macro-F1 on a held-out split, with the package's offline metrics."""
     from .metrics import load_metric
 
-    predictions = result.estimator.predict(X)
+    predictions = result.predict(X)
     metrics = {
         f"{prefix}_accuracy": load_metric("accuracy").compute(predictions=predictions, references=y)["accuracy"],
         f"{prefix}_macro_f1": load_metric("f1").compute(predictions=predictions, references=y, average="macro")["f1"],
@@ -315,13 +376,13 @@ class DepthProbeReport:
 
     def plot(self, path: str | Path, title: str = "") -> Path:
         """Held-out accuracy per depth (one line per probe), pooled bottleneck last."""
-        import matplotlib
+        import textwrap
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state, 0.3 s less import
 
         layers = list(dict.fromkeys(r.layer.name for r in self.results))
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 3), 4.2))
+        fig = Figure(figsize=(max(6.0, 0.45 * len(layers) + 3), 4.2))
+        ax = fig.subplots()
         for probe in dict.fromkeys(r.probe for r in self.results):
             points = [(layers.index(r.layer.name), r.eval_metrics.get(f"{self.eval_split}_accuracy", np.nan))
                       for r in self.results if r.probe == probe]
@@ -329,14 +390,11 @@ class DepthProbeReport:
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels([name.replace(" (", "\n(") for name in layers], rotation=60, fontsize=7, ha="right")
         ax.set_ylabel(f"{self.eval_split} accuracy")
-        import textwrap
-
         ax.set_title("\n".join(textwrap.wrap(title or "linear probe accuracy per depth", 70)), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return Path(path)
 
 
@@ -355,7 +413,8 @@ def probe_layers(feature_set, probes: Sequence[str], config: ProbeConfig | None 
             results.append(result)
             if log:
                 log(f"{layer.name:<28} {probe:<12} cv {result.cv_score:.4f}  {eval_split} "
-                    f"{result.eval_metrics.get(eval_split + '_accuracy', float('nan')):.4f}  ({result.fit_seconds:.1f}s)")
+                    f"{result.eval_metrics.get(eval_split + '_accuracy', float('nan')):.4f}  "
+                    f"({'fit from the cache' if result.from_cache else f'{result.fit_seconds:.1f}s'})")
     return DepthProbeReport(results, eval_split)
 
 
@@ -504,6 +563,7 @@ __all__ = [
     "LINEAR_PROBES",
     "PROBES",
     "DepthProbeReport",
+    "LinearHead",
     "ProbeConfig",
     "ProbeResult",
     "TorchLinearClassifier",

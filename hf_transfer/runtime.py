@@ -1,4 +1,4 @@
-"""Process-level settings: CPU threads under `accelerate launch`, and who is the main process."""
+"""Process-level settings: CPU threads under `accelerate launch`, who is the main process, a quick exit."""
 
 from __future__ import annotations
 
@@ -38,3 +38,17 @@ def configure_cpu_threads() -> int:
         return torch.get_num_threads()
     torch.set_num_threads(threads)
     return threads
+
+
+def skip_exit_garbage_collection() -> None:
+    """Let the interpreter's shutdown skip its garbage-collection walk over everything loaded so far.
+
+    At exit CPython searches the whole heap for reference cycles; with torch, transformers and scikit-learn loaded
+    that walk took 1.0-1.3 s here, a fifth of a cached probe rerun, to free memory the OS takes back anyway.
+    `gc.freeze()` moves every object to the permanent generation, which collections ignore (reference counting,
+    atexit handlers and file flushing are unaffected). For command-line entry points once the job is done; never
+    call it from library code that a notebook keeps running.
+    """
+    import gc
+
+    gc.freeze()

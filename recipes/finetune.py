@@ -12,6 +12,7 @@ Every flag is a field of `ModelArguments`, `DataArguments`, `TransferTrainingArg
 from hf_transfer.arguments import finetune_argument_types, parse_args
 from hf_transfer.errors import exit_on_user_error
 from hf_transfer.finetuning import run_finetune
+from hf_transfer.runtime import skip_exit_garbage_collection
 
 
 def main(args=None):
@@ -21,3 +22,4 @@ def main(args=None):
 
 if __name__ == "__main__":
     main()
+    skip_exit_garbage_collection()  # the process ends next: ~1 s less shutdown

@@ -46,7 +46,7 @@ def _check_export(model, result, folder, layer_map, pixels, size, labels):
     with torch.inference_mode():
         logits = loaded(pixel_values=pixels).logits.double().numpy()
     features = FeatureExtractor(model.eval(), [result.layer], layer_map)(pixels)[result.layer.key].double().numpy()
-    expected = result.decision_function(features)
+    expected = result.estimator.decision_function(features)  # scikit-learn's own, not our LinearHead
     if expected.ndim == 1:  # binary: logits [0, d]
         expected = np.stack([np.zeros_like(expected), expected], 1)
     # hf_transfer_probe heads run in float64: 1e-5 absolute. A pooled export is the backbone's own float32 head,
@@ -174,10 +174,11 @@ def test_resolve_probes():
         resolve_probes("svm", 10)
 
 
-def test_cv_scores_are_cached_beside_the_features(tmp_path, monkeypatch):
-    """A rerun on the same features skips the CV fits; other data or another probe misses."""
+def test_cv_scores_and_linear_fits_are_cached_beside_the_features(tmp_path, monkeypatch):
+    """A rerun on the same features skips the CV fits and the final fit; other data or another probe misses."""
     import sklearn.model_selection
 
+    from hf_transfer import probe as probe_module
     from hf_transfer.features import FeatureLayer
 
     rng = np.random.default_rng(0)
@@ -185,15 +186,46 @@ def test_cv_scores_are_cached_beside_the_features(tmp_path, monkeypatch):
     X[:, 0] += y  # learnable
     cache = FeatureCache(tmp_path)
     layer = FeatureLayer("pooled", None)
-    calls = []
+    calls, fits = [], []
     real = sklearn.model_selection.cross_val_score
     monkeypatch.setattr(sklearn.model_selection, "cross_val_score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real_estimator = probe_module._estimator
+    monkeypatch.setattr(probe_module, "_estimator", lambda *a: fits.append(a[0]) or real_estimator(*a))
     config = ProbeConfig(cv_folds=2)
     first = fit_probe("logreg", layer, X, y, config, score_cache=cache)
-    assert len(calls) == len(config.logreg_c)
+    assert len(calls) == len(config.logreg_c) and not first.from_cache
+    fits.clear()
     again = fit_probe("logreg", layer, X, y, config, score_cache=cache)
-    assert len(calls) == len(config.logreg_c)  # no new CV fit
+    assert len(calls) == len(config.logreg_c) and fits == []  # no CV fit, no final fit
+    assert again.from_cache and again.estimator is None
     assert (again.cv_score, again.param_value) == (first.cv_score, first.param_value)
-    np.testing.assert_allclose(again.decision_function(X), first.decision_function(X))
+    np.testing.assert_allclose(again.decision_function(X), first.estimator.decision_function(X), atol=1e-6)
+    np.testing.assert_array_equal(again.folded_head()[0], first.folded_head()[0])
     fit_probe("logreg", layer, X + 1, y, config, score_cache=cache)  # changed features: computed again
     assert len(calls) == 2 * len(config.logreg_c)
+    fits.clear()
+    knn = fit_probe("knn", layer, X, y, config, score_cache=cache)
+    knn_again = fit_probe("knn", layer, X, y, config, score_cache=cache)
+    assert fits.count("knn") == len(config.knn_k) + 2  # CV once, then the final fit on each call (no pickles)
+    assert not knn_again.from_cache and knn_again.linear is None
+    np.testing.assert_array_equal(knn_again.predict(X), knn.predict(X))
+
+
+@pytest.mark.parametrize("kind", ["logreg", "linear_svm", "torch_linear"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_head_reproduces_the_fitted_pipeline(kind, n_classes):
+    from hf_transfer.features import FeatureLayer
+    from hf_transfer.probe import LinearHead
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(n_classes), 30)
+    X = (rng.normal(size=(len(y), 6)) * [1, 5, 0.1, 1, 1, 1] + 3).astype(np.float32)
+    X[:, 0] += 2 * y
+    result = fit_probe(kind, FeatureLayer("pooled", None), X, y, ProbeConfig(cv_folds=2))
+    head = LinearHead.from_arrays(result.linear.arrays())  # the cache's round trip
+    np.testing.assert_allclose(head.decision_function(X), result.estimator.decision_function(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(head.predict(X), result.estimator.predict(X))
+    weight, bias = head.folded()
+    logits = X.astype(np.float64) @ weight.T + bias
+    assert logits.shape == (len(y), n_classes)
+    np.testing.assert_array_equal(head.classes[logits.argmax(1)], result.estimator.predict(X))
