@@ -307,13 +307,11 @@ def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, conf
         best = max(values, key=lambda v: (scores[v][0], -values.index(v)))  # ties: the earlier (stronger-regularized)
         fit_key = cache_key("linear_head", best) if kind in LINEAR_PROBES else None
         stored = score_cache.load_arrays(fit_key) if fit_key else None
-        estimator, linear = None, LinearHead.from_arrays(stored) if stored is not None else None
-        if linear is None:
-            estimator = _estimator(kind, best, config).fit(X, y)
-            if kind in LINEAR_PROBES:
-                linear = LinearHead.from_pipeline(estimator)
-                if fit_key:
-                    score_cache.save_arrays(fit_key, linear.arrays())
+        estimator = None if stored is not None else _estimator(kind, best, config).fit(X, y)
+        linear = LinearHead.from_arrays(stored) if stored is not None else (
+            LinearHead.from_pipeline(estimator) if kind in LINEAR_PROBES else None)
+        if fit_key and stored is None:
+            score_cache.save_arrays(fit_key, linear.arrays())
     return ProbeResult(kind, layer, scores[best][0], scores[best][1], name, best, estimator,
                        time.perf_counter() - start, linear=linear, from_cache=estimator is None)
 

@@ -28,3 +28,17 @@ def test_probe_subcommand_reports_bad_input():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hf-transfer probe: error:")
+
+
+def test_only_a_command_line_run_skips_the_exit_garbage_collection():
+    """`hf-transfer` freezes the heap before exiting (~1 s less shutdown); an in-process call must not."""
+    import gc
+
+    before = gc.get_freeze_count()
+    main(["list"])
+    assert gc.get_freeze_count() == before  # a notebook or test calling main() keeps a normal heap
+    script = ("import gc, sys\nfrom hf_transfer.cli import main\nsys.argv = ['hf-transfer', 'list']\nmain()\n"
+              "print('frozen', gc.get_freeze_count())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split("frozen")[-1]) > 0
