@@ -51,6 +51,11 @@ class DataArguments:
                                           f"{', '.join(AUGMENTATION_PRESETS)}."}
     )
 
+    @property
+    def source_name(self) -> str:
+        """What the data is called in default output folder names, known before anything is loaded."""
+        return self.train_dir or self.dataset_name or DEFAULT_DATASET
+
     def load(self, seed: int, model_args: ModelArguments | None = None):
         from .data import load_image_classification_data
 
@@ -140,6 +145,14 @@ def default_output_dir(recipe: str, model_name: str, data_source: str) -> str:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.rstrip("/").split("/")[-1].split(":")[-1])
 
     return f"outputs/{recipe}-{slug(model_name)}-{slug(data_source)}"
+
+
+def resolve_output_dir(args, recipe: str, model_args: ModelArguments, data_args: DataArguments) -> str:
+    """Name the output folder after the model and data when none was given (before anything is loaded)."""
+    if getattr(args, "output_dir_was_defaulted", False):
+        args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data_args.source_name)
+        args.output_dir_was_defaulted = False
+    return args.output_dir
 
 
 def parse_args(dataclass_types, args: list[str] | None = None):

@@ -30,7 +30,7 @@ from .layers import LayerMap, build_layer_map
 
 POOLED = "pooled"
 CACHE_ENV = "HF_TRANSFER_CACHE"
-CACHE_FORMAT = 1  # bump when the way features are computed changes: old entries then stop matching
+CACHE_FORMAT = 2  # bump when the way features are computed changes: old entries then stop matching
 
 
 # ------------------------------------------------------------------------------------------- feature layers
@@ -308,6 +308,36 @@ def transform_fingerprint(transform, data_cfg: dict | None = None, image_size: i
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def model_config_fingerprint(model) -> str:
+    """The model's configuration and module structure, labels aside: two models with equal weights can still give
+    other features (timm ``global_pool``, a changed ``drop_path`` or norm ``eps``, another model class)."""
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    for key in ("id2label", "label2id", "label_names", "num_labels", "num_classes", "_name_or_path", "transformers_version"):
+        config.pop(key, None)
+    structure = re.sub(r"out_features=\d+", "", re.sub(r" at 0x[0-9a-f]+", "", repr(model)))  # the head's size is a label count
+    payload = json.dumps({"class": type(model).__name__, "config": config, "structure": structure}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "timm", "transformers", "scikit-learn", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "-"
+    return versions
+
+
+def dataset_transform_fingerprint(dataset) -> str | None:
+    """The fingerprint of the transform attached with `with_transforms` (None when the transform is unknown)."""
+    transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+    described = getattr(transform, "hf_transfer_transform", None)
+    return None if described is None else transform_fingerprint(described)
+
+
 # ----------------------------------------------------------------------------------------------------- cache
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hf_transfer" / "features").expanduser()
@@ -322,7 +352,9 @@ class FeatureCache:
 
     @staticmethod
     def key(**parts) -> str:
-        payload = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+        """Every entry's key holds the cache format and the versions of the libraries that compute features and fit
+        probes: an upgrade (a changed kernel, a new solver default) misses instead of serving stale results."""
+        payload = json.dumps({"format": CACHE_FORMAT, "versions": library_versions(), **parts}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
     def path(self, key: str) -> Path:
@@ -399,27 +431,34 @@ class FeatureSet:
 
 
 def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
-                     cache: FeatureCache | None = None, transform_key: str = "", image_size: int | None = None,
+                     cache: FeatureCache | None = None, transform_key: str | None = None, image_size: int | None = None,
                      batch_size: int = 64) -> FeatureSet:
-    """Features of each split for each layer, from the cache where possible; only missing layers are computed."""
+    """Features of each split for each layer, from the cache where possible; only missing layers are computed.
+
+    ``transform_key`` names the eval transform the splits carry. Without it the transform attached by
+    `with_transforms` is fingerprinted; a split whose transform cannot be identified is computed and never cached,
+    so features made under one transform are never served for another.
+    """
     import time
 
     start = time.perf_counter()
     cache = cache or FeatureCache()
     layer_map = layer_map or build_layer_map(model)
-    weights = model_fingerprint(model, layer_map)
+    weights = model_fingerprint(model, layer_map) + model_config_fingerprint(model)
     features: dict[str, dict[str, np.ndarray]] = {}
     labels: dict[str, np.ndarray] = {}
     hits: dict[str, bool] = {}
     forwarded = 0
     for split_name, dataset in splits.items():
         data_key = dataset_fingerprint(dataset)
-        keys = {layer.key: FeatureCache.key(weights=weights, layer=layer.key, transform=transform_key, data=data_key,
+        split_transform = transform_key or dataset_transform_fingerprint(dataset)
+        split_cache = cache if split_transform else FeatureCache(cache.dir, enabled=False)
+        keys = {layer.key: FeatureCache.key(weights=weights, layer=layer.key, transform=split_transform, data=data_key,
                                             image_size=image_size, model_class=type(model).__name__) for layer in layers}
         features[split_name] = {}
         missing = []
         for layer in layers:
-            entry = cache.load(keys[layer.key])
+            entry = split_cache.load(keys[layer.key])
             hits[f"{split_name}/{layer.key}"] = entry is not None
             if entry is None:
                 missing.append(layer)
@@ -432,7 +471,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
             labels[split_name] = split_labels
             for layer in missing:
                 features[split_name][layer.key] = computed[layer.key]
-                cache.save(keys[layer.key], computed[layer.key], split_labels,
+                split_cache.save(keys[layer.key], computed[layer.key], split_labels,
                            {"layer": layer.name, "split": split_name, "images": len(dataset), "weights": weights})
     return FeatureSet(list(layers), features, labels, hits, forwarded, time.perf_counter() - start)
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .arguments import DataArguments, ModelArguments, TransferArguments, default_output_dir
+from .arguments import DataArguments, ModelArguments, TransferArguments, resolve_output_dir
 from .backbones import data_config, load_backbone, set_preprocessing
+from .errors import TransferError
 from .metrics import ClassificationMetrics
-from .resolution import change_input_size
-from .runtime import configure_cpu_threads, say
-from .saving import save_model_folder, staged_output, write_json
+from .resolution import change_input_size, check_input_size
+from .runtime import configure_cpu_threads, is_main_process, say
+from .saving import COMPLETION_MARKER, prepare_output_dir, save_model_folder, staged_output, write_json
 from .transforms import resolve_augmentation, with_transforms
 
 if TYPE_CHECKING:
@@ -44,13 +46,13 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     )
     if image_size:  # ViTs need resampled position embeddings: say what the size change did to the model
         say(change_input_size(model, image_size))
+        check_input_size(model, image_size)
     set_preprocessing(model, image_size)
     cfg = data_config(model)
     # run_finetune resolves `auto` from its epochs; any other caller (probing) gets no augmentation for `auto`.
     splits = with_transforms(data.splits, data, cfg, image_size=image_size,
                              augmentation=resolve_augmentation(data_args.augmentation, 0))
-    if getattr(training_args, "output_dir_was_defaulted", False):
-        training_args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data.source)
+    resolve_output_dir(training_args, recipe, model_args, data_args)
     return data, model, splits, int(image_size or cfg["input_size"][-1])
 
 
@@ -60,8 +62,8 @@ def run_finetune(
     training_args: TransferTrainingArguments,
     transfer_args: TransferArguments | None = None,
 ) -> dict[str, float]:
-    """Fine-tune and write ``output_dir``: config.json, model.safetensors, preprocessor, transfer_plan.json,
-    all_results.json."""
+    """Fine-tune and write ``output_dir``: config.json, model.safetensors, preprocessor, transfer_plan.json, then
+    all_results.json last (the completion marker)."""
     from transformers import set_seed
 
     from .plan import TransferPlan, default_learning_rate
@@ -71,7 +73,18 @@ def run_finetune(
     transfer_args = transfer_args or TransferArguments()
     if model_args.no_pretrained and transfer_args.strategy == "full":
         transfer_args.strategy = "scratch"  # random weights: nothing is pretrained, so no backbone lr multiplier
-    transfer_args.to_config(training_args).validate()  # bad flags fail before any data or model is loaded
+    # Bad flags, an impossible schedule, a bad checkpoint path or an occupied output folder fail here, before any
+    # data or model is loaded.
+    config = transfer_args.to_config(training_args)
+    config.validate()
+    if not training_args.max_steps or training_args.max_steps <= 0:
+        config.check_run_length(training_args.num_train_epochs)
+    check_push_possible(training_args)
+    resolve_output_dir(training_args, "finetune", model_args, data_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    if is_main_process():
+        prepare_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir,
+                           resuming=bool(training_args.resume_from_checkpoint))
     configure_cpu_threads()
     set_seed(training_args.seed)
     # `auto` depends on the run's length: resolve it here, where the epochs are known, not inside prepare().
@@ -108,18 +121,50 @@ def run_finetune(
         eval_dataset=splits["validation"],
         compute_metrics=ClassificationMetrics(),
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+    # The trained model is written before evaluation: a failing validation or test split must not cost the training.
+    if trainer.is_world_process_zero():
+        with staged_output(training_args.output_dir) as staging:
+            save_model_folder(trainer.model, staging, image_size=image_size)
+            plan.save(staging, trainer.model)
     metrics.update(trainer.evaluate(eval_dataset=splits["validation"], metric_key_prefix="eval"))
     if "test" in splits:
         metrics.update(trainer.evaluate(eval_dataset=splits["test"], metric_key_prefix="test"))
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
 
     if trainer.is_world_process_zero():
-        with staged_output(training_args.output_dir) as staging:
-            save_model_folder(trainer.model, staging, image_size=image_size)
-            plan.save(staging, trainer.model)
-            write_json(staging / "all_results.json", metrics)
+        write_json(Path(training_args.output_dir) / COMPLETION_MARKER, metrics)  # last: the folder is complete
         say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f};"
             f" model written to {training_args.output_dir}")
     return metrics
+
+
+def resolve_resume(flag: str | bool | None, output_dir: str) -> str | None:
+    """--resume_from_checkpoint: True/auto -> the latest complete checkpoint of ``output_dir`` (None: start fresh,
+    with a note); a path must be a complete checkpoint, checked before anything is loaded."""
+    from .trainer import RESUME_LATEST, checkpoint_problem, latest_checkpoint
+
+    if flag is None or flag is False or str(flag).strip().lower() in ("", "false", "no", "none"):
+        return None
+    if flag is True or str(flag).strip().lower() in RESUME_LATEST:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            say(f"--resume_from_checkpoint {flag}: no complete checkpoint in {output_dir}; training from the start")
+        return found
+    problem = checkpoint_problem(str(flag))
+    if problem:
+        raise TransferError(f"--resume_from_checkpoint {flag!r} is not a checkpoint ({problem}); pass a checkpoint-N "
+                            "folder, or True for the latest complete one in --output_dir")
+    return str(flag)
+
+
+def check_push_possible(training_args) -> None:
+    """--push_to_hub makes Trainer create the Hub repo at start: offline that is a deep traceback, so say it here."""
+    if not getattr(training_args, "push_to_hub", False):
+        return
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise TransferError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set; train without --push_to_hub and "
+                            "push the output folder later with push_scripts/push_to_hub.py")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +88,26 @@ class TransferConfig:
             raise TransferError(f"--layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
         if self.backbone_lr_multiplier < 0 or self.learning_rate <= 0:
             raise TransferError("--learning_rate must be > 0 and --backbone_lr_multiplier >= 0")
+
+
+    def first_body_epoch(self) -> int:
+        """The epoch from which the first pretrained layers train (the head always trains from epoch 0)."""
+        return self.lp_epochs if self.strategy == "lp_ft" else self.gradual_unfreeze_epochs
+
+    def check_run_length(self, total_epochs: float, run_note: str = "") -> None:
+        """Refuse an LP-FT split or gradual unfreezing that would start the body only after the run ends.
+
+        Epoch e runs when e < ceil(total_epochs) (a fractional last epoch still runs). Such a run would silently be
+        a linear probe.
+        """
+        first = self.first_body_epoch()
+        if self.strategy in ("linear_probe", "scratch") or first < math.ceil(total_epochs - 1e-9):
+            return
+        why = (f"--strategy lp_ft trains the head alone for --lp_epochs {self.lp_epochs} epoch(s)" if self.strategy == "lp_ft"
+               else f"--gradual_unfreeze_epochs {self.gradual_unfreeze_epochs} unfreezes the first body group at epoch {first}")
+        raise TransferError(f"{why}, but the run has {total_epochs:g} epoch(s){run_note}: the pretrained layers would "
+                            f"never train; raise --num_train_epochs above {first}, or use --strategy linear_probe for a "
+                            "head-only run")
 
 
 @dataclass
@@ -255,6 +276,21 @@ class TransferPlan:
         return cls(config, groups, [g.name for g in layer_map.groups], reinit, layer_map.source)
 
     # --------------------------------------------------------------------------------------------- queries
+    def check_schedule(self, total_epochs: float, run_note: str = "") -> str | None:
+        """`TransferConfig.check_run_length`, then a line naming the depth groups that gradual unfreezing does not
+        reach in this run (normal for short ULMFiT-style runs; None when every group trains)."""
+        pretrained = [g for g in self.groups if not g.frozen and not g.new]
+        if not pretrained:
+            return None
+        self.config.check_run_length(total_epochs, run_note)
+        late = [g for g in pretrained if g.trains_from_epoch >= math.ceil(total_epochs - 1e-9)]
+        if not late:
+            return None
+        depths = sorted({g.depth for g in late})
+        return (f"gradual unfreezing reaches depth {depths[-1] + 1} and up within {total_epochs:g} epoch(s){run_note}; "
+                f"depth groups {depths[0]}-{depths[-1]} stay frozen ({max(g.trains_from_epoch for g in late) + 1} "
+                f"epochs would unfreeze all)")
+
     @property
     def ever_trained(self) -> set[str]:
         return {n for g in self.groups if not g.frozen for n in g.params}
@@ -346,7 +382,9 @@ class TransferPlan:
         if model is not None:
             payload["frozen_batchnorm_modules"] = self.frozen_batchnorm_names(model)
         path = Path(folder) / PLAN_FILE
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp = path.with_name(f".{PLAN_FILE}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)  # a checkpoint counts as complete once this file exists: never leave half of it
         return path
 
     @classmethod

@@ -6,14 +6,14 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from .arguments import DataArguments, ModelArguments, mark_default_output_dir
+from .arguments import DataArguments, ModelArguments, mark_default_output_dir, resolve_output_dir
 from .backbones import data_config
 from .errors import TransferError
 from .features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
 from .layers import build_layer_map
 from .probe import LINEAR_PROBES, PROBES, ProbeConfig, export_probe, evaluate_probe, probe_layers, resolve_probes
 from .runtime import configure_cpu_threads, say
-from .saving import staged_output, write_json
+from .saving import prepare_output_dir, staged_output, write_json
 from .transforms import build_transform
 
 
@@ -36,6 +36,7 @@ class ProbeArguments:
                           f"name ({', '.join(LINEAR_PROBES)}; its best layer). Kernel SVM and k-NN cannot be exported."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/linear_probe-<model>-<dataset>."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a previous run in --output_dir."})
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Feature cache (default $HF_TRANSFER_CACHE or ~/.cache/hf_transfer/features)."}
     )
@@ -76,6 +77,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     np.random.seed(probe_args.seed)
     if probe_args.export not in ("auto", "none", *PROBES):
         raise TransferError(f"--export {probe_args.export!r} is not understood; use auto, none or one of {', '.join(LINEAR_PROBES)}")
+    resolve_output_dir(probe_args, "linear_probe", model_args, data_args)
+    prepare_output_dir(probe_args.output_dir, overwrite=probe_args.overwrite_output_dir)
     # Features always use the eval transform: augmentation would make cached features depend on chance.
     data_args = dataclasses.replace(data_args, augmentation="none")
     data, model, splits, image_size = prepare(model_args, data_args, probe_args, "linear_probe")

@@ -74,3 +74,40 @@ def change_input_size(model, image_size: int | None) -> str:
     model.config.image_size = image_size
     return (f"{image_size} px: position embeddings resampled from grid {_grid(old.shape[1], 1)} to {grid}x{grid} "
             f"({old.numel()} -> {resampled.numel()} values); other weights unchanged")
+
+
+def total_stride(model) -> int | None:
+    """How many input pixels one cell of the last feature map covers (timm's ``feature_info`` reduction, or the
+    transformers config's patch size); None when the model does not say."""
+    if is_timm_wrapper(model):
+        info = getattr(model.timm_model, "feature_info", None)
+        if info:
+            last = info[-1] if isinstance(info, list) else None
+            reduction = last.get("reduction") if isinstance(last, dict) else None
+            return int(reduction) if reduction else None
+        return None
+    patch = getattr(model.config, "patch_size", None)
+    if isinstance(patch, (list, tuple)):
+        patch = patch[0]
+    return int(patch) if patch else None
+
+
+def check_input_size(model, image_size: int) -> None:
+    """Refuse an input size the network cannot take: below its total stride (the last feature map would be
+    smaller than one cell, so padding is all the network sees), or one its forward rejects."""
+    stride = total_stride(model)
+    if stride and image_size < stride:
+        raise TransferError(f"--image_size {image_size} is below the backbone's total stride {stride}: its last feature "
+                            f"map would be under one cell and the model would train on padding; use at least {stride} "
+                            f"(e.g. {max(stride, 2 * stride)})")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, 3, image_size, image_size))
+    except Exception as err:  # noqa: BLE001 - any failure here means this size cannot train
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise TransferError(f"--image_size {image_size}: the backbone cannot take {image_size} px inputs "
+                            f"({type(err).__name__}: {first_line}); use its native size or another --image_size") from None
+    finally:
+        model.train(was_training)

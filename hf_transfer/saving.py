@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import TransferError
 
 
 def image_processor_for(model, image_size: int | None = None):
@@ -41,20 +44,69 @@ def image_processor_for(model, image_size: int | None = None):
     return processor
 
 
+COMPLETION_MARKER = "all_results.json"
+# What a finished or interrupted run leaves in its output folder (hf_transfer's own files and Trainer's).
+RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+             "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
+             "test_results.json", "trainer_state.json", "training_args.bin", "bad_images.json", "probe_table.txt",
+             "probe_accuracy_per_depth.png")
+CHECKPOINT_PATTERN = "checkpoint-*"
+
+
 def write_json(path: str | os.PathLike, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    """Write JSON atomically (temp file + rename): a reader sees the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
+    """Files and checkpoints of an earlier run in ``output_dir`` (empty when there is none)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [folder / name for name in RUN_FILES if (folder / name).exists()]
+    return found + sorted(p for p in folder.glob(CHECKPOINT_PATTERN) if p.is_dir())
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False, resuming: bool = False) -> None:
+    """Refuse to mix runs in one folder; clear the earlier run with ``overwrite``; drop the completion marker.
+
+    A second run into a finished folder would overwrite its model and leave the first run's ``checkpoint-*``
+    beside the new one, where "resume the latest checkpoint" picks the wrong run. Resuming keeps the checkpoints.
+    The completion marker goes first, so a run that dies from here on never leaves a folder that looks complete.
+    """
+    folder = Path(output_dir)
+    earlier = previous_run_files(folder)
+    if earlier and not overwrite and not resuming:
+        names = ", ".join(p.name for p in earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        raise TransferError(f"output folder {str(folder)!r} holds a previous run ({names}); pass --overwrite_output_dir "
+                            "to replace it, --resume_from_checkpoint True to continue it, or choose another --output_dir")
+    (folder / COMPLETION_MARKER).unlink(missing_ok=True)
+    if overwrite and not resuming:
+        for path in earlier:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
-def staged_output(output_dir: str | os.PathLike, last: tuple[str, ...] = ("all_results.json",)):
-    """Yield a staging folder; on success move its files into ``output_dir`` (``last`` ones last)."""
+def staged_output(output_dir: str | os.PathLike, last: tuple[str, ...] = (COMPLETION_MARKER,)):
+    """Yield a staging folder; on success move its files into ``output_dir`` (``last`` ones last).
+
+    The staging folder is private to this call (concurrent runs never share one), and the ``last`` files already in
+    ``output_dir`` are removed before anything moves in, so a crash half-way leaves no stale completion marker.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = output_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
     try:
         yield staging
+        for name in last:
+            (output_dir / name).unlink(missing_ok=True)
         entries = sorted(staging.iterdir(), key=lambda p: p.name in last)
         for entry in entries:
             target = output_dir / entry.name

@@ -21,12 +21,14 @@ How it stays correct:
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .errors import TransferError
 from .plan import PLAN_FILE, TransferConfig, TransferPlan, default_learning_rate
@@ -115,6 +117,7 @@ class TransferTrainer(Trainer):
                                                  weight_decay=args.weight_decay)
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)
+        optimizer_for(args, model)  # an optimizer that cannot take the plan's groups fails here, not after loading data
         self.plan = plan
         if args.learning_rate is None:
             args.learning_rate = plan.config.learning_rate  # the plan's groups carry the real rates
@@ -130,21 +133,141 @@ class TransferTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = model or self.model
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("params", "model", "optimizer_dict")}
+            optimizer_cls, optimizer_kwargs = optimizer_for(self.args, model)
             self.optimizer = optimizer_cls(self.plan.optimizer_groups(model), **optimizer_kwargs)
         return self.optimizer
 
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # Trainer logs the first parameter group's rate (the stem's, 10x+ below the head's). Report the head's as
+        # `learning_rate` and every named group's as `learning_rate/<group>`, so every tracker sees the real rates.
+        if "learning_rate" in logs and self.optimizer is not None:
+            logs.update(group_learning_rates(self.optimizer))
+        super().log(logs, *args, **kwargs)
+
     def train(self, resume_from_checkpoint=None, **kwargs):
+        note = self.plan.check_schedule(*self._run_length())
+        if note:
+            say(note)
         if resume_from_checkpoint:
-            folder = resume_from_checkpoint
-            if isinstance(folder, bool):
-                folder = get_last_checkpoint(self.args.output_dir)
-            if folder and os.path.isdir(folder):
-                if not os.path.isfile(os.path.join(folder, PLAN_FILE)):
-                    raise TransferError(f"checkpoint {folder!r} has no {PLAN_FILE}; resume it with the plain Trainer or start afresh")
-                diffs = self.plan.differences(TransferPlan.load(folder))
-                if diffs:
-                    raise TransferError(f"the transfer plan differs from the checkpoint's ({'; '.join(diffs)}); "
-                                        "resume with the same flags or start a new output_dir")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            if isinstance(resume_from_checkpoint, bool) or str(resume_from_checkpoint).lower() in RESUME_LATEST:
+                resume_from_checkpoint = latest_checkpoint(self.args.output_dir)
+                if resume_from_checkpoint is None:
+                    say(f"no complete checkpoint in {self.args.output_dir}: training from the start")
+            if resume_from_checkpoint:
+                check_resumable(resume_from_checkpoint, self.plan, self.model)
+                say(f"resuming from {resume_from_checkpoint}")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _run_length(self) -> tuple[float, str]:
+        """(epochs this run trains, how they were counted) from num_train_epochs or max_steps."""
+        if self.args.max_steps is None or self.args.max_steps <= 0 or self.train_dataset is None:
+            return float(self.args.num_train_epochs), ""
+        batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
+        batches = len(self.train_dataset) // batch if self.args.dataloader_drop_last else math.ceil(len(self.train_dataset) / batch)
+        steps_per_epoch = max(1, batches // max(1, self.args.gradient_accumulation_steps))
+        return self.args.max_steps / steps_per_epoch, f" (--max_steps {self.args.max_steps} at {steps_per_epoch} steps per epoch)"
+
+
+# Optimizers that Trainer builds from the model itself (their own parameter groups, or a fused backward): they
+# cannot take the plan's groups, and stripping their extra arguments would silently train something else.
+MODEL_BUILT_OPTIMIZERS = re.compile(r"^(galore_|apollo_|lomo$|adalomo$)|layerwise")
+RESUME_LATEST = ("true", "auto", "latest")
+
+
+def optimizer_for(args, model) -> tuple[type, dict]:
+    """The optimizer class and its settings for ``args.optim``, refusing those that need the model itself."""
+    name = str(getattr(args.optim, "value", args.optim))
+    if MODEL_BUILT_OPTIMIZERS.search(name):
+        raise TransferError(f"--optim {name} builds its own parameter groups from the model, which would override the "
+                            "transfer plan's frozen layers and learning rates; use adamw_torch_fused, adamw_torch, sgd "
+                            "or adafactor (or drop hf_transfer's plan and use the plain Trainer)")
+    try:
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    except ImportError as err:
+        raise TransferError(f"--optim {name}: {str(err).splitlines()[0]}") from None
+    unexpected = sorted(set(optimizer_kwargs) & {"params", "model", "optimizer_dict"})
+    if unexpected:
+        raise TransferError(f"--optim {name} needs {', '.join(unexpected)} from the model, which the transfer plan "
+                            "cannot provide; use adamw_torch_fused, adamw_torch, sgd or adafactor")
+    return optimizer_cls, optimizer_kwargs
+
+
+def group_learning_rates(optimizer) -> dict[str, float]:
+    """The head's rate as ``learning_rate``, the pretrained groups' as ``learning_rate/backbone`` when they share one
+    rate, else one ``learning_rate/<group>`` each (layer decay, multipliers)."""
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        rates.setdefault(str(group.get("name", "group")).split("/no_decay")[0], float(group["lr"]))
+    logs = {"learning_rate": rates.pop("head")} if "head" in rates else {}
+    if len(set(rates.values())) == 1:
+        logs["learning_rate/backbone"] = next(iter(rates.values()))
+    else:
+        logs.update({f"learning_rate/{name}": lr for name, lr in rates.items()})
+    return logs
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why ``folder`` is not a complete TransferTrainer checkpoint (None when it is).
+
+    Trainer writes the weights, optimizer and RNG state, then trainer_state.json; TransferTrainer adds
+    transfer_plan.json last (on_save). A run killed while saving leaves a checkpoint without them.
+    """
+    if not os.path.isdir(folder):
+        return "no such folder"
+    present = set(os.listdir(folder))
+    if not present & {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors"}:
+        return "no model weights"
+    for required in ("trainer_state.json", PLAN_FILE):
+        if required not in present:
+            return f"no {required} (a save that did not finish)"
+    return None
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``output_dir`` (half-written ones, e.g. from a killed run, skipped)."""
+    if not os.path.isdir(output_dir):
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    numbered = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name))), reverse=True)
+    for _, name in numbered:
+        folder = os.path.join(output_dir, name)
+        if checkpoint_problem(folder) is None:
+            return folder
+        say(f"skipping incomplete checkpoint {folder} ({checkpoint_problem(folder)})")
+    return None
+
+
+def check_resumable(folder: str, plan: TransferPlan, model) -> None:
+    """A checkpoint resumes only into the same plan, labels and input size: anything else trains a different model."""
+    problem = checkpoint_problem(folder)
+    if problem:
+        raise TransferError(f"cannot resume from {folder!r}: {problem}; pass another checkpoint, "
+                            "--resume_from_checkpoint True for the latest complete one, or start afresh")
+    diffs = plan.differences(TransferPlan.load(folder))
+    config_file = os.path.join(folder, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file) as handle:
+            saved = json.load(handle)
+        mine = model.config.to_dict()
+        for key, what in (("id2label", "labels"), ("label_names", "labels"), ("image_size", "image size")):
+            if key in saved and key in mine and _normalized(saved[key]) != _normalized(mine[key]):
+                diffs.append(f"{what}: {_short(saved[key])} -> {_short(mine[key])}")
+        saved_size = (saved.get("pretrained_cfg") or {}).get("input_size")
+        my_size = (mine.get("pretrained_cfg") or {}).get("input_size")
+        if saved_size and my_size and list(saved_size) != list(my_size):
+            diffs.append(f"input size: {saved_size[-1]} px -> {my_size[-1]} px")
+    if diffs:
+        raise TransferError(f"the checkpoint {folder!r} was trained differently ({'; '.join(diffs)}); resume with the "
+                            "same data, flags and --image_size, or start a new --output_dir")
+
+
+def _normalized(value):
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return value
+
+
+def _short(value, limit: int = 60) -> str:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    text = ", ".join(map(str, items))
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -18,6 +18,10 @@ class TransferTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that suit fine-tuning a pretrained vision backbone."""
 
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a previous run in --output_dir (its model, results and checkpoints); "
+                                         "without it such a folder is refused."}
+    )
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the new head (pretrained parts get x --backbone_lr_multiplier). Default by "

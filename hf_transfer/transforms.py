@@ -106,6 +106,7 @@ def batch_transform(transform: Callable, image_column: str, label_column: str | 
             out["labels"] = batch[label_column]
         return out
 
+    apply.hf_transfer_transform = transform  # lets the feature cache fingerprint what this split's pixels went through
     return apply
 
 

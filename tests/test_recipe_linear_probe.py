@@ -28,7 +28,7 @@ def test_linear_probe_recipe_caches_and_exports(tmp_path):
     assert all(set(per_probe) == {"logreg", "knn"} for per_probe in results["layers"].values())
     assert results["exported"]["probe"] == "logreg" and not results["features_from_cache"]
     assert {"config.json", "model.safetensors", "probe_table.txt", "probe_accuracy_per_depth.png"} <= {p.name for p in out.iterdir()}
-    assert not (out / ".staging").exists()
+    assert not list(out.glob(".staging*"))
 
     second = run_recipe(*args, "--probe", "logreg", cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -1,0 +1,91 @@
+"""Nothing lost: a fine-tune killed with SIGKILL mid-run resumes from its latest complete checkpoint and ends exactly
+where an uninterrupted run ends; the same command twice gives the same model and metrics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "finetune.py"
+# Three epochs of 8 steps with gradual unfreezing (a new depth group every epoch) and a checkpoint every 4 steps.
+RUN = ["--dataset_name", "embedded:digits", "--image_size", "32", "--max_train_samples", "128", "--max_eval_samples", "64",
+       "--num_train_epochs", "3", "--gradual_unfreeze_epochs", "1", "--per_device_train_batch_size", "16",
+       "--save_steps", "4", "--save_strategy", "steps", "--augmentation", "none", "--seed", "3", "--logging_steps", "4"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_NUM_THREADS": "1"}
+
+
+def finetune(out, *extra):
+    return subprocess.run([sys.executable, str(RECIPE), *RUN, "--output_dir", str(out), *extra], capture_output=True,
+                          text=True, env=ENV, timeout=600)
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def eval_metrics(folder):
+    results = json.loads((Path(folder) / "all_results.json").read_text())
+    return {k: v for k, v in results.items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k}
+
+
+def kill_when(out, checkpoint, process, timeout=300):
+    """SIGKILL ``process`` as soon as ``checkpoint`` is complete (its transfer_plan.json is the last file written)."""
+    deadline = time.monotonic() + timeout
+    while not (out / checkpoint / "transfer_plan.json").exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached " + checkpoint
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    reference = finetune(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(RECIPE), *RUN, "--output_dir", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=ENV)
+    kill_when(out, "checkpoint-12", process)  # mid-epoch 1, the second unfreezing phase
+    assert not (out / "all_results.json").exists() and not (out / "model.safetensors").exists()
+    # A later checkpoint the kill interrupted (weights but no trainer state / plan) must be skipped, not resumed.
+    half = out / "checkpoint-100"
+    half.mkdir(exist_ok=True)
+    (half / "model.safetensors").write_bytes(b"half-written")
+
+    again = finetune(out)  # the folder holds a killed run: refused without an explicit choice
+    assert again.returncode == 2 and "holds a previous run" in again.stderr
+
+    resumed = finetune(out, "--resume_from_checkpoint", "True")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "skipping incomplete checkpoint" in resumed.stdout and "resuming from" in resumed.stdout
+    resumed_from = resumed.stdout.split("resuming from ")[1].split()[0]
+    assert Path(resumed_from).name in {"checkpoint-12", "checkpoint-16", "checkpoint-20"}
+
+    expected, got = weights(tmp_path / "reference"), weights(out)
+    assert expected.keys() == got.keys()
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    assert eval_metrics(out) == eval_metrics(tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_same_command_twice_gives_identical_model_and_metrics(tmp_path):
+    """With the machine's default thread count, as a user runs it (one epoch, full fine-tuning)."""
+    env = {k: v for k, v in ENV.items() if k != "HF_TRANSFER_NUM_THREADS"}
+    args = [*RUN, "--num_train_epochs", "1", "--gradual_unfreeze_epochs", "0"]
+    first, second = (subprocess.run([sys.executable, str(RECIPE), *args, "--output_dir", str(tmp_path / name)],
+                                    capture_output=True, text=True, env=env, timeout=600) for name in "ab")
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr + second.stderr)[-3000:]
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert eval_metrics(tmp_path / "a") == eval_metrics(tmp_path / "b")
