@@ -11,7 +11,7 @@ from .backbones import data_config
 from .errors import TransferError
 from .features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
 from .layers import build_layer_map
-from .probe import LINEAR_PROBES, PROBES, ProbeConfig, export_probe, evaluate_probe, probe_layers, resolve_probes
+from .probe import LINEAR_PROBES, PROBES, ProbeConfig, ProbeResult, export_probe, evaluate_probe, probe_layers, resolve_probes
 from .runtime import configure_cpu_threads, say
 from .saving import prepare_output_dir, staged_output, write_json
 from .transforms import build_transform
@@ -77,8 +77,10 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     np.random.seed(probe_args.seed)
     if probe_args.export not in ("auto", "none", *PROBES):
         raise TransferError(f"--export {probe_args.export!r} is not understood; use auto, none or one of {', '.join(LINEAR_PROBES)}")
+    if probe_args.export in PROBES and probe_args.export not in LINEAR_PROBES:
+        ProbeResult(probe_args.export, None, 0.0, 0.0, "", 0, None).folded_head()  # the one-line "comparison only" error
     resolve_output_dir(probe_args, "linear_probe", model_args, data_args)
-    prepare_output_dir(probe_args.output_dir, overwrite=probe_args.overwrite_output_dir)
+    prepare_output_dir(probe_args.output_dir, overwrite=probe_args.overwrite_output_dir, resumable=False)
     # Features always use the eval transform: augmentation would make cached features depend on chance.
     data_args = dataclasses.replace(data_args, augmentation="none")
     data, model, splits, image_size = prepare(model_args, data_args, probe_args, "linear_probe")

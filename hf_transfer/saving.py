@@ -70,7 +70,8 @@ def previous_run_files(output_dir: str | os.PathLike) -> list[Path]:
     return found + sorted(p for p in folder.glob(CHECKPOINT_PATTERN) if p.is_dir())
 
 
-def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False, resuming: bool = False) -> None:
+def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False, resuming: bool = False,
+                       resumable: bool = True) -> None:
     """Refuse to mix runs in one folder; clear the earlier run with ``overwrite``; drop the completion marker.
 
     A second run into a finished folder would overwrite its model and leave the first run's ``checkpoint-*``
@@ -81,8 +82,9 @@ def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False
     earlier = previous_run_files(folder)
     if earlier and not overwrite and not resuming:
         names = ", ".join(p.name for p in earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        resume = ", --resume_from_checkpoint True to continue it" if resumable else ""
         raise TransferError(f"output folder {str(folder)!r} holds a previous run ({names}); pass --overwrite_output_dir "
-                            "to replace it, --resume_from_checkpoint True to continue it, or choose another --output_dir")
+                            f"to replace it{resume}, or choose another --output_dir")
     (folder / COMPLETION_MARKER).unlink(missing_ok=True)
     if overwrite and not resuming:
         for path in earlier:

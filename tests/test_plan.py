@@ -189,7 +189,16 @@ def test_frozen_prefix_runs_no_backward_and_has_no_optimizer_state(random_images
     fired = []
     model.timm_model.conv1.register_full_backward_hook(lambda *a: fired.append("conv1"))
     model.timm_model.layer4.register_full_backward_hook(lambda *a: fired.append("layer4"))
-    trainer = train_steps(model, plan, tiny_training_args, random_images, 32, steps=2)  # still epoch 0: head only
+    # Two epochs planned (so the body does unfreeze, at epoch 1); stopped after epoch 0's two steps: head only so far.
+    from transformers import TrainerCallback
+
+    class StopAfterEpoch0(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    trainer = TransferTrainer(model=model, plan=plan, train_dataset=random_images(n=16, size=32),
+                              args=tiny_training_args(num_train_epochs=2), callbacks=[StopAfterEpoch0()])
+    trainer.train()
     assert fired == []  # nothing below the head ran backward
     state = trainer.optimizer.state
     params = dict(model.named_parameters())

@@ -30,7 +30,9 @@ def test_linear_probe_recipe_caches_and_exports(tmp_path):
     assert {"config.json", "model.safetensors", "probe_table.txt", "probe_accuracy_per_depth.png"} <= {p.name for p in out.iterdir()}
     assert not list(out.glob(".staging*"))
 
-    second = run_recipe(*args, "--probe", "logreg", cache=cache)
+    refused = run_recipe(*args, "--probe", "logreg", cache=cache)  # a finished run is never overwritten silently
+    assert refused.returncode == 2 and "holds a previous run" in refused.stderr
+    second = run_recipe(*args, "--probe", "logreg", "--overwrite_output_dir", cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "features loaded from the cache" in second.stdout and "no backbone forward" in second.stdout
     results = json.loads((out / "all_results.json").read_text())
