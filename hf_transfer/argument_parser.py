@@ -46,8 +46,8 @@ def is_config_file(arg: str) -> bool:
 
 def first_sentence(text: str) -> str:
     """A message or help text as one line, cut after its first sentence."""
-    lines = [line.strip().lstrip("- ") for line in str(text).strip().splitlines() if line.strip()] or [""]
-    text = " ".join([lines[0], ", ".join(lines[1:])]).strip()  # "... but found\n- a\n- b" -> "... but found a, b"
+    first, *rest = [line.strip() for line in str(text).strip().splitlines() if line.strip()] or [""]
+    text = " ".join([first, ", ".join(line.removeprefix("- ") for line in rest)]).strip()  # "found\n- a\n- b": "found a, b"
     return re.split(r"(?<=\.)\s+(?=[A-Z`])", text)[0]
 
 
@@ -105,8 +105,16 @@ def _expected(action: argparse.Action) -> str:
     return {int: "an integer", float: "a number"}.get(action.type, "a string")
 
 
+# Names people bring from other trainers, which no string similarity finds.
+USUAL_NAMES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+               "model": "model_name_or_path", "dataset": "dataset_name"}
+
+
 def _did_you_mean(name: str, candidates, prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, candidates, n=1)
+    """The note " (did you mean --learning_rate?)" for a typo; "" when no name is close (compared without dashes)."""
+    name, candidates = name.lstrip("-"), [candidate.lstrip("-") for candidate in candidates]
+    usual = USUAL_NAMES.get(name.replace("-", "_"))
+    close = [usual] if usual in candidates else difflib.get_close_matches(name, candidates, n=1, cutoff=0.7)
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
@@ -236,7 +244,7 @@ class RecipeArgumentParser(HfArgumentParser):
                 stray.append(arg)
         problems = []
         if unknown:
-            notes = [_did_you_mean(flag, options) for flag in unknown]
+            notes = [_did_you_mean(flag, options, prefix="--") for flag in unknown]
             named = ", ".join(flag + note for flag, note in zip(unknown, notes))
             problems.append(f"unknown option{'s' * (len(unknown) > 1)} {named}"
                             + ("" if all(notes) else "; --help lists the flags"))
