@@ -47,7 +47,8 @@ def is_config_file(arg: str) -> bool:
 def first_sentence(text: str) -> str:
     """A message or help text as one line, cut after its first sentence."""
     first, *rest = [line.strip() for line in str(text).strip().splitlines() if line.strip()] or [""]
-    text = " ".join([first, ", ".join(line.removeprefix("- ") for line in rest)]).strip()  # "found\n- a\n- b": "found a, b"
+    # "... but found\n- a\n- b" reads "... but found a, b"
+    text = " ".join([first, ", ".join(line.removeprefix("- ") for line in rest)]).strip()
     return re.split(r"(?<=\.)\s+(?=[A-Z`])", text)[0]
 
 
@@ -122,7 +123,7 @@ class _ShowHelp(argparse.Action):
     """--help: the flags people change, grouped; --help_all: every flag."""
 
     def __init__(self, option_strings, dest, full=False, **kwargs):
-        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=argparse.SUPPRESS)
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=argparse.SUPPRESS)
         self.full = full
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -162,7 +163,8 @@ class RecipeArgumentParser(HfArgumentParser):
                          add_help=False, formatter_class=_HelpFormatter,
                          description="config.yaml (or .json): keys are flag names; flags after it override them.")
         self.add_argument("-h", "--help", action=_ShowHelp)
-        self.hints = {name: hint for dtype in self.dataclass_types for name, hint in typing.get_type_hints(dtype).items()}
+        self.hints = {name: hint for dtype in self.dataclass_types
+                      for name, hint in typing.get_type_hints(dtype).items()}  # field name -> type, as declared
         self.training_type = next((t for t in self.dataclass_types if _is_training_arguments(t)), None)
         if self.training_type:
             self.add_argument("--help_all", action=_ShowHelp, full=True)
@@ -217,7 +219,7 @@ class RecipeArgumentParser(HfArgumentParser):
             return [f"--{key}"] if value else []
         if value is False and not _is_switch(action):  # YAML 1.1 reads `save_strategy: no` as false
             value = "no"
-        return [f"--{key}", str(value)]
+        return [f"--{key}={value}"]  # "=": a value such as "-head" must not read as a flag
 
     # ---- parsing
 
@@ -227,7 +229,8 @@ class RecipeArgumentParser(HfArgumentParser):
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             raise TransferError(self._unknown_flags(extras))
-        given = {self._option_string_actions[flag].dest for flag in self._flags_in(args or [])} | set(self.config_values)
+        given = {self._option_string_actions[flag].dest for flag in self._flags_in(args or [])}
+        given |= set(self.config_values)
         imply_step_strategies(namespace, given)
         return namespace, extras
 

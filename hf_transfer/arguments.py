@@ -14,8 +14,8 @@ from .transforms import AUGMENTATION_PRESETS
 class ModelArguments:
     model_name_or_path: str = field(
         default=DEFAULT_BACKBONE,
-        metadata={"help": "embedded:efficientnet_lite0 (default) or embedded:efficientnet_lite1, a local folder, a timm name or "
-                          "timm/... Hub id, or a transformers Hub id."},
+        metadata={"help": "embedded:efficientnet_lite0 (default) or embedded:efficientnet_lite1, a local folder, a timm "
+                          "name or timm/... Hub id, or a transformers Hub id."},
     )
     no_pretrained: bool = field(default=False, metadata={"help": "Random initial weights (train from scratch)."})
     image_size: int | None = field(

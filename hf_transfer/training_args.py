@@ -20,8 +20,8 @@ class TransferTrainingArguments(TrainingArguments):
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/<recipe>-<model>-<dataset>."})
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the new head (pretrained parts: x --backbone_lr_multiplier); default 1e-2 for "
-                          "BatchNorm CNNs, 1e-3 for transformers and other backbones."},
+        metadata={"help": "Learning rate of the new head (pretrained parts: x --backbone_lr_multiplier); default 1e-2 "
+                          "for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
     )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
