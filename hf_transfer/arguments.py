@@ -14,10 +14,10 @@ from .transforms import AUGMENTATION_PRESETS
 class ModelArguments:
     model_name_or_path: str = field(
         default=DEFAULT_BACKBONE,
-        metadata={"help": "embedded:efficientnet_lite0|embedded:efficientnet_lite1, a local folder, a timm name or "
-                          "timm/... Hub id, or a transformers Hub id"},
+        metadata={"help": "embedded:efficientnet_lite0 (default) or embedded:efficientnet_lite1, a local folder, a timm "
+                          "name or timm/... Hub id, or a transformers Hub id."},
     )
-    no_pretrained: bool = field(default=False, metadata={"help": "Start from random weights (train from scratch)."})
+    no_pretrained: bool = field(default=False, metadata={"help": "Random initial weights (train from scratch)."})
     image_size: int | None = field(
         default=None,
         metadata={"help": "Input resolution; default: the dataset's suggestion for embedded sets, else the backbone's."},
@@ -155,29 +155,30 @@ def resolve_output_dir(args, recipe: str, model_args: ModelArguments, data_args:
     return args.output_dir
 
 
-def parse_args(dataclass_types, args: list[str] | None = None):
-    """Parse command-line flags, or a single YAML/JSON config file (flags after it override its values)."""
-    from transformers import HfArgumentParser
+def parse_args(dataclass_types, args: list[str] | None = None, prog: str | None = None):
+    """Parse command-line flags, or a YAML/JSON config file first (flags after it override its values).
 
-    parser = HfArgumentParser(dataclass_types)
+    Every bad input is a one-line `TransferError`; `--help` lists the flags people change, `--help_all` all of them.
+    """
+    from .argument_parser import RecipeArgumentParser, first_sentence, is_config_file
+    from .errors import TransferError
+
+    parser = RecipeArgumentParser(dataclass_types, prog=prog)
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
-        import json
+    if argv and is_config_file(argv[0]):
+        argv = parser.read_config(argv[0]) + argv[1:]
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except TransferError:
+        raise
+    except ValueError as err:  # TrainingArguments.__post_init__ rejects bad values and combinations of flags
+        raise TransferError(_name_the_flag(first_sentence(err), argv)) from err
 
-        import yaml
 
-        with open(argv[0]) as handle:
-            config = yaml.safe_load(handle) if argv[0].endswith(("yaml", "yml")) else json.load(handle)
-        flags = []
-        for key, value in (config or {}).items():
-            if isinstance(value, bool):
-                flags += [f"--{key}", str(value)]
-            elif isinstance(value, list):
-                flags += [f"--{key}", *map(str, value)]
-            elif value is not None:
-                flags += [f"--{key}", str(value)]
-        argv = flags + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+def _name_the_flag(message: str, argv: list[str]) -> str:
+    """TrainingArguments says "sometimes is not a valid IntervalStrategy": put the flag given that value in front."""
+    flags = [flag for flag, value in zip(argv, argv[1:]) if flag.startswith("--") and message.startswith(f"{value} ")]
+    return f"{flags[-1]}: {message}" if flags and not message.startswith("--") else message
 
 
 def finetune_argument_types() -> tuple:

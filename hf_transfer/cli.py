@@ -16,16 +16,18 @@ def _finetune(argv: list[str]) -> None:
     from .arguments import finetune_argument_types, parse_args
     from .finetuning import run_finetune
 
-    with exit_on_user_error("hf-transfer finetune"):
-        run_finetune(*parse_args(finetune_argument_types(), argv))
+    prog = "hf-transfer finetune"
+    with exit_on_user_error(prog):
+        run_finetune(*parse_args(finetune_argument_types(), argv, prog=prog))
 
 
 def _probe(argv: list[str]) -> None:
     from .arguments import parse_args
     from .probing import probe_argument_types, run_linear_probe
 
-    with exit_on_user_error("hf-transfer probe"):
-        run_linear_probe(*parse_args(probe_argument_types(), argv))
+    prog = "hf-transfer probe"
+    with exit_on_user_error(prog):
+        run_linear_probe(*parse_args(probe_argument_types(), argv, prog=prog))
 
 
 def _list(argv: list[str]) -> None:

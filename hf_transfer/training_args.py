@@ -24,21 +24,31 @@ class TransferTrainingArguments(TrainingArguments):
     )
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the new head (pretrained parts get x --backbone_lr_multiplier). Default by "
-                          "family: 1e-2 for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
+        metadata={"help": "Learning rate of the new head (pretrained parts: x --backbone_lr_multiplier); default 1e-2 "
+                          "for BatchNorm CNNs, 1e-3 for transformers and other backbones."},
     )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Eval batch size per device."})
     weight_decay: float = field(default=0.01, metadata={"help": "Weight decay (never on biases or norm weights)."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (a float below 1: share of all steps)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps or epoch."})
-    save_strategy: str = field(default="no", metadata={"help": "When to checkpoint: no, steps, epoch or best."})
+    eval_steps: float | None = field(
+        default=None, metadata={"help": "Evaluate every N steps; alone, it implies --eval_strategy steps."}
+    )
+    save_strategy: str = field(
+        default="no",
+        metadata={"help": "When to checkpoint: no (only the final model: a killed run keeps nothing), steps, epoch "
+                          "or best."},
+    )
+    save_steps: float = field(
+        default=500, metadata={"help": "Checkpoint every N steps; alone, it implies --save_strategy steps."}
+    )
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: transforms read raw columns."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
-    seed: int = field(default=42, metadata={"help": "Seed for splits, initialisation and shuffling."})
+    seed: int = field(default=42, metadata={"help": "Seed for splits, init and shuffling."})
 
     def __post_init__(self):
         mark_default_output_dir(self)

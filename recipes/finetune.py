@@ -14,10 +14,12 @@ from hf_transfer.errors import exit_on_user_error
 from hf_transfer.finetuning import run_finetune
 from hf_transfer.runtime import skip_exit_garbage_collection
 
+PROG = "finetune"  # names the command in usage and error lines
+
 
 def main(args=None):
-    with exit_on_user_error("finetune"):
-        return run_finetune(*parse_args(finetune_argument_types(), args))
+    with exit_on_user_error(PROG):
+        return run_finetune(*parse_args(finetune_argument_types(), args, prog=PROG))
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ from hf_transfer.errors import exit_on_user_error
 from hf_transfer.probing import probe_argument_types, run_linear_probe
 from hf_transfer.runtime import skip_exit_garbage_collection
 
+PROG = "linear_probe"  # names the command in usage and error lines
+
 
 def main(args=None):
-    with exit_on_user_error("linear_probe"):
-        return run_linear_probe(*parse_args(probe_argument_types(), args))
+    with exit_on_user_error(PROG):
+        return run_linear_probe(*parse_args(probe_argument_types(), args, prog=PROG))
 
 
 if __name__ == "__main__":
