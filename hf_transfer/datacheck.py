@@ -18,7 +18,9 @@ Without it a corrupt image is found mid-training, one at a time, after minutes o
 * every other format (GIF, BMP, TIFF, WebP, ...): a full decode (``load()``), so nothing is missed, at the
   cost of decoding; these formats are rare in image datasets.
 
-Measured (bench/bench_datacheck.py): see bench/results/datacheck.json.
+Measured on a shared 2-core CPU (bench/bench_datacheck.py, bench/results/datacheck.json): ~14,600 images/s for
+MNIST-5k as PNG files in a folder, ~27,000/s for the same PNGs inside Arrow, ~8,900/s for 1024x768 JPEG files:
+10k images take about a second.
 """
 
 from __future__ import annotations
@@ -105,9 +107,10 @@ def _read_fully(image) -> None:
     if image.format == "PNG":
         image.verify()
     elif image.format in JPEG_FORMATS:
-        if not _ends_with_jpeg_marker(image.fp):
-            raise OSError("truncated (no JPEG end marker)")
-        image.fp.seek(0)
+        if _ends_with_jpeg_marker(image.fp):
+            return
+        # No marker at the end: truncated, or extra data after the image (some cameras append some). Decoding at
+        # 1/8 scale reads all the entropy-coded data and tells the two apart.
         image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
     else:
