@@ -237,9 +237,9 @@ def _check_class_folders(folder: str, min_classes: int = 2) -> list[str]:
         # imagefolder takes labels from parent folders; with images at the top it silently drops the labels.
         shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
         if not with_images:
-            raise TransferError(f"image folder {folder!r} has {len(loose)} images directly in it ({shown}) and no class "
+            raise TransferError(f"image folder {folder!r} has {len(loose)} image(s) directly in it ({shown}) and no class "
                                 f"sub-folders; {layout}")
-        raise TransferError(f"image folder {folder!r} has {len(loose)} images directly in it ({shown}) besides its class "
+        raise TransferError(f"image folder {folder!r} has {len(loose)} image(s) directly in it ({shown}) besides its class "
                             "sub-folders; move them into the folder of their class, or remove them")
     if len(with_images) < min_classes:
         raise TransferError(
@@ -300,8 +300,8 @@ def _stratified_subset(dataset, label_col: str, n: int, seed: int, flag: str):
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _run_data_check(splits, image_col: str, on_bad_image: str):
-    """The image check (`datacheck`): -> (splits without bad rows, the report, the bad rows as dicts)."""
+def _run_data_check(splits, image_col: str, on_bad_image: str, notes: list[str]):
+    """The image check (`datacheck`): -> (splits without bad rows, the report, the bad rows as dicts); adds notes."""
     from datasets import Image
 
     from .datacheck import bad_images_error, check_images, describe, drop_bad_images
@@ -310,6 +310,10 @@ def _run_data_check(splits, image_col: str, on_bad_image: str):
     if not all(isinstance(s.features[image_col], Image) for s in splits.values()):
         return splits, None, []  # not an image feature (e.g. arrays): nothing to open before the transforms
     report = check_images(splits, image_col)
+    if report.oversized:
+        n = len(report.oversized)
+        notes.append(f"{n} image{'s' if n != 1 else ''} over PIL's pixel limit but under twice it (PIL loads them, with a warning) "
+                     f"{describe(report.oversized)}; downscale them to train faster")
     if report.bad and on_bad_image == "error":
         raise bad_images_error(report)
     if report.bad:
@@ -405,7 +409,7 @@ def load_image_classification_data(
     splits = DatasetDict({name: split for name, split in renamed.items() if name in ("train", "validation", "test")})
     check, bad_images = None, []
     if check_images and not source.startswith(EMBEDDED_PREFIX):  # embedded sets are encoded from arrays: none is bad
-        splits, check, bad_images = _run_data_check(splits, image_col, on_bad_image)
+        splits, check, bad_images = _run_data_check(splits, image_col, on_bad_image, notes)
     if not isinstance(train.features[label_col], ClassLabel):
         splits = _encode_labels(splits, label_col)
         notes.append(f"label column {label_col!r} encoded as {splits['train'].features[label_col].num_classes} classes")

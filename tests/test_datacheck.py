@@ -74,6 +74,7 @@ def test_skip_drops_exactly_the_bad_rows_and_records_them(messy_folder, tmp_path
     assert {b["split"] for b in data.bad_images} == {"train"}
     assert len(data.splits["train"]) + len(data.splits["validation"]) == 24 + 1  # the 24 digits and big.png
     assert [b.path.split("/")[-1] for b in data.check.oversized] == ["big.png"]
+    assert any("over PIL's pixel limit but under twice it (PIL loads them" in note and "big.png" in note for note in data.notes)
     written = data.write_bad_images(tmp_path / "out")
     assert written.name == "bad_images.json"
     rows = json.loads(written.read_text())
@@ -165,13 +166,13 @@ def test_case_only_class_names_and_empty_class_folders_warn(tmp_path):
 def test_flat_folder_is_a_one_line_error(tmp_path):
     for i, img in enumerate(_digits(4)):
         Image.fromarray(img).save(tmp_path / f"{i}.png")
-    with pytest.raises(TransferError, match="has 4 images directly in it .* and no class sub-folders; it needs one sub-folder per class"):
+    with pytest.raises(TransferError, match="has 4 image\\(s\\) directly in it .* and no class sub-folders; it needs one sub-folder per class"):
         load_image_classification_data(train_dir=str(tmp_path))
 
 
 def test_loose_images_beside_class_folders_are_refused(image_folder):
     Image.fromarray(_digits(1)[0]).save(image_folder / "stray.png")
-    with pytest.raises(TransferError, match="images directly in it \\(stray.png\\) besides its class sub-folders"):
+    with pytest.raises(TransferError, match="image\\(s\\) directly in it \\(stray.png\\) besides its class sub-folders"):
         load_image_classification_data(train_dir=str(image_folder))
 
 
@@ -203,3 +204,11 @@ def test_max_train_samples_below_the_class_count_is_refused():
 def test_unknown_on_bad_image_is_refused():
     with pytest.raises(TransferError, match="--on_bad_image 'ignore'"):
         load_image_classification_data("embedded:digits", on_bad_image="ignore")
+
+
+def test_data_arguments_pass_on_bad_image_and_the_pixel_limit(messy_folder):
+    from hf_transfer.arguments import DataArguments
+
+    data = DataArguments(train_dir=str(messy_folder), on_bad_image="skip", max_image_pixels=20_000).load(seed=0)
+    assert Image.MAX_IMAGE_PIXELS == 20_000  # restored by the fixture's monkeypatch
+    assert "huge.png" not in " ".join(b["path"] for b in data.bad_images) and len(data.bad_images) == 4
