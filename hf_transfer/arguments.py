@@ -50,6 +50,17 @@ class DataArguments:
         default="auto", metadata={"help": f"Training augmentation preset: auto (none under 3 epochs, else gentle), "
                                           f"{', '.join(AUGMENTATION_PRESETS)}."}
     )
+    on_bad_image: str = field(
+        default="error",
+        metadata={"help": "What the data check does with unreadable images (zero bytes, not an image, truncated, over "
+                          "the pixel limit): error (list them all and stop) or skip (train without them; the list "
+                          "goes to bad_images.json in the output folder)."},
+    )
+    max_image_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Raise PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS, ~89M pixels; PIL refuses "
+                          "twice that) for this process, for datasets of very large images."},
+    )
 
     @property
     def source_name(self) -> str:
@@ -59,6 +70,11 @@ class DataArguments:
     def load(self, seed: int, model_args: ModelArguments | None = None):
         from .data import load_image_classification_data
 
+        if self.max_image_pixels is not None:
+            from PIL import Image
+
+            # A process-wide setting in PIL: the data check and the training transforms both read it.
+            Image.MAX_IMAGE_PIXELS = self.max_image_pixels
         return load_image_classification_data(
             self.dataset_name,
             dataset_config_name=self.dataset_config_name,
@@ -74,6 +90,7 @@ class DataArguments:
             cache_dir=model_args.cache_dir if model_args else None,
             token=model_args.token if model_args else None,
             trust_remote_code=model_args.trust_remote_code if model_args else False,
+            on_bad_image=self.on_bad_image,
         )
 
 

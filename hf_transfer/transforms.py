@@ -33,10 +33,46 @@ _INTERPOLATION = {
 }
 
 
+HIGH_DEPTH_MODES = ("I", "F")  # plus every "I;16*" variant; PIL clips these to 0..255 in convert("RGB")
+
+
+def _is_high_depth(mode: str) -> bool:
+    return mode in HIGH_DEPTH_MODES or mode.startswith("I;16")
+
+
+def _scale_to_8bit(image):
+    """A 16-bit, 32-bit integer or float greyscale image -> mode ``L``, by the image's own value range.
+
+    Rule: the linear map of [min, max] to [0, 255], rounded; a constant image becomes 0 (black), and NaN
+    pixels (float images) become 0. Not the dtype's range: a 12-bit sensor in a 16-bit container (0..4095 of
+    0..65535) would come out nearly black, and float images have no fixed range at all. The price is that the
+    absolute brightness between images is not kept; each image uses the full 8-bit range, which is what a
+    backbone pretrained on 8-bit photos expects.
+    """
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return Image.new("L", image.size)
+    low, high = float(values[finite].min()), float(values[finite].max())
+    if high <= low:
+        return Image.new("L", image.size)
+    scaled = (np.where(finite, values, low) - low) * (255.0 / (high - low))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # uint8 2-D: mode L
+
+
 def _to_rgb(image):
-    """Greyscale, palette, CMYK and RGBA images become RGB (alpha composited on white, not dropped to black)."""
+    """Greyscale, palette, CMYK and RGBA images become RGB (alpha composited on white, not dropped to black).
+
+    16-bit (``I;16*``), 32-bit integer (``I``) and float (``F``) images are first scaled to 8 bits by their own
+    value range (`_scale_to_8bit`): ``convert("RGB")`` alone would clip them, turning most pixels white.
+    """
     if image.mode == "RGB":
         return image
+    if _is_high_depth(image.mode):
+        return _scale_to_8bit(image).convert("RGB")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         from PIL import Image
 
@@ -90,6 +126,9 @@ def decode_image(value):
             image = Image.open(value["path"])
         image.load()
         return image
+    except Image.DecompressionBombError as err:
+        raise TransferError(f"image {where!r} is over PIL's size limit ({err}); raise --max_image_pixels or "
+                            "downscale the file") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise TransferError(f"corrupt or unreadable image {where!r} ({err}); remove or replace the file") from None
 
