@@ -29,7 +29,7 @@ COMMON_TRAINING_FLAGS = {
     "gradient_accumulation_steps": "Batches per optimizer step.", "weight_decay": None, "warmup_steps": None,
     "lr_scheduler_type": None, "max_grad_norm": "Gradient clipping norm.", "eval_strategy": None, "eval_steps": None,
     "save_strategy": None, "save_steps": None, "save_total_limit": "Keep at most N checkpoints.",
-    "logging_steps": None, "resume_from_checkpoint": "Checkpoint folder to resume training from.",
+    "logging_steps": None, "resume_from_checkpoint": "A checkpoint-N folder, or True / auto: the latest complete one in --output_dir.",
     "overwrite_output_dir": None, "seed": None, "bf16": "bfloat16 mixed precision.", "fp16": "float16 mixed precision.",
     "dataloader_num_workers": None, "report_to": "Loggers: none, all, tensorboard, wandb, ...",
     "push_to_hub": "Upload the model to the Hub when it is saved.", "hub_model_id": "Hub repository for --push_to_hub.",

@@ -128,10 +128,12 @@ def run_finetune(
         with staged_output(training_args.output_dir) as staging:
             save_model_folder(trainer.model, staging, image_size=image_size)
             plan.save(staging, trainer.model)
+            data.write_bad_images(staging)  # what --on_bad_image skip left out, if anything
     metrics.update(trainer.evaluate(eval_dataset=splits["validation"], metric_key_prefix="eval"))
     if "test" in splits:
         metrics.update(trainer.evaluate(eval_dataset=splits["test"], metric_key_prefix="test"))
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["skipped_bad_images"] = len(data.bad_images)
 
     if trainer.is_world_process_zero():
         write_json(Path(training_args.output_dir) / COMPLETION_MARKER, metrics)  # last: the folder is complete

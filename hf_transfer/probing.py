@@ -133,6 +133,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
             report.plot(staging / "probe_accuracy_per_depth.png",
                         title=f"{model_args.model_name_or_path} on {data.source}: probe accuracy per depth")
         (staging / "probe_table.txt").write_text(report.table() + "\n")
+        data.write_bad_images(staging)
+        results["skipped_bad_images"] = len(data.bad_images)
         results["total_seconds"] = round(time.perf_counter() - start, 2)
         write_json(staging / "all_results.json", results)
     if chosen is not None:

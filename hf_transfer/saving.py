@@ -92,7 +92,6 @@ def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager

@@ -193,7 +193,7 @@ def test_help_is_grouped_and_short(finetune_types, capsys, monkeypatch):
     assert lines[-1] == "all other TrainingArguments flags: --help_all"
     assert "--learning_rate FLOAT" in text and "--save_steps" in text and "--report_to" in text
     assert "--adam_beta1" not in text and "--learning-rate" not in text
-    assert len(lines) < 125
+    assert len(lines) < 140  # readable in one screenful or two
 
 
 def test_help_all_lists_every_flag(finetune_types, capsys, monkeypatch):

@@ -321,3 +321,21 @@ def test_optimizers_that_need_the_model_are_refused(optim, tiny_training_args):
 def test_push_to_hub_offline_is_one_line_before_training(tmp_path):
     result = run_recipe("--push_to_hub", "--output_dir", tmp_path / "o")
     one_line_error(result, "--push_to_hub needs the Hub", "HF_HUB_OFFLINE")
+
+
+# ---------------------------------------------------------------------------------------------- the data check
+def test_recipe_lists_every_bad_image_then_skip_trains_without_them(image_folder, tmp_path):
+    (image_folder / "digit_0" / "empty.png").write_bytes(b"")
+    (image_folder / "digit_1" / "notes.png").write_text("not an image")
+    refused = run_recipe("--train_dir", image_folder, "--image_size", "32", "--output_dir", tmp_path / "refused")
+    last = one_line_error(refused, "2 unreadable images in train", "empty.png: zero bytes", "notes.png: not an image",
+                          "--on_bad_image skip")
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "skipped"
+    done = run_recipe("--train_dir", image_folder, "--image_size", "32", "--on_bad_image", "skip", "--eval_strategy", "no",
+                      "--output_dir", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = json.loads((out / "bad_images.json").read_text())
+    assert sorted(Path(entry["path"]).name for entry in skipped) == ["empty.png", "notes.png"], last
+    assert json.loads((out / "all_results.json").read_text())["skipped_bad_images"] == 2
