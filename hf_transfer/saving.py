@@ -48,8 +48,8 @@ COMPLETION_MARKER = "all_results.json"
 # What a finished or interrupted run leaves in its output folder (hf_transfer's own files and Trainer's).
 RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
              "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
-             "test_results.json", "trainer_state.json", "training_args.bin", "bad_images.json", "probe_table.txt",
-             "probe_accuracy_per_depth.png")
+             "test_results.json", "trainer_state.json", "training_args.bin", "training_args.json", "training_curves.png",
+             "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png")
 CHECKPOINT_PATTERN = "checkpoint-*"
 
 
