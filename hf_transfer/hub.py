@@ -198,7 +198,7 @@ class FolderRecord:
             raise TransferError(f"{str(folder)!r} has no config.json; pass an hf_transfer output folder or checkpoint")
         results, step = _read_json(folder / COMPLETION_MARKER), None
         if results is None:
-            state = _read_json(folder / STATE_FILE)
+            state = _read_json(folder / STATE_FILE) if is_checkpoint(folder) else None
             if state is None:
                 raise TransferError(f"{str(folder)!r} has neither {COMPLETION_MARKER} nor {STATE_FILE}: the run did not "
                                     "finish; train again, or pass a finished output folder or a checkpoint-N folder")
@@ -257,6 +257,11 @@ class FolderRecord:
         if not source or source.startswith(("embedded:", "imagefolder:", "/", ".", "~")) or Path(source).exists():
             return None
         return source if _is_repo_id(source) else None
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A Trainer checkpoint-N (its metrics live in its trainer_state.json; it has no all_results.json)."""
+    return re.fullmatch(r"checkpoint-\d+", folder.name) is not None and (folder / STATE_FILE).is_file()
 
 
 def _is_repo_id(name: str) -> bool:
@@ -484,9 +489,10 @@ def write_model_card(folder, repo_id: str | None = None) -> Path:
         f"# {model_name}",
         "",
         f"An image classifier for {len(labels)} classes, {how} `{backbone}` on `{r.get('dataset', 'unknown data')}`, "
-        "made with hf_transfer. It loads with transformers alone"
-        + (" and with timm" if record.loads_in_timm else "") + (" (after `import hf_transfer`)" if record.needs_hf_transfer else "")
-        + ".",
+        "made with hf_transfer. "
+        + ("It loads with transformers after `import hf_transfer` (its model type is registered there)."
+           if record.needs_hf_transfer else
+           "It loads with transformers alone" + (" and with timm." if record.loads_in_timm else ".")),
         "",
         "## Results",
         "",
@@ -550,8 +556,7 @@ def check_folder(folder) -> list[str]:
     if not folder.is_dir():
         raise TransferError(f"{str(folder)!r} is not a folder; pass an hf_transfer output folder or one checkpoint-N in it")
     notes = []
-    is_checkpoint = not (folder / COMPLETION_MARKER).is_file() and (folder / STATE_FILE).is_file()
-    if not (folder / COMPLETION_MARKER).is_file() and not is_checkpoint:
+    if not (folder / COMPLETION_MARKER).is_file() and not is_checkpoint(folder):
         raise TransferError(f"{str(folder)!r} has no {COMPLETION_MARKER}: the run did not finish; let it finish (or resume "
                             "it with --resume_from_checkpoint True), or push one checkpoint-N folder")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
