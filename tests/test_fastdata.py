@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_transfer import load_image_classification_data
-from hf_transfer.fastdata import PixelBatchCollator, PreparedImages, TransformStages, prepare_splits
+from hf_transfer.fastdata import PixelBatchCollator, PreparedImages, ScaleNormalize, TransformStages, prepare_splits
 from hf_transfer.transforms import build_transform, with_transforms
 
 CFG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.4), "crop_pct": 0.875}
@@ -27,6 +27,7 @@ def test_prepared_store_matches_lazy_transform_bit_for_bit(image_folder, augment
     lazy = with_transforms(data.splits, data, CFG, image_size=24, augmentation=augmentation)
     splits, collator, note = prepare_splits(data, lazy, CFG, image_size=24, augmentation=augmentation, channels_last=True)
     assert isinstance(splits["train"], PreparedImages) and isinstance(splits["validation"], PreparedImages), note
+    assert isinstance(collator.finish, ScaleNormalize)  # the plain-ops normalization, checked against v2's below
     for name in ("train", "validation"):
         indices = list(range(len(splits[name])))[::-1]
         torch.manual_seed(3)  # same draws for the random augmentation on both paths
