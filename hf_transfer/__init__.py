@@ -1,12 +1,5 @@
 """hf_transfer: transfer learning for pretrained vision backbones on the Hugging Face stack."""
 
-import os
-
-# Idle OpenMP threads sleep instead of spinning. On a shared CPU, spinning threads competing with other jobs made
-# Lite0 training steps up to 20x slower (8 s against 0.4 s). Only takes effect if torch is not loaded yet, which is
-# the case for the recipes and the `hf-transfer` command; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 __version__ = "0.1.0"
 
 from .backbones import EMBEDDED_BACKBONES, load_backbone, wrap_timm_model

@@ -111,8 +111,15 @@ def run_finetune(
     )
     for note in data.notes:
         say(note)
-    if use_channels_last(model):
+    channels_last = use_channels_last(model)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Decode + resize once when the data fits in memory; batches come normalized in the model's memory format.
+    from .fastdata import prepare_splits
+
+    splits, collator, note = prepare_splits(data, splits, data_config(model), image_size=image_size,
+                                            augmentation=data_args.augmentation, channels_last=channels_last)
+    say(note)
 
     trainer = TransferTrainer(
         model=model,
@@ -121,6 +128,7 @@ def run_finetune(
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         compute_metrics=ClassificationMetrics(),
+        data_collator=collator,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
