@@ -240,7 +240,8 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop.json"))
     opts = parser.parse_args()
     out = Path(opts.out)
-    result = json.loads(out.read_text()) if out.is_file() else {}
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    result = {}
     result.update({"model": MODEL + " (channels_last)", "dataset": "embedded:mnist, 4,500 train / 500 validation",
                    "image_size": SIZE, "batch": BATCH, "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
@@ -310,7 +311,7 @@ def main():
                              {k: result["speed"][k]["seconds_per_step_median"] for k in ("library", "bare")}))
         if opts.accuracy or opts.accuracy_only:
             # runs of other seeds from earlier invocations are kept: accuracy does not depend on the machine's load
-            previous = result.get("accuracy", {}).get("runs", {})
+            previous = previous.get("accuracy", {}).get("runs", {})
             runs = {side: [r for r in previous.get(side, []) if r["seed"] not in opts.seeds] for side in ("library", "bare")}
             for n, seed in enumerate(opts.seeds):
                 # each seed draws its own validation split in the library: the bare loop uses that same split
@@ -355,8 +356,10 @@ def summarize_accuracy(result: dict, runs: dict) -> None:
 
 
 def write(out: Path, result: dict) -> None:
+    """Merge into the file as it is now: another invocation may have written its section meanwhile."""
+    current = json.loads(out.read_text()) if out.is_file() else {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(current | result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
