@@ -13,7 +13,7 @@ the best linear probe as a model: a pooled-depth probe loads with plain transfor
 
 from hf_transfer.arguments import parse_args
 from hf_transfer.errors import exit_on_user_error
-from hf_transfer.probing import probe_argument_types, run_linear_probe
+from hf_transfer.jobs.probe import probe_argument_types, run_linear_probe
 from hf_transfer.runtime import skip_exit_garbage_collection
 
 PROG = "linear_probe"  # names the command in usage and error lines
