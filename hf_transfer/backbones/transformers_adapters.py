@@ -70,12 +70,13 @@ class TransformersAdapter(BackboneAdapter):
     # ------------------------------------------------------------------------------------------ input size
     def change_input_size(self, image_size: int) -> str:
         fixed = self.size_dependent_params()
-        if fixed:
-            raise TransferError(f"--image_size {image_size}: {type(self.model).__name__} has size-dependent parameters "
-                                f"({', '.join(list(fixed)[:2])}) that hf_transfer cannot resample; use the model's "
-                                "native size")
-        return self._forward_check(image_size, f"{image_size} px: no weight depends on the input size (global "
-                                                "pooling or padded windows), the weights are unchanged")
+        if not fixed:
+            return self._forward_check(image_size, f"{image_size} px: no size-dependent parameters (global pooling), "
+                                                    "the weights are unchanged")
+        # Tables tied to a grid or a window that the model interpolates or pads at run time (Swin, DINOv2): the
+        # forward decides; a model that cannot take the size fails here, not at the next training step.
+        return self._forward_check(image_size, f"{image_size} px: taken as it is ({', '.join(list(fixed)[:2])} "
+                                                "interpolated or windowed at run time); the weights are unchanged")
 
     def total_stride(self) -> int | None:
         patch = getattr(self.model.config, "patch_size", None)
