@@ -47,16 +47,26 @@ class TransformersAdapter(BackboneAdapter):
             candidates = self._outside_base()
             pooled_input: dict[str, bool] = {}
             modules = dict(self.model.named_children())
-            handles = [modules[name].register_forward_pre_hook(
-                lambda mod, args, name=name: pooled_input.setdefault(name, bool(args) and _is_pooled(args[0])))
-                for name in candidates]
+            def record(name, args) -> None:  # a pre-hook must return None, or it replaces the module's input
+                pooled_input.setdefault(name, bool(args) and _is_pooled(args[0]))
+
+            handles = [modules[name].register_forward_pre_hook(lambda mod, args, name=name: record(name, args))
+                       for name in candidates]
             was_training = self.model.training
             self.model.eval()
+            native = self.native_input()
             try:
                 with torch.no_grad():
-                    self.run(self.native_input())
-            except Exception:  # noqa: BLE001 - no trace: every child outside the base model is head
-                pooled_input = {}
+                    # Twice the native size first: a stride-32 map at a tiny native size is 1x1 and looks pooled.
+                    for x in (torch.zeros(1, 3, 2 * native.shape[-2], 2 * native.shape[-1]), native):
+                        try:
+                            pooled_input.clear()
+                            self.run(x)
+                            break
+                        except Exception:  # noqa: BLE001 - fixed-size models: the native size
+                            continue
+                    else:
+                        pooled_input.clear()  # no trace: every child outside the base model is head
             finally:
                 for handle in handles:
                     handle.remove()
