@@ -50,8 +50,8 @@ COMPLETION_MARKER = "all_results.json"
 # What a finished or interrupted run leaves in its output folder (hf_transfer's own files and Trainer's).
 RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
              "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
-             "test_results.json", "trainer_state.json", "training_args.bin", "bad_images.json", "probe_table.txt",
-             "probe_accuracy_per_depth.png")
+             "test_results.json", "trainer_state.json", "training_args.bin", "training_args.json", "training_curves.png",
+             "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png")
 CHECKPOINT_PATTERN = "checkpoint-*"
 
 
@@ -120,9 +120,21 @@ def staged_output(output_dir: str | os.PathLike, last: tuple[str, ...] = (COMPLE
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def save_model_folder(model, folder: str | os.PathLike, image_size: int | None = None) -> None:
-    """`save_pretrained` (safetensors) plus the image processor, so `pipeline(model=folder)` works offline."""
-    model.save_pretrained(folder, safe_serialization=True)
+TIMM_WRAPPER_PREFIX = "timm_model."
+
+
+def save_model_folder(model, folder: str | os.PathLike, image_size: int | None = None, timm_layout: bool = False) -> None:
+    """`save_pretrained` (safetensors) plus the image processor, so `pipeline(model=folder)` works offline.
+
+    ``timm_layout``: a TimmWrapper model's weights are written under timm's own names (no ``timm_model.`` prefix),
+    as timm Hub checkpoints are, so ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads the folder too;
+    transformers adds the prefix back on load. (A wrapper built in memory, not by from_pretrained, would otherwise
+    keep the prefix.)
+    """
+    from .backbones import adapter_for
+
+    state_dict = adapter_for(model).native_state_dict() if timm_layout else None
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     processor = image_processor_for(model, image_size)
     if processor is not None:
         processor.save_pretrained(folder)

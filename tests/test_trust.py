@@ -318,9 +318,12 @@ def test_optimizers_that_need_the_model_are_refused(optim, tiny_training_args):
         TransferTrainer(model=model, args=tiny_training_args(optim=optim))
 
 
-def test_push_to_hub_offline_is_one_line_before_training(tmp_path):
+def test_push_to_hub_without_a_repo_id_is_one_line_before_training(tmp_path):
+    # Offline, --push_to_hub only warns at start and fails at the end (tests/test_hub.py); a missing repo id is
+    # known at once.
     result = run_recipe("--push_to_hub", "--output_dir", tmp_path / "o")
-    one_line_error(result, "--push_to_hub needs the Hub", "HF_HUB_OFFLINE")
+    one_line_error(result, "--push_to_hub needs --hub_model_id")
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------- the data check

@@ -105,7 +105,7 @@ def wrap_timm_model(timm_model: torch.nn.Module, model_args: dict | None = None)
             "num_classes": timm_model.num_classes,
             "num_features": timm_model.num_features,
             "pretrained_cfg": pretrained_cfg,
-            "model_args": model_args or None,
+            "model_args": dict(model_args or {}),  # timm's local-dir: loader calls .get() on it: {} not null
         },
         num_labels=timm_model.num_classes,
     )

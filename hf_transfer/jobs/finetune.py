@@ -12,6 +12,7 @@ import torch
 from ..arguments import DataArguments, ModelArguments, TransferArguments
 from ..backbones import adapter_for
 from ..errors import TransferError
+from ..hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
 from ..metrics import ClassificationMetrics
 from ..runtime import configure_cpu_threads, is_main_process, say
 from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, save_model_folder, staged_output, write_json
@@ -44,7 +45,7 @@ def run_finetune(
     config.validate()
     if not training_args.max_steps or training_args.max_steps <= 0:
         config.check_run_length(training_args.num_train_epochs)
-    check_push_possible(training_args)
+    push_to = take_push_request(training_args)  # hub.py: Trainer must not create the repo; we push at the end
     resolve_output_dir(training_args, "finetune", model_args, data_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if is_main_process():
@@ -91,19 +92,26 @@ def run_finetune(
     # The trained model is written before evaluation: a failing validation or test split must not cost the training.
     if trainer.is_world_process_zero():
         with staged_output(training_args.output_dir) as staging:
-            save_model_folder(trainer.model, staging, image_size=image_size)
+            save_model_folder(trainer.model, staging, image_size=image_size, timm_layout=True)  # timm loads it too
             plan.save(staging, trainer.model)
             data.write_bad_images(staging)  # what --on_bad_image skip left out, if anything
-    metrics.update(trainer.evaluate(eval_dataset=splits["validation"], metric_key_prefix="eval"))
+    validation = trainer.predict(splits["validation"], metric_key_prefix="eval")  # predictions: the confusion matrix
+    metrics.update(validation.metrics)
     if "test" in splits:
         metrics.update(trainer.evaluate(eval_dataset=splits["test"], metric_key_prefix="test"))
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
     metrics["skipped_bad_images"] = len(data.bad_images)
+    metrics.update(run_summary(model_args.model_name_or_path, data.source, image_size, splits))
 
     if trainer.is_world_process_zero():
+        # hub.py: {train,eval,test}_results.json, trainer_state.json, training_args.json, the card's figures
+        save_run_files(trainer, metrics, validation)
         write_json(Path(training_args.output_dir) / COMPLETION_MARKER, metrics)  # last: the folder is complete
+        write_model_card(training_args.output_dir, repo_id=push_to)  # README.md, read back from the finished folder
         say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f};"
             f" model written to {training_args.output_dir}")
+        if push_to:
+            push_after_training(training_args.output_dir, push_to, training_args)
     return metrics
 
 
@@ -124,14 +132,3 @@ def resolve_resume(flag: str | bool | None, output_dir: str) -> str | None:
         raise TransferError(f"--resume_from_checkpoint {flag!r} is not a checkpoint ({problem}); pass a checkpoint-N "
                             "folder, or True for the latest complete one in --output_dir")
     return str(flag)
-
-
-def check_push_possible(training_args) -> None:
-    """--push_to_hub makes Trainer create the Hub repo at start: offline that is a deep traceback, so say it here."""
-    if not getattr(training_args, "push_to_hub", False):
-        return
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        raise TransferError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set; train without --push_to_hub and "
-                            "push the output folder later with push_scripts/push_to_hub.py")

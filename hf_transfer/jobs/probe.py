@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
 from ..errors import TransferError
+from ..hub import run_summary, write_model_card
 from ..features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
 from ..probes import LINEAR_PROBES, PROBES, ProbeConfig, ProbeResult, export_probe, evaluate_probe, probe_layers, resolve_probes
 from ..runtime import configure_cpu_threads, say
@@ -121,9 +122,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
         "backbone_forward_images": feature_set.forward_images,
         "feature_seconds": round(feature_set.seconds, 2),
         "probe_seconds": round(probe_seconds, 2),
-        "image_size": image_size,
-        "model_name_or_path": model_args.model_name_or_path,
-        "dataset": data.source,
+        **run_summary(model_args.model_name_or_path, data.source, image_size, splits),  # hub.py: what the card describes
     }
     with staged_output(probe_args.output_dir) as staging:
         if chosen is not None:
@@ -136,6 +135,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
         results["skipped_bad_images"] = len(data.bad_images)
         results["total_seconds"] = round(time.perf_counter() - start, 2)
         write_json(staging / "all_results.json", results)
+    if chosen is not None:
+        write_model_card(probe_args.output_dir)  # hub.py: README.md, read back from the finished folder
     if chosen is not None:
         note = "" if chosen.layer.is_pooled else " (an hf_transfer_probe model: load it with trust_remote_code=True)"
         say(f"exported {chosen.probe} on {chosen.layer.name}: validation accuracy "
