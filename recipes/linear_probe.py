@@ -7,8 +7,9 @@
 
 Features are cached (``~/.cache/hf_transfer/features`` or ``$HF_TRANSFER_CACHE``): a rerun, or another --probe,
 skips the backbone. The folder gets all_results.json (per layer, per probe), probe_table.txt, a per-depth plot and
-the best linear probe as a model: a pooled-depth probe loads with plain transformers, an earlier-depth one needs
-``import hf_transfer`` first. Flags: `ModelArguments`, `DataArguments`, `ProbeArguments` (`--help` lists them).
+the best linear probe as a model: a pooled-depth probe loads with plain transformers, an earlier-depth one with
+``trust_remote_code=True`` (its code is written beside the weights) or after ``import hf_transfer``.
+Flags: `ModelArguments`, `DataArguments`, `ProbeArguments` (`--help` lists them).
 """
 
 from hf_transfer.arguments import parse_args

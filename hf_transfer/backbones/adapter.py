@@ -177,7 +177,7 @@ class BackboneAdapter:
         fixed = self.size_dependent_params()
         if fixed:
             raise TransferError(f"--image_size {image_size}: {type(self.model).__name__} has size-dependent parameters "
-                                f"({', '.join(list(fixed)[:3])}) that hf_transfer cannot adapt; use the model's native size")
+                                f"({name_some(fixed)}) that hf_transfer cannot adapt; use the model's native size")
         return self._forward_check(image_size, f"{image_size} px: no size-dependent parameters (global pooling), "
                                                 "the weights are unchanged")
 
@@ -244,6 +244,12 @@ class BackboneAdapter:
                        for m in modules)
         has_attention = any("attention" in type(m).__name__.lower() or type(m).__name__ == "Attention" for m in modules)
         return has_conv and not has_attention
+
+
+def name_some(names, strip: str = "") -> str:
+    """'a.b' or 'a.b and 3 more': a report line names the first of many parameters."""
+    names = [n.removeprefix(strip) for n in names]
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "") if names else "none"
 
 
 class _StopForward(Exception):

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import TransferError
 from ..layers import LayerMap, build_groups
-from .adapter import BackboneAdapter, register_adapter, trace_run_order
+from .adapter import BackboneAdapter, name_some, register_adapter, trace_run_order
 
 
 def _grid(tokens: int, prefix_tokens: int) -> str:
@@ -104,7 +104,7 @@ class TimmAdapter(BackboneAdapter):
         if not hasattr(self.inner, "set_input_size"):
             if fixed:
                 raise TransferError(f"--image_size {image_size}: timm {type(self.inner).__name__} has size-dependent "
-                                    f"parameters ({', '.join(n.removeprefix(self.prefix) for n in list(fixed)[:2])}) and "
+                                    f"parameters ({name_some(fixed, self.prefix)}) and "
                                     "no set_input_size; use its native size "
                                     f"({self.data_config()['input_size'][-1]} px)")
             return self._forward_check(image_size, f"{image_size} px: no size-dependent parameters (global pooling), "
@@ -138,8 +138,8 @@ class TimmAdapter(BackboneAdapter):
                           f"{_grid(before[name][1], prefix)} to {_grid(after[name][1], prefix)} ({before[name].numel()} -> "
                           f"{after[name].numel()} values); other weights unchanged")
             else:
-                report = (f"{image_size} px: {', '.join(n.removeprefix(self.prefix) for n in changed[:3])} resampled "
-                          "by set_input_size; other weights unchanged")
+                report = (f"{image_size} px: {name_some(changed, self.prefix)} resampled by set_input_size; "
+                          "other weights unchanged")
         return self._forward_check(image_size, report)
 
     def total_stride(self) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TransferError
-from .adapter import BackboneAdapter, register_adapter
+from .adapter import BackboneAdapter, name_some, register_adapter
 
 
 def _is_pooled(tensor) -> bool:
@@ -85,8 +85,8 @@ class TransformersAdapter(BackboneAdapter):
                                                     "the weights are unchanged")
         # Tables tied to a grid or a window that the model interpolates or pads at run time (Swin, DINOv2): the
         # forward decides; a model that cannot take the size fails here, not at the next training step.
-        return self._forward_check(image_size, f"{image_size} px: taken as it is ({', '.join(list(fixed)[:2])} "
-                                                "interpolated or windowed at run time); the weights are unchanged")
+        return self._forward_check(image_size, f"{image_size} px: taken as it is ({name_some(fixed)} interpolated or "
+                                                "windowed at run time); the weights are unchanged")
 
     def total_stride(self) -> int | None:
         patch = getattr(self.model.config, "patch_size", None)
