@@ -209,6 +209,7 @@ def test_the_model_is_saved_before_evaluation(tmp_path, monkeypatch):
         raise RuntimeError("evaluation failed")
 
     monkeypatch.setattr(Trainer, "evaluate", broken_evaluate)
+    monkeypatch.setattr(Trainer, "predict", broken_evaluate)  # the validation split is evaluated with predict()
     out = tmp_path / "out"
     args = TransferTrainingArguments(output_dir=str(out), max_steps=1, eval_strategy="no", report_to=[], use_cpu=True,
                                      disable_tqdm=True)

@@ -114,6 +114,9 @@ class TimmAdapter(BackboneAdapter):
         if patch and image_size % patch:
             raise TransferError(f"--image_size {image_size} is not a multiple of the patch size {patch}; "
                                 f"use e.g. {image_size // patch * patch}")
+        current = getattr(getattr(self.inner, "patch_embed", None), "img_size", None)
+        if current is not None and tuple(current) == (image_size, image_size):
+            return self._forward_check(image_size, f"{image_size} px: the native size, nothing changed")
         before = {n: p.shape for n, p in self.model.named_parameters()}
         try:
             self.inner.set_input_size(img_size=image_size)
