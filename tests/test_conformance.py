@@ -24,6 +24,8 @@ from hf_transfer.plan import TransferConfig, TransferPlan
 from hf_transfer.probes import LinearHead, ProbeResult, export_probe
 from hf_transfer.trainer import TransferPlanCallback
 
+pytestmark = pytest.mark.conformance  # in the default suite (about a minute on 2 cores); `-m conformance` alone
+
 LABELS = ["a", "b", "c", "d", "e"]  # 5 outputs: no hidden size of these tiny models is 5
 
 
