@@ -91,7 +91,7 @@ class BackboneAdapter:
             pattern, source = compile_layer_regex(layer_regex), "layer_regex"
         else:
             pattern, source = self.block_pattern(), self.rule_source
-        run_order = self.run_order() if not layer_regex or self.family != "generic" else []
+        run_order = self.run_order()  # [] when the model cannot run a native-size input: registration order
         return build_groups(self.model, rule_groups(self.model, pattern, head, run_order), head, source, run_order)
 
     rule_source = "generic rules"
