@@ -36,7 +36,7 @@ import hf_transfer.trainer
 from hf_transfer.arguments import DataArguments, ModelArguments
 from hf_transfer.backbones import load_backbone
 from hf_transfer.data import load_image_classification_data
-from hf_transfer.finetuning import run_finetune
+from hf_transfer.jobs.finetune import run_finetune
 from hf_transfer.plan import TransferConfig, TransferPlan
 from hf_transfer.training_args import TransferTrainingArguments
 

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_transfer.backbones import data_config, load_backbone, set_preprocessing
+from hf_transfer.backbones import build_layer_map, data_config, load_backbone, set_preprocessing
 from hf_transfer.data import load_image_classification_data
 from hf_transfer.features import FeatureCache, compute_features, extract_features, parse_layers
-from hf_transfer.layers import build_layer_map
-from hf_transfer.probe import ProbeConfig, evaluate_probe, fit_probe
+from hf_transfer.probes import ProbeConfig, evaluate_probe, fit_probe
 from hf_transfer.runtime import configure_cpu_threads, say
 from hf_transfer.transforms import with_transforms
 

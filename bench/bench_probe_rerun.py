@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-IMPORTS_ONLY = ("import hf_transfer.probing, hf_transfer.probe, timm, datasets, sklearn.model_selection, "
+IMPORTS_ONLY = ("import hf_transfer.jobs.probe, hf_transfer.probes, timm, datasets, sklearn.model_selection, "
                 "matplotlib.figure; from transformers import TimmWrapperForImageClassification; import gc; gc.freeze()")
 
 

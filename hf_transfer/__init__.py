@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .backbones import EMBEDDED_BACKBONES, load_backbone, wrap_timm_model
+from .backbones import EMBEDDED_BACKBONES, BackboneAdapter, adapter_for, load_backbone, load_backbone_with_adapter, wrap_timm_model
 from .data import EMBEDDED_DATASETS, load_image_classification_data
 from .errors import TransferError
 from .metrics import ClassificationMetrics, load_metric
@@ -11,25 +11,31 @@ from .plan import TransferConfig, TransferPlan
 
 def __getattr__(name):
     # TransferTrainer imports transformers.Trainer: load it only when asked for
-    if name == "TransferTrainer":
-        from .trainer import TransferTrainer
+    if name in ("TransferTrainer", "TransferPlanCallback"):
+        from . import trainer
 
-        return TransferTrainer
+        return getattr(trainer, name)
     raise AttributeError(f"module 'hf_transfer' has no attribute {name!r}")
 
 
 # Registers the "hf_transfer_probe" model type (earlier-depth probes) with AutoConfig / AutoModelForImageClassification.
-from . import modeling_probe  # noqa: E402,F401
+from . import modeling_probe  # noqa: E402
+
+modeling_probe.register()
 
 __all__ = [
     "EMBEDDED_BACKBONES",
     "EMBEDDED_DATASETS",
+    "BackboneAdapter",
     "ClassificationMetrics",
     "TransferConfig",
     "TransferError",
     "TransferPlan",
+    "TransferPlanCallback",
     "TransferTrainer",
+    "adapter_for",
     "load_backbone",
+    "load_backbone_with_adapter",
     "load_image_classification_data",
     "load_metric",
     "wrap_timm_model",

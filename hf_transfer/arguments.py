@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .backbones import DEFAULT_BACKBONE
 from .data import DEFAULT_DATASET
+from .saving import mark_default_output_dir
 from .transforms import AUGMENTATION_PRESETS
 
 
@@ -148,28 +149,6 @@ class TransferArguments:
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
             head_init_from=self.head_init_from,
         )
-
-
-def mark_default_output_dir(args) -> None:
-    """No --output_dir given: flag it, so the recipe names one after the model and dataset (`default_output_dir`)."""
-    args.output_dir_was_defaulted = args.output_dir is None
-    if args.output_dir is None:
-        args.output_dir = "outputs/default"
-
-
-def default_output_dir(recipe: str, model_name: str, data_source: str) -> str:
-    def slug(text: str) -> str:
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.rstrip("/").split("/")[-1].split(":")[-1])
-
-    return f"outputs/{recipe}-{slug(model_name)}-{slug(data_source)}"
-
-
-def resolve_output_dir(args, recipe: str, model_args: ModelArguments, data_args: DataArguments) -> str:
-    """Name the output folder after the model and data when none was given (before anything is loaded)."""
-    if getattr(args, "output_dir_was_defaulted", False):
-        args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data_args.source_name)
-        args.output_dir_was_defaulted = False
-    return args.output_dir
 
 
 def parse_args(dataclass_types, args: list[str] | None = None, prog: str | None = None):

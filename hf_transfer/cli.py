@@ -14,7 +14,7 @@ from .errors import exit_on_user_error
 
 def _finetune(argv: list[str]) -> None:
     from .arguments import finetune_argument_types, parse_args
-    from .finetuning import run_finetune
+    from .jobs.finetune import run_finetune
 
     prog = "hf-transfer finetune"
     with exit_on_user_error(prog):
@@ -23,7 +23,7 @@ def _finetune(argv: list[str]) -> None:
 
 def _probe(argv: list[str]) -> None:
     from .arguments import parse_args
-    from .probing import probe_argument_types, run_linear_probe
+    from .jobs.probe import probe_argument_types, run_linear_probe
 
     prog = "hf-transfer probe"
     with exit_on_user_error(prog):

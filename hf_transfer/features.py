@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from .errors import TransferError
-from .layers import LayerMap, build_layer_map
+from .backbones import adapter_for, build_layer_map
+from .layers import LayerMap
+from .modeling_probe import global_pool as _global_pool
 
 POOLED = "pooled"
 CACHE_ENV = "HF_TRANSFER_CACHE"
@@ -98,65 +100,30 @@ def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap) -> list[
 
 
 # ------------------------------------------------------------------------------------------------ extraction
+def global_pool(output, nhwc: bool = False) -> torch.Tensor:
+    """A depth group's output -> (N, C) (the exported probe model pools the same way: one definition, there)."""
+    try:
+        return _global_pool(output, nhwc)
+    except ValueError as err:
+        raise TransferError(str(err)) from None
+
+
 class _StopForward(Exception):
     """Raised by the hook on the deepest requested layer: nothing after it is computed."""
 
 
-def head_linear(model, layer_map: LayerMap | None = None) -> tuple[str, torch.nn.Linear]:
-    """The classifier's final `nn.Linear` (its input is the pooled bottleneck feature)."""
-    layer_map = layer_map or build_layer_map(model)
-    modules = dict(model.named_modules())
-    found = None
-    for name in layer_map.head.module_names:
-        candidates = [(name, modules[name])] + [(f"{name}.{n}", m) for n, m in modules[name].named_modules() if n]
-        for full, module in candidates:
-            if isinstance(module, torch.nn.Linear):
-                found = (full, module)
-    if found is None:
-        raise TransferError(f"the head of {type(model).__name__} has no nn.Linear; pass a model with a linear classifier")
-    return found
-
-
-def tokens_last_layout(model) -> bool:
-    """True when 4-D maps are (N, H, W, C), as in timm Swin-style models (``output_fmt == 'NHWC'``)."""
-    inner = getattr(model, "timm_model", model)
-    return getattr(inner, "output_fmt", "NCHW") == "NHWC"
-
-
-def module_is_nhwc(module: torch.nn.Module, default: bool = False) -> bool:
-    """Whether a module's 4-D output is (N, H, W, C): timm modules say so in ``output_fmt`` (e.g. ViT patch_embed)."""
-    fmt = getattr(module, "output_fmt", None)
-    if fmt is None:
-        return default
-    return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
-
-
-def global_pool(output, nhwc: bool = False) -> torch.Tensor:
-    """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C)."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):  # a transformers ModelOutput
-        output = output.to_tuple()[0]
-    if output.ndim == 4:
-        return output.mean(dim=(1, 2) if nhwc else (2, 3))
-    if output.ndim == 3:
-        return output.mean(dim=1)
-    if output.ndim == 2:
-        return output
-    raise TransferError(f"cannot pool a layer output of shape {tuple(output.shape)}; choose another depth with --layers")
-
-
 class FeatureExtractor:
-    """Run a backbone once and return the requested layers' pooled features, shape (N, C) each."""
+    """Run a backbone once and return the requested layers' pooled features, shape (N, C) each.
+
+    Depth groups are read with forward hooks on their output modules (layout from the adapter: NCHW maps, NHWC maps
+    or tokens); the pooled feature is the adapter's (the head's input).
+    """
 
     def __init__(self, model, layers: Sequence[FeatureLayer], layer_map: LayerMap | None = None):
-        from .backbones import is_timm_wrapper
-
         self.model = model
+        self.adapter = adapter_for(model)
         self.layers = list(layers)
-        self.layer_map = layer_map or build_layer_map(model)
-        self.is_timm = is_timm_wrapper(model)
-        self.nhwc = tokens_last_layout(model)
+        self.layer_map = layer_map or self.adapter.layer_map()
         self.wants_pooled = any(layer.is_pooled for layer in self.layers)
         depth_layers = [layer for layer in self.layers if not layer.is_pooled]
         self.stop_after = None if self.wants_pooled or not depth_layers else max(depth_layers, key=lambda l: l.depth).module
@@ -168,16 +135,11 @@ class FeatureExtractor:
         handles = []
         for layer in self._depth_layers:
             def hook(module, args, output, layer=layer):
-                self._store[layer.key] = global_pool(output, module_is_nhwc(module, self.nhwc)).float()
+                self._store[layer.key] = global_pool(output, self.adapter.feature_layout(module)).float()
                 if layer.module == self.stop_after and len(self._store) == len(self._depth_layers):
                     raise _StopForward
 
             handles.append(modules[layer.module].register_forward_hook(hook))
-        if self.wants_pooled and not self.is_timm:
-            def pre_hook(module, args):
-                self._store[POOLED] = args[0].flatten(1).float()
-
-            handles.append(head_linear(self.model, self.layer_map)[1].register_forward_pre_hook(pre_hook))
         return handles
 
     @torch.inference_mode()
@@ -185,21 +147,20 @@ class FeatureExtractor:
         self._store = {}
         handles = self._hooks()
         try:
-            if self.is_timm:
-                inner = self.model.timm_model
-                features = inner.forward_features(pixel_values)
-                # forward_head also runs for depth-only requests: a last body group can live in the head
-                # (ConvNeXt's head.norm); a stop hook ends the forward before that when it is not needed.
-                pooled = inner.forward_head(features, pre_logits=True)
-                if self.wants_pooled:
-                    self._store[POOLED] = pooled.flatten(1).float()
-            else:
-                self.model(pixel_values=pixel_values)
+            # The pooled path also runs for depth-only requests: a last body group can sit under the classifier's
+            # module (ConvNeXt's head.norm); a stop hook ends the forward before that when it is not needed.
+            pooled = self.adapter.pooled_features(pixel_values)
+            if self.wants_pooled:
+                self._store[POOLED] = pooled.flatten(1).float()
         except _StopForward:
             pass
         finally:
             for handle in handles:
                 handle.remove()
+        missing = [layer.name for layer in self.layers if layer.key not in self._store]
+        if missing:
+            raise TransferError(f"the forward of {type(self.model).__name__} never ran {', '.join(missing)}; choose "
+                                "other depths with --layers (or --layer_regex for this architecture)")
         return {layer.key: self._store[layer.key] for layer in self.layers}
 
 
@@ -217,11 +178,9 @@ def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_ma
     """Features of every image in ``dataset`` (eval mode, inference mode, batched) -> ({layer key: (N, C)}, labels)."""
     from tqdm.auto import tqdm
 
-    from .finetuning import use_channels_last
-
     was_training = model.training
     model.eval()
-    channels_last = use_channels_last(model)
+    channels_last = adapter_for(model).prefers_channels_last()
     if channels_last:
         model.to(memory_format=torch.channels_last)  # ~1.7x faster CNN inference on CPU
     extractor = FeatureExtractor(model, layers, layer_map)
@@ -501,7 +460,6 @@ __all__ = [
     "describe_cache_use",
     "extract_features",
     "global_pool",
-    "head_linear",
     "model_fingerprint",
     "parse_layers",
     "transform_fingerprint",

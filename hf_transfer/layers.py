@@ -1,27 +1,25 @@
 """LayerMap: one ordered list of depth groups for every backbone, timm or transformers.
 
 Depth 0 is the stem / embeddings, then the stages or blocks in forward order, then the final body layers
-(last norm, `conv_head`), and the classifier head last. Freezing rules (`depth:K`, `fraction:F`), layer-wise
+(last norm, `conv_head`), and the head last: every classifier with everything between the pooled feature and the
+logits (a norm before the linear, twin distillation heads). Freezing rules (`depth:K`, `fraction:F`), layer-wise
 learning-rate decay, gradual unfreezing and per-depth feature probing all read this one map.
 
-* timm models (also inside `TimmWrapper`): timm's own ``group_matcher(coarse=False)``; the classifier named by
-  ``pretrained_cfg["classifier"]`` is split off into the head group.
-* transformers models: parameter-name rules for the usual layouts (``embeddings``/``embedder``/``conv_stem``,
-  then ``encoder.layer(s)/stages/blocks.N``; anything outside the base model, e.g. ``classifier``, is the head).
-* anything else: an explicit ``layer_regex`` with one ``(\\d+)`` group marks the blocks.
+This module holds the map and the grouping rules; which rule applies to which model is the backbone adapter's
+business (`hf_transfer.backbones`), so nothing here knows a model family.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
 from .errors import TransferError
 
-STEM_PATTERN = re.compile(r"(^|\.)(embeddings|embedder|conv_stem|stem|patch_embed|cls_token|pos_embed)(\.|$)")
-BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:encoder\.)?(?:layers|layer|stages|blocks)\.(\d+)\.")
+BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:encoder\.)?(?:layers|layer|stages|blocks|block)\.(\d+)\.")
 
 
 @dataclass
@@ -31,11 +29,7 @@ class DepthGroup:
     param_names: list[str]
     module_names: list[str] = field(default_factory=list)  # smallest modules covering exactly these parameters
     is_head: bool = False
-
-    @property
-    def output_module(self) -> str | None:
-        """The group's last module in registration (≈ forward) order: hook it to read the group's output."""
-        return self.module_names[-1] if self.module_names else None
+    output_module: str | None = None  # the module whose output is this group's output (last to run)
 
 
 @dataclass
@@ -72,7 +66,7 @@ class LayerMap:
         return "\n".join(rows)
 
 
-def _module_parameters(model: torch.nn.Module) -> dict[str, list[str]]:
+def module_parameters(model: torch.nn.Module) -> dict[str, list[str]]:
     """Every module that holds parameters -> their full names, in registration order (one walk of the model)."""
     owned: dict[str, list[str]] = {}
     for full_name, _ in model.named_parameters():
@@ -83,7 +77,7 @@ def _module_parameters(model: torch.nn.Module) -> dict[str, list[str]]:
     return dict(sorted(owned.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-def _covering_modules(module_params: dict[str, list[str]], names: list[str]) -> list[str]:
+def covering_modules(module_params: dict[str, list[str]], names: Sequence[str]) -> list[str]:
     """The highest modules whose parameters all lie in ``names`` (so a hook on them sees this group only)."""
     wanted = set(names)
     chosen: list[str] = []
@@ -94,49 +88,6 @@ def _covering_modules(module_params: dict[str, list[str]], names: list[str]) -> 
             continue
         chosen.append(mod_name)
     return chosen
-
-
-def _classifier_prefixes(model) -> list[str]:
-    """Parameter-name prefixes of the classification head."""
-    from .backbones import is_timm_wrapper
-
-    if is_timm_wrapper(model):
-        classifier = model.timm_model.pretrained_cfg.get("classifier") or "head"
-        names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-        return [f"timm_model.{n}." for n in names]
-    if hasattr(model, "pretrained_cfg") and not hasattr(model, "config"):
-        classifier = model.pretrained_cfg.get("classifier") or "head"
-        return [f"{n}." for n in (classifier if isinstance(classifier, (list, tuple)) else [classifier])]
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and hasattr(model, prefix):
-        return [n + "." for n, _ in model.named_children() if n != prefix]
-    return ["classifier.", "head.", "fc."]
-
-
-def _groups_from_ids(model, ordered: list[tuple[str, list[str]]], head_prefixes: list[str]) -> list[DepthGroup]:
-    """[(name, params)] in depth order -> DepthGroups, with head parameters moved into a final head group."""
-    groups, head = [], []
-    for name, params in ordered:
-        body = [p for p in params if not p.startswith(tuple(head_prefixes))]
-        head += [p for p in params if p.startswith(tuple(head_prefixes))]
-        if body:
-            groups.append((name, body))
-    all_names = [n for n, _ in model.named_parameters()]
-    if len(groups) < 1 or not head:
-        raise TransferError(
-            f"cannot find the classifier head of {type(model).__name__} (looked for {', '.join(head_prefixes)}); "
-            "pass a model with a classification head"
-        )
-    groups.append(("head", [n for n in all_names if n in set(head)]))
-    result = []
-    module_params = _module_parameters(model)
-    for i, (name, params) in enumerate(groups):
-        modules = _covering_modules(module_params, params)
-        if name is None:  # name a group after its modules: 'blocks.4+conv_head+bn2'
-            short = [m.removeprefix("timm_model.") for m in modules]
-            name = _common_prefix(params).removeprefix("timm_model.") if len(short) > 1 and "." in _common_prefix(params) else "+".join(short)
-        result.append(DepthGroup(i, name, params, modules, is_head=(i == len(groups) - 1)))
-    return result
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -150,56 +101,81 @@ def _common_prefix(names: list[str]) -> str:
     return ".".join(common)
 
 
-def _timm_layer_map(model, inner: torch.nn.Module, prefix: str) -> LayerMap:
-    from timm.models import group_parameters
+def build_groups(model: torch.nn.Module, ordered: list[tuple[str | None, list[str]]], head: Sequence[str], source: str,
+                 run_order: Sequence[str] = (), strip: str = "") -> LayerMap:
+    """[(name or None, body parameters)] in depth order + the head's parameters -> a LayerMap.
 
-    grouped = group_parameters(inner, inner.group_matcher(coarse=False))
-    ordered = [("stem" if i == 0 else None, [prefix + n for n in names]) for i, (_, names) in enumerate(sorted(grouped.items()))]
-    return LayerMap(_groups_from_ids(model, ordered, _classifier_prefixes(model)), "timm group_matcher")
+    ``run_order`` (modules in the order a forward first ran them) picks each group's output module: the one of its
+    covering modules that ran last. A ``None`` name is made from the group's modules ('blocks.4+conv_head').
+    """
+    head_set = set(head)
+    groups = [(name, [p for p in params if p not in head_set]) for name, params in ordered]
+    groups = [(name, params) for name, params in groups if params]
+    if not groups or not head_set:
+        raise TransferError(f"cannot find the body and the classifier head of {type(model).__name__}; "
+                            "pass a model with a classification head (or --layer_regex for the blocks)")
+    all_names = [n for n, _ in model.named_parameters()]
+    groups.append(("head", [n for n in all_names if n in head_set]))
+    ran = {name: i for i, name in enumerate(run_order)}
+    module_params = module_parameters(model)
+    result = []
+    for i, (name, params) in enumerate(groups):
+        modules = covering_modules(module_params, params)
+        if name is None:
+            short = [m.removeprefix(strip) for m in modules]
+            prefix = _common_prefix(params).removeprefix(strip)
+            name = prefix if len(short) > 1 and "." in prefix else "+".join(short)
+        # The output is the covering module that ran last; registration order when no forward was traced.
+        output = max(modules, key=lambda m: (ran.get(m, -1), modules.index(m))) if modules else None
+        result.append(DepthGroup(i, name, params, modules, is_head=(i == len(groups) - 1), output_module=output))
+    return LayerMap(result, source)
 
 
-def _rule_layer_map(model, block_pattern: re.Pattern, source: str) -> LayerMap:
-    head_prefixes = _classifier_prefixes(model)
-    stem, blocks, final, head = [], {}, [], []
-    for name, _ in model.named_parameters():
-        if name.startswith(tuple(head_prefixes)):
-            head.append(name)
+def rule_groups(model: torch.nn.Module, pattern: re.Pattern, head: Sequence[str], run_order: Sequence[str] = ()
+                ) -> list[tuple[str | None, list[str]]]:
+    """Body parameters grouped by numbered block, in forward order.
+
+    A block is keyed by its whole path up to the matched number (``network.2.blocks.0``), not by the number alone,
+    so blocks numbered inside each stage do not merge across stages. Parameters are ordered by when their module
+    first ran (``run_order``), registration order otherwise; unmatched runs between blocks (downsampling layers)
+    become their own groups, those before the first block the stem, those after the last the final group.
+    """
+    head_set = set(head)
+    ran = {name: i for i, name in enumerate(run_order)}
+    ordered_params, position = [], -1.0
+    for name, _ in model.named_parameters():  # registration order; a module that never ran stays after its neighbour
+        if name in head_set:
             continue
-        match = block_pattern.search(name)
-        if match:
-            key = int(match.group(1))
-            blocks.setdefault(key, ([], name[: match.end(1)]))[0].append(name)
-        elif blocks:
-            final.append(name)
+        owner = name.rpartition(".")[0]
+        position = ran.get(owner, position + 1e-6) if run_order else position + 1
+        ordered_params.append((position, len(ordered_params), name))
+    ordered_params.sort()
+    segments: list[tuple[str | None, list[str]]] = []
+    for _, _, name in ordered_params:
+        match = pattern.search(name)
+        key = name[: match.end(1)] if match else None
+        if segments and segments[-1][0] == key:
+            segments[-1][1].append(name)
         else:
-            stem.append(name)
-    if not blocks:
+            segments.append((key, [name]))
+    if not any(key for key, _ in segments):
         raise TransferError(
-            f"cannot map the layers of {type(model).__name__} ({source} found no numbered blocks); "
-            "pass --layer_regex with one (\\d+) group that numbers the blocks, e.g. 'encoder\\.layer\\.(\\d+)\\.'"
-        )
-    ordered = [("stem", stem)] if stem else []
-    ordered += [(label, params) for _, (params, label) in sorted(blocks.items())]
-    if final:
-        ordered.append(("final", final))
-    ordered.append(("head", head))
-    return LayerMap(_groups_from_ids(model, ordered, head_prefixes), source)
+            f"cannot map the layers of {type(model).__name__} (no numbered blocks found); pass --layer_regex with one "
+            "(\\d+) group that numbers the blocks, e.g. 'encoder\\.layer\\.(\\d+)\\.'")
+    first = next(i for i, (key, _) in enumerate(segments) if key)
+    last = max(i for i, (key, _) in enumerate(segments) if key)
+    named = []
+    for i, (key, params) in enumerate(segments):
+        label = key if key else "stem" if i < first else "final" if i > last else None
+        named.append((label, params))
+    return named
 
 
-def build_layer_map(model: torch.nn.Module, layer_regex: str | None = None) -> LayerMap:
-    """The depth groups of ``model`` (a TimmWrapper, a transformers classifier or a bare timm model)."""
-    from .backbones import is_timm_wrapper
-
-    if layer_regex:
-        try:
-            pattern = re.compile(layer_regex)
-        except re.error as err:
-            raise TransferError(f"--layer_regex {layer_regex!r} is not a valid regular expression ({err})") from None
-        if pattern.groups != 1:
-            raise TransferError(f"--layer_regex {layer_regex!r} needs exactly one (\\d+) group that numbers the blocks")
-        return _rule_layer_map(model, pattern, "layer_regex")
-    if hasattr(model, "config") and is_timm_wrapper(model):
-        return _timm_layer_map(model, model.timm_model, "timm_model.")
-    if hasattr(model, "group_matcher") and not hasattr(model, "config"):
-        return _timm_layer_map(model, model, "")
-    return _rule_layer_map(model, BLOCK_PATTERN, "transformers rules")
+def compile_layer_regex(layer_regex: str) -> re.Pattern:
+    try:
+        pattern = re.compile(layer_regex)
+    except re.error as err:
+        raise TransferError(f"--layer_regex {layer_regex!r} is not a valid regular expression ({err})") from None
+    if pattern.groups != 1:
+        raise TransferError(f"--layer_regex {layer_regex!r} needs exactly one (\\d+) group that numbers the blocks")
+    return pattern

@@ -5,9 +5,10 @@ forward stops at the hooked group output), its output is pooled globally (mean o
 linear head with the standardization folded in gives the logits. The head is kept in float64 so that the logits
 reproduce scikit-learn's ``decision_function`` to ~1e-6.
 
-The classes are registered with `AutoConfig` / `AutoModelForImageClassification` when ``hf_transfer`` is imported;
-loading such a folder needs ``import hf_transfer`` first (no ``trust_remote_code``: the code is this package).
-Probes on the pooled bottleneck are exported as the ordinary backbone class instead and need no import at all.
+This file imports nothing from hf_transfer: an export copies it next to the weights and names it in the config's
+``auto_map``, so the folder loads with ``trust_remote_code=True`` where hf_transfer is not installed. With
+hf_transfer imported, `register()` makes the Auto classes know the type without remote code. Probes on the pooled
+bottleneck are exported as the ordinary backbone class instead and need neither.
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ class HFTransferProbeConfig(PretrainedConfig):
         return output
 
 
+def module_is_nhwc(module: torch.nn.Module, default: bool = False) -> bool:
+    """Whether a module's 4-D output is (N, H, W, C): timm modules say so in ``output_fmt`` (e.g. ViT patch_embed)."""
+    fmt = getattr(module, "output_fmt", None)
+    if fmt is None:
+        return default
+    return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
+
+
+def global_pool(output, nhwc: bool = False) -> torch.Tensor:
+    """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C)."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):  # a transformers ModelOutput
+        output = output.to_tuple()[0]
+    if output.ndim == 4:
+        return output.mean(dim=(1, 2) if nhwc else (2, 3))
+    if output.ndim == 3:
+        return output.mean(dim=1)
+    if output.ndim == 2:
+        return output
+    raise ValueError(f"cannot pool a layer output of shape {tuple(output.shape)}; choose another depth with --layers")
+
+
 class _Pruned(torch.nn.Module):
     """Stands in for a module after the probed depth: it has no weights and must never run."""
 
@@ -98,8 +122,6 @@ class HFTransferProbeForImageClassification(PreTrainedModel):
             torch.nn.init.zeros_(module.bias)
 
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        from .features import global_pool, module_is_nhwc
-
         captured = {}
 
         def hook(module, args, output):
@@ -134,6 +156,3 @@ def register() -> None:
         AutoModelForImageClassification.register(HFTransferProbeConfig, HFTransferProbeForImageClassification)
     except ValueError:  # already registered (module re-imported)
         pass
-
-
-register()

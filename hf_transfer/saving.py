@@ -16,32 +16,34 @@ from pathlib import Path
 from .errors import TransferError
 
 
+def mark_default_output_dir(args) -> None:
+    """No --output_dir given: flag it, so the recipe names one after the model and dataset (`default_output_dir`)."""
+    args.output_dir_was_defaulted = args.output_dir is None
+    if args.output_dir is None:
+        args.output_dir = "outputs/default"
+
+
+def default_output_dir(recipe: str, model_name: str, data_source: str) -> str:
+    def slug(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.rstrip("/").split("/")[-1].split(":")[-1])
+
+    return f"outputs/{recipe}-{slug(model_name)}-{slug(data_source)}"
+
+
+def resolve_output_dir(args, recipe: str, model_args, data_args) -> str:
+    """Name the output folder after the model and data when none was given (before anything is loaded)."""
+    if getattr(args, "output_dir_was_defaulted", False):
+        args.output_dir = default_output_dir(recipe, model_args.model_name_or_path, data_args.source_name)
+        args.output_dir_was_defaulted = False
+    return args.output_dir
+
+
 def image_processor_for(model, image_size: int | None = None):
-    """The image processor to save next to a model (pipeline / AutoImageProcessor need it to preprocess).
+    """The image processor to save next to a model (pipeline / AutoImageProcessor need it to preprocess); None when
+    the model's config.json carries its preprocessing (timm). The backbone adapter knows which."""
+    from .backbones import adapter_for
 
-    timm models keep theirs in config.json (pretrained_cfg). A transformers model gets its own processor resized
-    to the training resolution, or, when its checkpoint shipped none, a plain resize-and-normalize one built from
-    the data config the model was trained with.
-    """
-    from .backbones import data_config, is_timm_wrapper
-
-    if is_timm_wrapper(model):
-        return None
-    processor = getattr(model, "_hf_transfer_image_processor", None)
-    cfg = data_config(model)
-    size = int(image_size or cfg["input_size"][-1])
-    if processor is None:
-        from transformers import ViTImageProcessor
-
-        return ViTImageProcessor(do_resize=True, size={"height": size, "width": size}, image_mean=list(cfg["mean"]),
-                                 image_std=list(cfg["std"]))
-    if "height" in (getattr(processor, "size", None) or {}):
-        processor.size = {"height": size, "width": size}
-    elif "shortest_edge" in (getattr(processor, "size", None) or {}):
-        processor.size = {"shortest_edge": int(size / (cfg.get("crop_pct") or 1.0))}
-    if getattr(processor, "crop_size", None):
-        processor.crop_size = {"height": size, "width": size}
-    return processor
+    return adapter_for(model).image_processor(image_size)
 
 
 COMPLETION_MARKER = "all_results.json"
@@ -129,11 +131,9 @@ def save_model_folder(model, folder: str | os.PathLike, image_size: int | None =
     transformers adds the prefix back on load. (A wrapper built in memory, not by from_pretrained, would otherwise
     keep the prefix.)
     """
-    from .backbones import is_timm_wrapper
+    from .backbones import adapter_for
 
-    state_dict = None
-    if timm_layout and is_timm_wrapper(model):
-        state_dict = {name.removeprefix(TIMM_WRAPPER_PREFIX): tensor for name, tensor in model.state_dict().items()}
+    state_dict = adapter_for(model).native_state_dict() if timm_layout else None
     model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     processor = image_processor_for(model, image_size)
     if processor is not None:

@@ -60,43 +60,70 @@ class BatchNormPolicy:
 
 
 class TransferPlanCallback(TrainerCallback):
-    """Applies the plan's phase at train begin and at each epoch; prints the table when the phase changes."""
+    """Applies a `TransferPlan` inside any `Trainer`: the freeze of each phase, the BatchNorm policy, the plan saved
+    in each checkpoint. The model comes from the callback arguments, so ``Trainer(..., callbacks=[
+    TransferPlanCallback(plan)])`` works with any Trainer subclass. The plan's learning rates need its parameter
+    groups in the optimizer: `TransferTrainer` builds them; elsewhere pass ``optimizers=(plan_optimizer(plan, args,
+    model), None)``, or the callback says the rates are not applied.
+    """
 
-    def __init__(self, trainer: "TransferTrainer"):
-        self.trainer = trainer
+    def __init__(self, plan: TransferPlan):
+        self.plan = plan
+        self.batchnorm_policy: BatchNormPolicy | None = None
         self.applied_epoch_phase: frozenset | None = None
 
-    def apply(self, state, reason: str) -> None:
-        trainer, plan = self.trainer, self.trainer.plan
+    def prepare(self, model) -> None:
+        """Before DDP wraps the model: everything that ever trains is visible; the BatchNorm hook is in place."""
+        if self.batchnorm_policy is None:
+            self.plan.apply_freeze(model, None)
+            self.batchnorm_policy = BatchNormPolicy(model)
+            self.batchnorm_policy.set(self.plan.frozen_batchnorm(model, 0))
+
+    def apply(self, model, state, reason: str) -> None:
+        plan = self.plan
+        self.prepare(model)
         epoch = current_epoch(state)
-        trainable = plan.apply_freeze(trainer.model, epoch)
-        trainer.batchnorm_policy.set(plan.frozen_batchnorm(trainer.model, epoch))
+        trainable = plan.apply_freeze(model, epoch)
+        self.batchnorm_policy.set(plan.frozen_batchnorm(model, epoch))
         phase = frozenset(trainable)
         if phase != self.applied_epoch_phase:
             self.applied_epoch_phase = phase
-            count = sum(p.numel() for n, p in trainer.model.named_parameters() if n in trainable)
+            count = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
             say(f"{reason}: {len(trainable)} parameter tensors ({count / 1e6:.3f}M values) train at epoch {epoch}\n"
                 + plan.table(epoch))
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.prepare(model)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.applied_epoch_phase = None
-        self.apply(state, "transfer plan")
+        if optimizer is not None and not any("name" in g for g in optimizer.param_groups):
+            say("the optimizer was not built from the transfer plan: its freeze applies, its learning rates do not "
+                "(use TransferTrainer, or optimizers=(plan_optimizer(plan, args, model), None))")
+        self.apply(model, state, "transfer plan")
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.apply(state, "transfer plan changed")
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        self.apply(model, state, "transfer plan changed")
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         # DDP broadcasts buffers from rank 0 at the start of each forward, so after the last step every rank holds
         # BatchNorm statistics of its own last batch: finish with rank 0's, as the next forward would.
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            for buffer in self.trainer.model.buffers():
+            for buffer in model.buffers():
                 torch.distributed.broadcast(buffer.data, src=0)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if os.path.isdir(folder):
-                self.trainer.plan.save(folder, self.trainer.model)
+                self.plan.save(folder, model)
+
+
+def plan_optimizer(plan: TransferPlan, args, model):
+    """The optimizer ``args.optim`` names, over the plan's parameter groups with their real learning rates."""
+    optimizer_cls, optimizer_kwargs = optimizer_for(args, model)
+    return optimizer_cls(plan.optimizer_groups(model), **optimizer_kwargs)
 
 
 class TransferTrainer(Trainer):
@@ -124,17 +151,14 @@ class TransferTrainer(Trainer):
         if args.ddp_find_unused_parameters is None and len(plan.change_epochs()) > 1:
             # Parameters that have not unfrozen yet get no gradient: DDP must not wait for them.
             args.ddp_find_unused_parameters = True
-        plan.apply_freeze(model, None)  # everything that ever trains is visible to DDP when it wraps the model
-        self.batchnorm_policy = BatchNormPolicy(model)
-        self.batchnorm_policy.set(plan.frozen_batchnorm(model, 0))
+        self.plan_callback = TransferPlanCallback(plan)
+        self.plan_callback.prepare(model)  # everything that ever trains is visible to DDP when it wraps the model
         super().__init__(model, args, *trainer_args, **kwargs)
-        self.add_callback(TransferPlanCallback(self))
+        self.add_callback(self.plan_callback)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            model = model or self.model
-            optimizer_cls, optimizer_kwargs = optimizer_for(self.args, model)
-            self.optimizer = optimizer_cls(self.plan.optimizer_groups(model), **optimizer_kwargs)
+            self.optimizer = plan_optimizer(self.plan, self.args, model or self.model)
         return self.optimizer
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .arguments import mark_default_output_dir
+from .saving import mark_default_output_dir
 
 
 @dataclass

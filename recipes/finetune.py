@@ -20,7 +20,7 @@ if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count()
 
 from hf_transfer.arguments import finetune_argument_types, parse_args
 from hf_transfer.errors import exit_on_user_error
-from hf_transfer.finetuning import run_finetune
+from hf_transfer.jobs.finetune import run_finetune
 from hf_transfer.runtime import skip_exit_garbage_collection
 
 PROG = "finetune"  # names the command in usage and error lines

@@ -7,8 +7,9 @@
 
 Features are cached (``~/.cache/hf_transfer/features`` or ``$HF_TRANSFER_CACHE``): a rerun, or another --probe,
 skips the backbone. The folder gets all_results.json (per layer, per probe), probe_table.txt, a per-depth plot and
-the best linear probe as a model: a pooled-depth probe loads with plain transformers, an earlier-depth one needs
-``import hf_transfer`` first. Flags: `ModelArguments`, `DataArguments`, `ProbeArguments` (`--help` lists them).
+the best linear probe as a model: a pooled-depth probe loads with plain transformers, an earlier-depth one with
+``trust_remote_code=True`` (its code is written beside the weights) or after ``import hf_transfer``.
+Flags: `ModelArguments`, `DataArguments`, `ProbeArguments` (`--help` lists them).
 """
 
 import os
@@ -22,7 +23,7 @@ if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count()
 
 from hf_transfer.arguments import parse_args
 from hf_transfer.errors import exit_on_user_error
-from hf_transfer.probing import probe_argument_types, run_linear_probe
+from hf_transfer.jobs.probe import probe_argument_types, run_linear_probe
 from hf_transfer.runtime import skip_exit_garbage_collection
 
 PROG = "linear_probe"  # names the command in usage and error lines

@@ -10,7 +10,7 @@ import pytest
 
 from hf_transfer.arguments import finetune_argument_types, parse_args
 from hf_transfer.errors import TransferError
-from hf_transfer.probing import probe_argument_types
+from hf_transfer.jobs.probe import probe_argument_types
 
 ROOT = Path(__file__).resolve().parents[1]
 

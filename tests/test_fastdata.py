@@ -61,7 +61,7 @@ def test_collator_keeps_contiguous_layout_when_asked():
 
 def test_importing_hf_transfer_changes_no_environment_variable():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = ("import json, os; before = dict(os.environ); import hf_transfer, hf_transfer.trainer, hf_transfer.finetuning; "
+    code = ("import json, os; before = dict(os.environ); import hf_transfer, hf_transfer.trainer, hf_transfer.jobs.finetune; "
             "print(json.dumps({k: (before.get(k), os.environ.get(k)) for k in set(before) | set(os.environ) "
             "if before.get(k) != os.environ.get(k)}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

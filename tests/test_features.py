@@ -15,7 +15,7 @@ from hf_transfer.features import (
     parse_layers,
     transform_fingerprint,
 )
-from hf_transfer.layers import build_layer_map
+from hf_transfer.backbones import build_layer_map
 from hf_transfer.transforms import build_transform, with_transforms
 
 # (arch, input size, channels per body depth, pooled size); token maps (ViT) are averaged over tokens.
@@ -71,9 +71,9 @@ def test_transformers_feature_shapes(kind, depth_channels, pooled, tiny_hf_folde
 
 def test_shallow_request_stops_the_forward_early():
     model = load_backbone("test_resnet", labels=["a", "b"], pretrained=False).eval()
+    layers = parse_layers("1", build_layer_map(model))  # the adapter traces one forward to build the map
     calls = []
     model.timm_model.layer4.register_forward_hook(lambda *a: calls.append("layer4"))
-    layers = parse_layers("1", build_layer_map(model))
     FeatureExtractor(model, layers)(torch.randn(1, 3, 32, 32))
     assert calls == []
     FeatureExtractor(model, parse_layers("1,pooled", build_layer_map(model)))(torch.randn(1, 3, 32, 32))

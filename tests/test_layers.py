@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hf_transfer import TransferError, load_backbone
-from hf_transfer.layers import build_layer_map
+from hf_transfer.backbones import build_layer_map
 
 
 def _check_partition(model, layer_map):

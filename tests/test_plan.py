@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hf_transfer import TransferError, load_backbone
-from hf_transfer.layers import build_layer_map
+from hf_transfer.backbones import build_layer_map
 from hf_transfer.plan import TransferConfig, TransferPlan
 from hf_transfer.trainer import TransferTrainer
 

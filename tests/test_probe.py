@@ -12,8 +12,8 @@ import torch
 from hf_transfer import TransferError, load_backbone
 from hf_transfer.backbones import data_config, set_preprocessing
 from hf_transfer.features import FeatureCache, FeatureExtractor, compute_features, parse_layers
-from hf_transfer.layers import build_layer_map
-from hf_transfer.probe import ProbeConfig, export_probe, fit_probe, init_head_from_probe, probe_layers, resolve_probes
+from hf_transfer.backbones import build_layer_map
+from hf_transfer.probes import ProbeConfig, export_probe, fit_probe, init_head_from_probe, probe_layers, resolve_probes
 from hf_transfer.transforms import with_transforms
 
 FAST = ProbeConfig(cv_folds=2)
@@ -178,7 +178,7 @@ def test_cv_scores_and_linear_fits_are_cached_beside_the_features(tmp_path, monk
     """A rerun on the same features skips the CV fits and the final fit; other data or another probe misses."""
     import sklearn.model_selection
 
-    from hf_transfer import probe as probe_module
+    from hf_transfer.probes import estimators as probe_module
     from hf_transfer.features import FeatureLayer
 
     rng = np.random.default_rng(0)
@@ -215,7 +215,7 @@ def test_cv_scores_and_linear_fits_are_cached_beside_the_features(tmp_path, monk
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_linear_head_reproduces_the_fitted_pipeline(kind, n_classes):
     from hf_transfer.features import FeatureLayer
-    from hf_transfer.probe import LinearHead
+    from hf_transfer.probes import LinearHead
 
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(n_classes), 30)

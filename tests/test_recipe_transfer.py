@@ -35,7 +35,7 @@ def test_fraction_freeze_keeps_pretrained_weights_and_bn_statistics(tmp_path):
 
     from hf_transfer import load_backbone
 
-    saved = load_file(out / "model.safetensors")
+    saved = {f"timm_model.{k}": v for k, v in load_file(out / "model.safetensors").items()}  # timm's own names
     pretrained = load_backbone("embedded:efficientnet_lite0").state_dict()
     for name in frozen:
         assert torch.equal(saved[name], pretrained[name]), name

@@ -144,7 +144,7 @@ def test_second_run_into_a_finished_folder_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- resume
 def test_resume_true_without_checkpoints_starts_fresh_and_bad_paths_fail_early(tmp_path, capsys):
-    from hf_transfer.finetuning import resolve_resume
+    from hf_transfer.jobs.finetune import resolve_resume
 
     assert resolve_resume("True", str(tmp_path)) is None
     assert "training from the start" in capsys.readouterr().out
@@ -202,13 +202,14 @@ def test_the_model_is_saved_before_evaluation(tmp_path, monkeypatch):
     from transformers import Trainer
 
     from hf_transfer.arguments import DataArguments, ModelArguments, TransferArguments
-    from hf_transfer.finetuning import run_finetune
+    from hf_transfer.jobs.finetune import run_finetune
     from hf_transfer.training_args import TransferTrainingArguments
 
     def broken_evaluate(self, *args, **kwargs):
         raise RuntimeError("evaluation failed")
 
     monkeypatch.setattr(Trainer, "evaluate", broken_evaluate)
+    monkeypatch.setattr(Trainer, "predict", broken_evaluate)  # the validation split is evaluated with predict()
     out = tmp_path / "out"
     args = TransferTrainingArguments(output_dir=str(out), max_steps=1, eval_strategy="no", report_to=[], use_cpu=True,
                                      disable_tqdm=True)
@@ -233,7 +234,7 @@ def digits_splits():
 
 def _features(data, cfg, cache, model, mean=None):
     from hf_transfer.features import compute_features, parse_layers
-    from hf_transfer.layers import build_layer_map
+    from hf_transfer.backbones import build_layer_map
     from hf_transfer.transforms import with_transforms
 
     # 64 px: a 2x2 last feature map, so average and max pooling differ

@@ -9,53 +9,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .arguments import DataArguments, ModelArguments, TransferArguments, resolve_output_dir
-from .backbones import data_config, load_backbone, set_preprocessing
-from .errors import TransferError
-from .hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
-from .metrics import ClassificationMetrics
-from .resolution import change_input_size, check_input_size
-from .runtime import configure_cpu_threads, is_main_process, say
-from .saving import COMPLETION_MARKER, prepare_output_dir, save_model_folder, staged_output, write_json
-from .transforms import resolve_augmentation, with_transforms
+from ..arguments import DataArguments, ModelArguments, TransferArguments
+from ..backbones import adapter_for
+from ..errors import TransferError
+from ..hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
+from ..metrics import ClassificationMetrics
+from ..runtime import configure_cpu_threads, is_main_process, say
+from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, save_model_folder, staged_output, write_json
+from ..transforms import resolve_augmentation
+from .common import prepare
 
 if TYPE_CHECKING:
-    from .training_args import TransferTrainingArguments
-
-def use_channels_last(model) -> bool:
-    """CNNs run markedly faster on CPU (measured ~1.7x for EfficientNet) with channels_last weights."""
-    has_conv = any(isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) or isinstance(m, torch.nn.BatchNorm2d)
-                   for m in model.modules())
-    has_attention = any("attention" in type(m).__name__.lower() or type(m).__name__ == "Attention" for m in model.modules())
-    return has_conv and not has_attention
-
-
-def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments, recipe: str,
-            pretrained: bool | None = None):
-    """Load data and backbone and attach transforms; shared by fine-tuning and probing."""
-    data = data_args.load(training_args.seed, model_args)
-    image_size = model_args.image_size or data.suggested_image_size
-    hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    if model_args.token:
-        hub_kwargs["token"] = model_args.token
-    model = load_backbone(
-        model_args.model_name_or_path,
-        labels=data.labels,
-        pretrained=(not model_args.no_pretrained) if pretrained is None else pretrained,
-        trust_remote_code=model_args.trust_remote_code,
-        **hub_kwargs,
-    )
-    if image_size:  # ViTs need resampled position embeddings: say what the size change did to the model
-        say(change_input_size(model, image_size))
-        check_input_size(model, image_size)
-    set_preprocessing(model, image_size)
-    cfg = data_config(model)
-    # run_finetune resolves `auto` from its epochs; any other caller (probing) gets no augmentation for `auto`.
-    splits = with_transforms(data.splits, data, cfg, image_size=image_size,
-                             augmentation=resolve_augmentation(data_args.augmentation, 0))
-    resolve_output_dir(training_args, recipe, model_args, data_args)
-    return data, model, splits, int(image_size or cfg["input_size"][-1])
-
+    from ..training_args import TransferTrainingArguments
 
 def run_finetune(
     model_args: ModelArguments,
@@ -67,8 +32,8 @@ def run_finetune(
     all_results.json last (the completion marker)."""
     from transformers import set_seed
 
-    from .plan import TransferPlan, default_learning_rate
-    from .trainer import TransferTrainer
+    from ..plan import TransferPlan, default_learning_rate
+    from ..trainer import TransferTrainer
 
     start = time.perf_counter()
     transfer_args = transfer_args or TransferArguments()
@@ -94,7 +59,7 @@ def run_finetune(
     pretrained = False if transfer_args.strategy == "scratch" else None
     data, model, splits, image_size = prepare(model_args, data_args, training_args, "finetune", pretrained=pretrained)
     if transfer_args.head_init_from:
-        from .probe import init_head_from_probe
+        from ..probes import init_head_from_probe
 
         init_head_from_probe(model, transfer_args.head_init_from)
         say(f"head initialized from the linear probe in {transfer_args.head_init_from}")
@@ -111,13 +76,14 @@ def run_finetune(
     )
     for note in data.notes:
         say(note)
-    channels_last = use_channels_last(model)
+    adapter = adapter_for(model)
+    channels_last = adapter.prefers_channels_last()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Decode + resize once when the data fits in memory; batches come normalized in the model's memory format.
-    from .fastdata import prepare_splits
+    from ..fastdata import prepare_splits
 
-    splits, collator, note = prepare_splits(data, splits, data_config(model), image_size=image_size,
+    splits, collator, note = prepare_splits(data, splits, adapter.data_config(), image_size=image_size,
                                             augmentation=data_args.augmentation, channels_last=channels_last)
     say(note)
 
@@ -161,7 +127,7 @@ def run_finetune(
 def resolve_resume(flag: str | bool | None, output_dir: str) -> str | None:
     """--resume_from_checkpoint: True/auto -> the latest complete checkpoint of ``output_dir`` (None: start fresh,
     with a note); a path must be a complete checkpoint, checked before anything is loaded."""
-    from .trainer import RESUME_LATEST, checkpoint_problem, latest_checkpoint
+    from ..trainer import RESUME_LATEST, checkpoint_problem, latest_checkpoint
 
     if flag is None or flag is False or str(flag).strip().lower() in ("", "false", "no", "none"):
         return None

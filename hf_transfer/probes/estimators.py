@@ -1,4 +1,4 @@
-"""Probes on frozen features: fit, cross-validate, compare across depths, and export as a real model.
+"""Probe estimators on frozen features, and choosing their regularization by cross-validation.
 
 Every probe is a scikit-learn pipeline ``StandardScaler -> classifier``; its regularization is chosen by
 stratified k-fold cross-validation on the training split, and the best probe (by cross-validated score) is
@@ -19,16 +19,14 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .errors import TransferError
-from .features import FeatureLayer, head_linear, tokens_last_layout
-from .layers import LayerMap, build_layer_map
+from ..errors import TransferError
+from ..features import FeatureLayer
 
 LINEAR_PROBES = ("logreg", "linear_svm", "torch_linear")
 COMPARISON_PROBES = ("rbf_svm", "knn")
@@ -328,7 +326,7 @@ def _digest(X: np.ndarray, y: np.ndarray) -> str:
 
 def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: str = "eval") -> dict[str, float]:
     """Accuracy and macro-F1 on a held-out split, with the package's offline metrics."""
-    from .metrics import load_metric
+    from ..metrics import load_metric
 
     predictions = result.predict(X)
     metrics = {
@@ -339,236 +337,15 @@ def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: st
     return result.eval_metrics
 
 
-@dataclass
-class DepthProbeReport:
-    """Every (layer, probe) result, and the best overall / best exportable by cross-validated score."""
-
-    results: list[ProbeResult]
-    eval_split: str
-
-    def best(self, exportable_only: bool = False) -> ProbeResult | None:
-        pool = [r for r in self.results if r.exportable or not exportable_only]
-        return max(pool, key=lambda r: r.cv_score) if pool else None
-
-    def table(self) -> str:
-        metric = f"{self.eval_split}_accuracy"
-        rows = [f"{'layer':<28} {'probe':<13} {'cv acc':>7} {self.eval_split + ' acc':>10} {'macro-F1':>9} {'fit s':>6}"]
-        for r in self.results:
-            rows.append(
-                f"{r.layer.name:<28} {r.probe:<13} {r.cv_score:>7.4f} {r.eval_metrics.get(metric, float('nan')):>10.4f} "
-                f"{r.eval_metrics.get(f'{self.eval_split}_macro_f1', float('nan')):>9.4f} {r.fit_seconds:>6.1f}"
-            )
-        return "\n".join(rows)
-
-    def as_dict(self) -> dict:
-        per_layer: dict[str, dict] = {}
-        for r in self.results:
-            per_layer.setdefault(r.layer.name, {})[r.probe] = r.summary()
-        best, best_export = self.best(), self.best(exportable_only=True)
-        return {
-            "layers": per_layer,
-            "best": best.summary() if best else None,
-            "best_exportable": best_export.summary() if best_export else None,
-            "eval_split": self.eval_split,
-        }
-
-    def plot(self, path: str | Path, title: str = "") -> Path:
-        """Held-out accuracy per depth (one line per probe), pooled bottleneck last."""
-        import textwrap
-
-        from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state, 0.3 s less import
-
-        layers = list(dict.fromkeys(r.layer.name for r in self.results))
-        fig = Figure(figsize=(max(6.0, 0.45 * len(layers) + 3), 4.2))
-        ax = fig.subplots()
-        for probe in dict.fromkeys(r.probe for r in self.results):
-            points = [(layers.index(r.layer.name), r.eval_metrics.get(f"{self.eval_split}_accuracy", np.nan))
-                      for r in self.results if r.probe == probe]
-            ax.plot(*zip(*points), marker="o", label=probe)
-        ax.set_xticks(range(len(layers)))
-        ax.set_xticklabels([name.replace(" (", "\n(") for name in layers], rotation=60, fontsize=7, ha="right")
-        ax.set_ylabel(f"{self.eval_split} accuracy")
-        ax.set_title("\n".join(textwrap.wrap(title or "linear probe accuracy per depth", 70)), fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        return Path(path)
-
-
-def probe_layers(feature_set, probes: Sequence[str], config: ProbeConfig | None = None, train_split: str = "train",
-                 eval_split: str = "validation", log=None, score_cache=None) -> DepthProbeReport:
-    """Fit every probe on every layer of ``feature_set`` and report the held-out split's metrics."""
-    config = config or ProbeConfig()
-    results = []
-    y_train, y_eval = feature_set.labels[train_split], feature_set.labels.get(eval_split)
-    for layer in feature_set.layers:
-        X_train = feature_set.features[train_split][layer.key]
-        for probe in probes:
-            result = fit_probe(probe, layer, X_train, y_train, config, score_cache=score_cache)
-            if y_eval is not None:
-                evaluate_probe(result, feature_set.features[eval_split][layer.key], y_eval, prefix=eval_split)
-            results.append(result)
-            if log:
-                log(f"{layer.name:<28} {probe:<12} cv {result.cv_score:.4f}  {eval_split} "
-                    f"{result.eval_metrics.get(eval_split + '_accuracy', float('nan')):.4f}  "
-                    f"({'fit from the cache' if result.from_cache else f'{result.fit_seconds:.1f}s'})")
-    return DepthProbeReport(results, eval_split)
-
-
-# -------------------------------------------------------------------------------------------------- export
-def _later_modules(layer_map: LayerMap, depth: int) -> list[str]:
-    return [m for g in layer_map.groups if g.index > depth for m in g.module_names]
-
-
-def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: LayerMap | None = None,
-                 image_size: int | None = None):
-    """Write ``result`` (a linear probe) as a model folder that `from_pretrained` and `pipeline()` load.
-
-    Pooled bottleneck: the backbone's own class with its classifier replaced by the folded probe (loads without
-    hf_transfer). Earlier depth: an ``hf_transfer_probe`` model, the backbone cut after that depth (needs
-    ``import hf_transfer`` to load). ``model`` is left unchanged. Returns the exported model.
-    """
-    import copy
-
-    from .saving import save_model_folder
-
-    weight, bias = result.folded_head()
-    layer_map = layer_map or build_layer_map(model)
-    labels = model.config.id2label
-    if weight.shape[0] != len(labels):
-        raise TransferError(f"the probe has {weight.shape[0]} outputs but the model has {len(labels)} labels; "
-                            "load the backbone with the dataset's labels")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if result.layer.is_pooled:
-        exported = copy.deepcopy(model).to(memory_format=torch.contiguous_format).float()
-        head_name, head = head_linear(exported, layer_map)
-        if head.in_features != weight.shape[1] or head.out_features != weight.shape[0]:
-            raise TransferError(f"the probe head is {weight.shape[1]}->{weight.shape[0]} but {head_name} is "
-                                f"{head.in_features}->{head.out_features}; probe and backbone do not match")
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(weight))
-            head.bias.copy_(torch.from_numpy(bias))
-        exported.config.hf_transfer_probe = {"probe": result.probe, "layer": "pooled", result.param_name: result.param_value}
-        exported.eval()
-        save_model_folder(exported, folder, image_size=image_size)
-        if not (folder / "preprocessor_config.json").exists() and "pretrained_cfg" not in exported.config.to_dict():
-            _write_processor(exported, folder, image_size)
-        return exported
-
-    from .backbones import is_timm_wrapper
-    from .modeling_probe import HFTransferProbeConfig, HFTransferProbeForImageClassification
-
-    depth = result.layer.depth
-    pruned = _later_modules(layer_map, depth)  # never run: the forward stops at the probed depth
-    config = HFTransferProbeConfig(
-        backbone_config=model.config.to_dict(),
-        output_module=result.layer.module,
-        depth=depth,
-        depth_name=result.layer.name,
-        pruned_modules=pruned,
-        nhwc=tokens_last_layout(model),
-        num_features=int(weight.shape[1]),
-        num_logits=int(weight.shape[0]),
-        probe=result.probe,
-        # transformers reads a timm folder's preprocessing from config.json: keep it there, as TimmWrapper does.
-        **({"pretrained_cfg": dict(model.config.pretrained_cfg), "image_processor_type": "TimmWrapperImageProcessor"}
-           if is_timm_wrapper(model) else {}),
-        id2label={int(k): v for k, v in labels.items()},
-        label2id={v: int(k) for k, v in labels.items()},
-    )
-    exported = HFTransferProbeForImageClassification(config)
-    kept = {k: v for k, v in model.state_dict().items() if not any(k.startswith(m + ".") for m in pruned)}
-    exported.backbone.load_state_dict({k: v.contiguous() for k, v in kept.items()}, strict=True)
-    with torch.no_grad():
-        exported.classifier.weight.copy_(torch.from_numpy(weight))
-        exported.classifier.bias.copy_(torch.from_numpy(bias))
-    exported.eval()
-    exported.save_pretrained(folder, safe_serialization=True)
-    _write_processor(model, folder, image_size)
-    return exported
-
-
-def _write_processor(model, folder: Path, image_size: int | None) -> None:
-    """preprocessor_config.json, which AutoImageProcessor / pipeline() need to preprocess raw images."""
-    import json
-
-    from .backbones import data_config, is_timm_wrapper
-    from .saving import image_processor_for
-
-    if is_timm_wrapper(model):
-        # TimmWrapperImageProcessor.save_pretrained is a no-op (timm keeps preprocessing in its config.json), but an
-        # hf_transfer_probe config is ours: write the file that AutoImageProcessor looks for.
-        payload = {"image_processor_type": "TimmWrapperImageProcessor", "pretrained_cfg": dict(model.config.pretrained_cfg)}
-        (folder / "preprocessor_config.json").write_text(json.dumps(payload, indent=2, default=list) + "\n")
-        return
-    processor = image_processor_for(model, image_size)
-    if processor is None:  # a transformers model saved without its processor: describe the eval transform
-        from transformers import ViTImageProcessor
-
-        cfg = data_config(model)
-        size = int(image_size or cfg["input_size"][-1])
-        processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=list(cfg["mean"]),
-                                      image_std=list(cfg["std"]), resample=2)
-    processor.save_pretrained(folder)
-
-
-# ---------------------------------------------------------------------------------------------- LP-FT hand-off
-def init_head_from_probe(model, probe_dir: str | Path):
-    """Copy an exported pooled-depth linear probe's head into ``model`` (same backbone, freshly loaded): LP-FT.
-
-    Checks that the labels and the feature size match; the rest of ``model`` is untouched. Returns ``model``.
-    """
-    import json
-
-    from safetensors.torch import load_file
-
-    probe_dir = Path(probe_dir)
-    config_file, weights_file = probe_dir / "config.json", probe_dir / "model.safetensors"
-    if not config_file.is_file() or not weights_file.is_file():
-        raise TransferError(f"{str(probe_dir)!r} is not an exported probe (no config.json/model.safetensors); "
-                            "pass the output folder of recipes/linear_probe.py")
-    if json.loads(config_file.read_text()).get("model_type") == "hf_transfer_probe":
-        depth = json.loads(config_file.read_text()).get("depth")
-        raise TransferError(f"the probe in {str(probe_dir)!r} reads depth {depth}, not the pooled bottleneck; "
-                            "LP-FT needs a probe exported with --layers pooled")
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(probe_dir)  # label storage differs per model type (timm: label_names)
-    probe_labels = {int(k): str(v) for k, v in config.id2label.items()}
-    model_labels = {int(k): str(v) for k, v in model.config.id2label.items()}
-    if probe_labels != model_labels:
-        raise TransferError(f"the probe's labels ({', '.join(probe_labels.values())}) differ from the model's "
-                            f"({', '.join(model_labels.values())}); load the model with the probe's dataset labels")
-    head_name, head = head_linear(model)
-    state = load_file(str(weights_file))
-    weight, bias = state.get(f"{head_name}.weight"), state.get(f"{head_name}.bias")
-    if weight is None or bias is None:
-        raise TransferError(f"the probe in {str(probe_dir)!r} has no {head_name} weights: it was exported from a "
-                            "different backbone; probe the same backbone you fine-tune")
-    if tuple(weight.shape) != tuple(head.weight.shape):
-        raise TransferError(f"the probe head is {tuple(weight.shape)} but the model's {head_name} is "
-                            f"{tuple(head.weight.shape)} (labels x feature size); probe the same backbone you fine-tune")
-    with torch.no_grad():
-        head.weight.copy_(weight.to(head.weight.dtype))
-        head.bias.copy_(bias.to(head.bias.dtype))
-    return model
-
-
 __all__ = [
     "COMPARISON_PROBES",
     "LINEAR_PROBES",
     "PROBES",
-    "DepthProbeReport",
     "LinearHead",
     "ProbeConfig",
     "ProbeResult",
     "TorchLinearClassifier",
     "evaluate_probe",
-    "export_probe",
     "fit_probe",
-    "init_head_from_probe",
-    "probe_layers",
     "resolve_probes",
 ]

@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import TransferError
+from ..errors import TransferError
+from .adapter import BackboneAdapter, adapter_for
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -211,23 +212,32 @@ def _load_local(path: Path, labels: Sequence[str] | None, pretrained: bool, trus
         kwargs = {"num_classes": len(labels)} if labels is not None else {}
         model = timm.create_model(f"local-dir:{path}", pretrained=pretrained, **kwargs)
         return _set_labels(wrap_timm_model(model), labels)
-    return _load_transformers(str(path), labels, trust_remote_code=trust_remote_code)
+    return _load_transformers(str(path), labels, pretrained=pretrained, trust_remote_code=trust_remote_code)
 
 
-def _load_transformers(name: str, labels: Sequence[str] | None, trust_remote_code: bool = False, **hub_kwargs):
-    from transformers import AutoModelForImageClassification
+def _load_transformers(name: str, labels: Sequence[str] | None, pretrained: bool = True, trust_remote_code: bool = False,
+                       **hub_kwargs):
+    """A transformers classifier; ``pretrained=False`` builds the same architecture from its config with random
+    weights (nothing of the checkpoint's weights is read)."""
+    from transformers import AutoConfig, AutoModelForImageClassification
 
     kwargs = dict(hub_kwargs)
     if labels is not None:
         id2label, label2id = label_maps(labels)
-        kwargs.update(num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+        kwargs.update(num_labels=len(labels), id2label=id2label, label2id=label2id)
     try:
-        model = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        if pretrained:
+            if labels is not None:
+                kwargs["ignore_mismatched_sizes"] = True
+            model = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+            model = AutoModelForImageClassification.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         if isinstance(err, ValueError) and "Unrecognized" not in str(err):
             raise
         raise _hub_error(name, err) from None
-    model._hf_transfer_image_processor = _image_processor_or_none(name, trust_remote_code, hub_kwargs)
+    adapter_for(model, image_processor=_image_processor_or_none(name, trust_remote_code, hub_kwargs))
     return model
 
 
@@ -241,7 +251,7 @@ def _image_processor_or_none(name: str, trust_remote_code: bool, hub_kwargs: dic
         return None
 
 
-def load_backbone(
+def load_backbone_with_adapter(
     name_or_path: str = DEFAULT_BACKBONE,
     labels: Sequence[str] | None = None,
     *,
@@ -249,8 +259,10 @@ def load_backbone(
     model_args: dict | None = None,
     trust_remote_code: bool = False,
     **hub_kwargs,
-):
-    """Return a `PreTrainedModel` for image classification.
+) -> tuple[object, BackboneAdapter]:
+    """Return ``(model, adapter)``: a `PreTrainedModel` for image classification and its `BackboneAdapter`.
+
+    The model is the class to train with (an inference-only class becomes its trainable sibling).
 
     Args:
         name_or_path: ``embedded:efficientnet_lite0``, a local folder, a timm name / ``timm/...`` Hub id,
@@ -263,60 +275,26 @@ def load_backbone(
     if labels is not None and len(labels) < 1:
         raise TransferError("labels is empty; pass the class names of your dataset")
     name = str(name_or_path)
-    if name.startswith(EMBEDDED_PREFIX):
-        return _load_embedded(name, labels, pretrained)
     path = Path(name).expanduser()
-    if path.is_dir():
-        return _load_local(path, labels, pretrained, trust_remote_code)
-    if name.startswith(("./", "../", "/", "~")):
+    if name.startswith(EMBEDDED_PREFIX):
+        model = _load_embedded(name, labels, pretrained)
+    elif path.is_dir():
+        model = _load_local(path, labels, pretrained, trust_remote_code)
+    elif name.startswith(("./", "../", "/", "~")):
         raise TransferError(f"model folder {name!r} does not exist; check the path")
-    if _is_timm_name(name):
-        return _load_timm(name, labels, pretrained, model_args)
-    return _load_transformers(name, labels, trust_remote_code=trust_remote_code, **hub_kwargs)
-
-
-def is_timm_wrapper(model) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) == "timm_wrapper"
-
-
-def data_config(model) -> dict:
-    """Preprocessing of a loaded backbone: input_size, interpolation, mean, std, crop_pct."""
-    if is_timm_wrapper(model):
-        import timm.data
-
-        return timm.data.resolve_data_config(pretrained_cfg=dict(model.config.pretrained_cfg))
-    return _transformers_data_config(model)
-
-
-def _transformers_data_config(model) -> dict:
-    """Preprocessing of a transformers model: from its image processor, else from its config (mean/std 0.5)."""
-    size = getattr(model.config, "image_size", 224)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    cfg = {"input_size": (3, int(size), int(size)), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
-           "crop_pct": 1.0}
-    processor = getattr(model, "_hf_transfer_image_processor", None)
-    if processor is not None:
-        crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        size = getattr(model, "_hf_transfer_image_size", None) or crop.get("height") or crop.get("shortest_edge") or size
-        cfg.update(
-            input_size=(3, int(size), int(size)),
-            mean=tuple(getattr(processor, "image_mean", None) or cfg["mean"]),
-            std=tuple(getattr(processor, "image_std", None) or cfg["std"]),
-            crop_pct=getattr(processor, "crop_pct", None) or 1.0,
-            interpolation="bicubic" if int(getattr(processor, "resample", 2) or 2) == 3 else "bilinear",
-        )
-    return cfg
-
-
-def set_preprocessing(model, image_size: int | None = None) -> None:
-    """Record the resolution the model is trained at, so a saved folder preprocesses at that size."""
-    if image_size is None:
-        return
-    if is_timm_wrapper(model):
-        cfg = dict(model.config.pretrained_cfg)
-        cfg["input_size"] = [3, int(image_size), int(image_size)]
-        model.config.pretrained_cfg = cfg
-        model.timm_model.pretrained_cfg = {**model.timm_model.pretrained_cfg, "input_size": (3, image_size, image_size)}
+    elif _is_timm_name(name):
+        model = _load_timm(name, labels, pretrained, model_args)
     else:
-        model.config.image_size = int(image_size)
-        model._hf_transfer_image_size = int(image_size)  # wins over the processor's own size
+        model = _load_transformers(name, labels, pretrained=pretrained, trust_remote_code=trust_remote_code, **hub_kwargs)
+    adapter = adapter_for(model)
+    trainable = adapter.trainable_model()
+    if trainable is not model:
+        trainable = _set_labels(trainable, labels)
+        adapter = adapter_for(trainable, image_processor=adapter.image_processor_)
+    return trainable, adapter
+
+
+def load_backbone(name_or_path: str = DEFAULT_BACKBONE, labels: Sequence[str] | None = None, **kwargs):
+    """Return a `PreTrainedModel` for image classification (see `load_backbone_with_adapter`; `adapter_for(model)`
+    gives its adapter later)."""
+    return load_backbone_with_adapter(name_or_path, labels, **kwargs)[0]

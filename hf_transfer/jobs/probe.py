@@ -6,16 +6,16 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from .arguments import DataArguments, ModelArguments, mark_default_output_dir, resolve_output_dir
-from .backbones import data_config
-from .errors import TransferError
-from .hub import run_summary, write_model_card
-from .features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
-from .layers import build_layer_map
-from .probe import LINEAR_PROBES, PROBES, ProbeConfig, ProbeResult, export_probe, evaluate_probe, probe_layers, resolve_probes
-from .runtime import configure_cpu_threads, say
-from .saving import prepare_output_dir, staged_output, write_json
-from .transforms import build_transform
+from ..arguments import DataArguments, ModelArguments
+from ..backbones import adapter_for
+from ..errors import TransferError
+from ..hub import run_summary, write_model_card
+from ..features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
+from ..probes import LINEAR_PROBES, PROBES, ProbeConfig, ProbeResult, export_probe, evaluate_probe, probe_layers, resolve_probes
+from ..runtime import configure_cpu_threads, say
+from ..saving import mark_default_output_dir, prepare_output_dir, resolve_output_dir, staged_output, write_json
+from ..transforms import build_transform
+from .common import prepare
 
 
 @dataclass
@@ -70,8 +70,6 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     import numpy as np
     import torch
 
-    from .finetuning import prepare
-
     start = time.perf_counter()
     configure_cpu_threads()
     torch.manual_seed(probe_args.seed)
@@ -85,7 +83,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     # Features always use the eval transform: augmentation would make cached features depend on chance.
     data_args = dataclasses.replace(data_args, augmentation="none")
     data, model, splits, image_size = prepare(model_args, data_args, probe_args, "linear_probe")
-    layer_map = build_layer_map(model)
+    adapter = adapter_for(model)
+    layer_map = adapter.layer_map()
     layers = parse_layers(probe_args.layers, layer_map)
     probes = resolve_probes(probe_args.probe, len(splits["train"]))
     say(f"{model_args.model_name_or_path} on {data.source}: {len(splits['train'])} train / {len(splits['validation'])} "
@@ -94,7 +93,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     for note in data.notes:
         say(note)
 
-    cfg = data_config(model)
+    cfg = adapter.data_config()
     transform_key = transform_fingerprint(build_transform(cfg, image_size=image_size), cfg, image_size)
     cache = FeatureCache(probe_args.feature_cache_dir, enabled=not probe_args.no_feature_cache)
     feature_set = compute_features(model, splits, layers, layer_map=layer_map, cache=cache, transform_key=transform_key,
@@ -139,7 +138,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     if chosen is not None:
         write_model_card(probe_args.output_dir)  # hub.py: README.md, read back from the finished folder
     if chosen is not None:
-        note = "" if chosen.layer.is_pooled else " (an hf_transfer_probe model: `import hf_transfer` before loading it)"
+        note = "" if chosen.layer.is_pooled else " (an hf_transfer_probe model: load it with trust_remote_code=True)"
         say(f"exported {chosen.probe} on {chosen.layer.name}: validation accuracy "
             f"{chosen.eval_metrics.get('validation_accuracy', float('nan')):.4f}, macro-F1 "
             f"{chosen.eval_metrics.get('validation_macro_f1', float('nan')):.4f} -> {probe_args.output_dir}{note}")

@@ -1,0 +1,243 @@
+"""Conformance of every backbone family: one parametrized test over tiny timm and transformers architectures.
+
+Each architecture (random weights, a few thousand parameters, 32-64 px) must satisfy what fine-tuning, probing and
+export rely on; the checks are made against the model's own behaviour (an execution trace, the logits), not names:
+
+* depth groups in true forward order (a trace of a real forward), every parameter in exactly one group, the head
+  holding every classifier;
+* a training step under ``--freeze fraction:0.5`` leaves frozen weights and BatchNorm statistics bit-identical
+  (non-trivial running statistics are set first: the defaults 0 / 1 would hide a reset);
+* per-depth features are (N, C) for every body group (``--layers all``);
+* an exported linear probe's logits equal the probe's decision function to 1e-5;
+* an input-size change works with a truthful report, or is refused in one line.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_transfer import TransferError
+from hf_transfer.backbones import adapter_for, load_backbone_with_adapter
+from hf_transfer.features import FeatureExtractor, FeatureLayer, parse_layers
+from hf_transfer.plan import TransferConfig, TransferPlan
+from hf_transfer.probes import LinearHead, ProbeResult, export_probe
+from hf_transfer.trainer import TransferPlanCallback
+
+pytestmark = pytest.mark.conformance  # in the default suite (about a minute on 2 cores); `-m conformance` alone
+
+LABELS = ["a", "b", "c", "d", "e"]  # 5 outputs: no hidden size of these tiny models is 5
+
+
+def _hf(config_name, class_name, **config):
+    return ("transformers", config_name, class_name, config)
+
+
+def _timm(name, **model_args):
+    return ("timm", name, None, model_args)
+
+
+# name -> (source, size, family, new size, "resized" | "refused")
+ARCHITECTURES = {
+    # timm: BatchNorm CNNs, ConvNeXt, RegNet, ViTs, distilled, windowed, hybrids
+    "timm resnet": (_timm("test_resnet"), 32, "timm", 48, "resized"),
+    "timm efficientnet": (_timm("test_efficientnet"), 32, "timm", 48, "resized"),
+    "timm mobilenetv3": (_timm("mobilenetv3_small_050"), 32, "timm", 48, "resized"),
+    "timm convnext": (_timm("test_convnext"), 32, "timm", 48, "resized"),
+    "timm regnet": (_timm("regnetx_002"), 32, "timm", 48, "resized"),
+    "timm nfnet": (_timm("test_nfnet"), 32, "timm", 48, "resized"),
+    "timm vit": (_timm("test_vit", img_size=32), 32, "timm", 64, "resized"),
+    "timm deit distilled": (_timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=2,
+                                  num_heads=2), 32, "timm distilled", 64, "resized"),
+    "timm swin": (_timm("swin_tiny_patch4_window7_224", img_size=32, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                        window_size=4), 32, "timm", 64, "resized"),
+    "timm levit": (_timm("levit_128s", img_size=64, embed_dim=(16, 24, 32), key_dim=8, num_heads=(1, 1, 1),
+                         depth=(1, 1, 1)), 64, "timm LeViT", 96, "refused"),
+    "timm efficientvit_msra": (_timm("efficientvit_m0", img_size=64, embed_dim=(16, 24, 32), depth=(1, 1, 1),
+                                     num_heads=(1, 1, 1), window_size=(2, 2, 2), kernels=(5, 5, 5, 5)),
+                               64, "timm", 96, "resized"),
+    "timm mobilevit": (_timm("mobilevit_xxs"), 64, "timm", 96, "resized"),
+    "timm dinov2": (_timm("vit_small_patch14_dinov2", img_size=28, embed_dim=16, depth=2, num_heads=2), 28, "timm",
+                    56, "resized"),
+    "timm beit": (_timm("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2), 32,
+                  "timm", 64, "resized"),
+    # transformers: their own classes
+    "hf resnet": (_hf("ResNetConfig", "ResNetForImageClassification", embedding_size=8, hidden_sizes=[8, 16],
+                      depths=[1, 1], layer_type="basic"), 32, "transformers", 48, "resized"),
+    "hf convnext": (_hf("ConvNextConfig", "ConvNextForImageClassification", hidden_sizes=[8, 16], depths=[1, 1],
+                        num_stages=2, image_size=32), 32, "transformers", 48, "resized"),
+    "hf convnextv2": (_hf("ConvNextV2Config", "ConvNextV2ForImageClassification", hidden_sizes=[8, 16], depths=[1, 1],
+                          num_stages=2, image_size=32), 32, "transformers", 48, "resized"),
+    "hf regnet": (_hf("RegNetConfig", "RegNetForImageClassification", embedding_size=8, hidden_sizes=[8, 16],
+                      depths=[1, 1], groups_width=8), 32, "transformers", 48, "resized"),
+    "hf mobilenetv2": (_hf("MobileNetV2Config", "MobileNetV2ForImageClassification", depth_multiplier=0.25,
+                           image_size=32), 32, "transformers", 48, "resized"),
+    "hf efficientnet": (_hf("EfficientNetConfig", "EfficientNetForImageClassification", width_coefficient=0.1,
+                            depth_coefficient=0.1, image_size=32, hidden_dim=128), 32, "transformers", 48, "resized"),
+    "hf vit": (_hf("ViTConfig", "ViTForImageClassification", hidden_size=16, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=20, image_size=32, patch_size=8), 32,
+               "transformers ViT-style", 64, "resized"),
+    "hf deit with teacher": (_hf("DeiTConfig", "DeiTForImageClassificationWithTeacher", hidden_size=16,
+                                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=20, image_size=32,
+                                 patch_size=8), 32, "transformers ViT-style", 64, "resized"),
+    "hf dinov2": (_hf("Dinov2Config", "Dinov2ForImageClassification", hidden_size=16, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=20, image_size=28, patch_size=7), 28,
+                  "transformers ViT-style", 56, "resized"),
+    "hf beit": (_hf("BeitConfig", "BeitForImageClassification", hidden_size=16, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=20, image_size=32, patch_size=8,
+                    use_relative_position_bias=True), 32, "transformers", 64, "resized"),
+    "hf swin": (_hf("SwinConfig", "SwinForImageClassification", embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+                    window_size=4, image_size=32, patch_size=4), 32, "transformers", 64, "resized"),
+    "hf mobilevit": (_hf("MobileViTConfig", "MobileViTForImageClassification", image_size=32, hidden_sizes=[16, 16, 16],
+                         neck_hidden_sizes=[8, 8, 16, 16, 16, 24, 32]), 32, "transformers", 64, "resized"),
+    "hf segformer": (_hf("SegformerConfig", "SegformerForImageClassification", hidden_sizes=[8, 16, 16, 32],
+                         depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16, image_size=32),
+                     32, "transformers", 64, "resized"),
+    "hf swiftformer": (_hf("SwiftFormerConfig", "SwiftFormerForImageClassification", depths=[1, 1, 1, 1],
+                           embed_dims=[8, 8, 16, 16], image_size=32), 32, "transformers", 64, "resized"),
+    "hf levit with teacher": (_hf("LevitConfig", "LevitForImageClassificationWithTeacher", image_size=64,
+                                  hidden_sizes=[16, 24, 32], num_attention_heads=[1, 1, 1], depths=[1, 1, 1],
+                                  key_dim=[8, 8, 8]), 64, "transformers", 96, "refused"),
+}
+
+
+@pytest.fixture(scope="module")
+def hf_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("conformance")
+
+
+def load(name, hf_root):
+    (library, arch, class_name, kwargs), size, *_ = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    if library == "timm":
+        return load_backbone_with_adapter(arch, labels=LABELS, pretrained=False, model_args=kwargs or None)
+    import transformers
+
+    folder = hf_root / name.replace(" ", "_")
+    if not folder.exists():  # saved once, loaded as a Hub checkpoint would be
+        config = getattr(transformers, arch)(**kwargs, num_labels=2)
+        getattr(transformers, class_name)(config).save_pretrained(folder)
+    return load_backbone_with_adapter(str(folder), labels=LABELS)
+
+
+def forward(model, x, **kwargs):
+    return model(pixel_values=x, **kwargs)
+
+
+def trace_direct_owners(model, x) -> list[str]:
+    """Modules that own parameters directly, in the order a real forward first calls them."""
+    order: dict[str, None] = {}
+    owners = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: order.setdefault(n, None)) for n, m in owners]
+    with torch.no_grad():
+        forward(model.eval(), x)
+    for h in handles:
+        h.remove()
+    return list(order)
+
+
+def randomize_batchnorm_stats(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_backbone_conformance(name, hf_root, tmp_path):
+    _, size, family, new_size, resize = ARCHITECTURES[name]
+    model, adapter = load(name, hf_root)
+    assert adapter is adapter_for(model) and adapter.family == family
+    adapter.set_preprocessing(size)
+    layer_map = adapter.layer_map()
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    # Every parameter in exactly one group; groups indexed in order; the head is last.
+    names = [n for n, _ in model.named_parameters()]
+    grouped = [n for g in layer_map.groups for n in g.param_names]
+    assert sorted(grouped) == sorted(names) and len(grouped) == len(set(grouped))
+    assert [g.index for g in layer_map.groups] == list(range(len(layer_map)))
+    assert layer_map.head.is_head and len(layer_map.body) >= 3
+
+    # The head holds every classifier (each Linear that produces the 5 logits).
+    classifiers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(LABELS)]
+    assert classifiers and all(f"{c}.weight" in layer_map.head.param_names for c in classifiers)
+
+    # Depth groups in true forward order: along a traced forward, group indices never go back.
+    depth = {n: layer_map.depth_of(n) for n in names}
+    trace = trace_direct_owners(model, x)
+    seen = []
+    for owner in trace:
+        prefix = f"{owner}." if owner else ""
+        direct = {depth[prefix + p] for p, _ in model.get_submodule(owner).named_parameters(recurse=False)}
+        assert len(direct) == 1, f"{owner} spans depth groups {direct}"
+        seen.append(direct.pop())
+    assert seen == sorted(seen), f"depth groups out of forward order: {list(zip(trace, seen))}"
+
+    # A training step under fraction:0.5: frozen weights and BatchNorm statistics stay bit-identical.
+    randomize_batchnorm_stats(model)
+    plan = TransferPlan.build(model, TransferConfig(strategy="partial", freeze="fraction:0.5", learning_rate=1e-2),
+                              layer_map)
+    assert "% of the parameters" in plan.frozen_share()
+    callback = TransferPlanCallback(plan)
+    callback.apply(model, type("State", (), {"epoch": 0.0})(), "conformance")
+    frozen = {n for g in plan.groups if g.frozen for n in g.params}
+    assert frozen and layer_map.head.param_names[0] not in frozen
+    frozen_bn = plan.frozen_batchnorm_names(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.AdamW(plan.optimizer_groups(model))
+    loss = forward(model, x, labels=torch.arange(4) % len(LABELS)).loss
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    for n in frozen:
+        assert torch.equal(after[n], before[n]), f"frozen {n} changed"
+    for module in frozen_bn:
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            key = f"{module}.{buffer}"
+            if key in before:
+                assert torch.equal(after[key], before[key]), f"statistics of frozen {module} changed"
+    assert any(not torch.equal(after[n], before[n]) for n in layer_map.head.param_names), "the head did not train"
+    model.eval()
+
+    # Per-depth features are (N, C), for every body group, and the pooled feature too.
+    layers = parse_layers("all", layer_map)
+    assert len(layers) == len(layer_map.body) + 1
+    features = FeatureExtractor(model, layers, layer_map)(x)
+    for layer in layers:
+        assert features[layer.key].ndim == 2 and features[layer.key].shape[0] == 4, layer.name
+
+    # An exported linear probe of the pooled feature: the saved model's logits are the probe's.
+    pooled = features["pooled"].double().numpy()
+    g = torch.Generator().manual_seed(2)
+    head = LinearHead(mean=pooled.mean(0), scale=pooled.std(0) + 1.0, coef=torch.randn(5, pooled.shape[1], generator=g,
+                      dtype=torch.float64).numpy() * 0.1, intercept=torch.randn(5, dtype=torch.float64, generator=g).numpy(),
+                      classes=torch.arange(5).numpy())
+    result = ProbeResult("logreg", FeatureLayer("pooled"), 1.0, 0.0, "C", 1.0, None, linear=head)
+    export_probe(model, result, tmp_path / "probe", layer_map=layer_map, image_size=size)
+    from transformers import AutoModelForImageClassification
+
+    exported = AutoModelForImageClassification.from_pretrained(tmp_path / "probe").eval()
+    with torch.no_grad():
+        logits = forward(exported, x).logits.double().numpy()
+    assert abs(logits - head.decision_function(pooled)).max() < 1e-5
+
+    # An input-size change works with a truthful report, or is refused in one line.
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    if resize == "refused":
+        with pytest.raises(TransferError) as err:
+            adapter.change_input_size(new_size)
+        assert "\n" not in str(err.value) and str(new_size) in str(err.value)
+        return
+    report = adapter.change_input_size(new_size)
+    changed = [n for n, p in model.named_parameters() if p.shape != shapes[n]]
+    if "no size-dependent parameters" in report:
+        assert not changed and not adapter.size_dependent_params()
+    if "resampled" in report:
+        assert changed
+    if not changed:
+        assert "unchanged" in report or "no weight changed" in report
+    with torch.no_grad():
+        assert forward(model, torch.randn(2, 3, new_size, new_size)).logits.shape == (2, len(LABELS))
