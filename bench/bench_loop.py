@@ -181,7 +181,7 @@ def library_run(max_steps, out_dir, *, train_dir=None, eval_samples=None, full_e
 
     hf_transfer.trainer.TransferTrainer, hf_transfer.fastdata.prepare_splits = TimedTransferTrainer, timed_prepare
     try:
-        training = TransferTrainingArguments(output_dir=out_dir, disable_tqdm=True, report_to="none", seed=seed,
+        training = TransferTrainingArguments(output_dir=out_dir, overwrite_output_dir=True, disable_tqdm=True, report_to="none", seed=seed,
                                              **({} if full_epoch else {"max_steps": max_steps, "eval_strategy": "no"}))
         model_args = ModelArguments(image_size=SIZE if train_dir else None)  # a folder would default to 224 px
         metrics = run_finetune(model_args, DataArguments(train_dir=train_dir, max_eval_samples=eval_samples), training)
