@@ -345,8 +345,8 @@ def summarize_accuracy(result: dict, runs: dict) -> None:
     mean = {side: statistics.fmean(r["eval_accuracy"] for r in v if r["seed"] in seeds) if seeds else None
             for side, v in runs.items()}
     result["accuracy"] = {
-        "method": "one full epoch per seed and side (141 steps, recipe defaults incl. gradient clipping at 1.0 in "
-                  "the library; the bare loop does not clip), accuracy on that seed's 500 validation images",
+        "method": "one full epoch per seed and side (141 steps, recipe defaults: neither side clips gradients), "
+                  "accuracy on that seed's 500 validation images",
         "runs": runs,
         "mean_eval_accuracy": {k: round(v, 4) if v is not None else None for k, v in mean.items()},
         "seeds_in_means": sorted(seeds),

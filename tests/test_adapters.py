@@ -244,6 +244,14 @@ x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     logits = model(pixel_values=x).logits.double().numpy()
 assert abs(logits - np.load({str(tmp_path / 'expected.npy')!r})).max() < 1e-5, "logits differ"
+from PIL import Image
+from transformers import AutoImageProcessor, pipeline
+image = Image.fromarray((np.arange(40 * 40 * 3) % 251).astype("uint8").reshape(40, 40, 3))
+classify = pipeline("image-classification", model={str(tmp_path / 'probe')!r}, trust_remote_code=True)
+pixels = AutoImageProcessor.from_pretrained({str(tmp_path / 'probe')!r})(image, return_tensors="pt")["pixel_values"]
+with torch.no_grad():
+    best = model(pixel_values=pixels).logits[0].argmax().item()
+assert classify(image)[0]["label"] == model.config.id2label[best], "pipeline disagrees with the model"
 print("ok", type(model).__module__)
 """
     import os
