@@ -7,8 +7,6 @@ for every backbone.
 
 from __future__ import annotations
 
-import torch
-
 from .backbones import adapter_for
 from .errors import TransferError
 
@@ -25,22 +23,14 @@ def total_stride(model) -> int | None:
     return adapter_for(model).total_stride()
 
 
-def check_input_size(model, image_size: int) -> None:
+def check_input_size(model, image_size: int, *, forward: bool = True) -> None:
     """Refuse an input size the network cannot take: below its total stride (the last feature map would be
-    smaller than one cell, so padding is all the network sees), or one its forward rejects."""
+    smaller than one cell, so padding is all the network sees), or, with ``forward``, one its forward rejects (the
+    adapter's own check, which every size change already runs)."""
     stride = total_stride(model)
     if stride and image_size < stride:
         raise TransferError(f"--image_size {image_size} is below the backbone's total stride {stride}: its last feature "
                             f"map would be under one cell and the model would train on padding; use at least {stride} "
                             f"(e.g. {max(stride, 2 * stride)})")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            adapter_for(model).run(torch.zeros(1, 3, image_size, image_size))
-    except Exception as err:  # noqa: BLE001 - any failure here means this size cannot train
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise TransferError(f"--image_size {image_size}: the backbone cannot take {image_size} px inputs "
-                            f"({type(err).__name__}: {first_line}); use its native size or another --image_size") from None
-    finally:
-        model.train(was_training)
+    if forward:
+        adapter_for(model).check_forward(image_size)

@@ -181,6 +181,10 @@ class BackboneAdapter:
         return self._forward_check(image_size, f"{image_size} px: no size-dependent parameters (global pooling), "
                                                 "the weights are unchanged")
 
+    def check_forward(self, image_size: int) -> None:
+        """Raise the one-line refusal when a forward at ``image_size`` fails."""
+        self._forward_check(image_size, "")
+
     def _forward_check(self, image_size: int, report: str) -> str:
         """``report`` if a forward at ``image_size`` works, else the refusal (no silent failure at the next step)."""
         was_training = self.model.training

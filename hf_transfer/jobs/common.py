@@ -33,8 +33,8 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     if adapter.note:
         say(adapter.note)
     if image_size:  # ViTs need resampled position embeddings: say what the size change did to the model
+        check_input_size(model, int(image_size), forward=False)  # the size change below runs the forward check
         say(adapter.change_input_size(int(image_size)))
-        check_input_size(model, image_size)
     adapter.set_preprocessing(image_size)
     cfg = adapter.data_config()
     # run_finetune resolves `auto` from its epochs; any other caller (probing) gets no augmentation for `auto`.
