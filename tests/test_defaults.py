@@ -45,15 +45,9 @@ def test_default_finetune_reaches_097_and_pipeline_reads_digits(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_linear_probe_reaches_094_then_reruns_from_cache(tmp_path):
-    env = {"HF_TRANSFER_CACHE": str(tmp_path / "cache")}
-    first = run("linear_probe.py", "--output_dir", tmp_path / "first", env_extra=env)
+def test_default_linear_probe_reaches_094(tmp_path):
+    """The cached rerun is tested on a tiny model (tests/test_recipe_linear_probe.py): here only the default's level."""
+    first = run("linear_probe.py", "--output_dir", tmp_path / "first", env_extra={"HF_TRANSFER_CACHE": str(tmp_path / "cache")})
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "first" / "all_results.json").read_text())
     assert results["eval_accuracy"] >= 0.94 and results["backbone_forward_images"] == 5000
-    rerun = run("linear_probe.py", "--output_dir", tmp_path / "rerun", env_extra=env)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    again = json.loads((tmp_path / "rerun" / "all_results.json").read_text())
-    assert again["features_from_cache"] and again["backbone_forward_images"] == 0
-    assert "features loaded from the cache" in rerun.stdout
-    assert again["eval_accuracy"] == results["eval_accuracy"]

@@ -14,6 +14,7 @@ import torch
 
 from hf_transfer import TransferError
 from hf_transfer.hub import push_folder
+from conftest import run_recipe_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--dataset_name", "embedded:digits", "--image_size", "32", "--max_train_samples", "64",
@@ -29,9 +30,8 @@ def finetuned(tmp_path_factory):
     """One tiny fine-tune, shared by every test here. It asks for --push_to_hub offline: the run warns at start,
     trains, writes the complete folder, then the push fails with one line (exit 2) and the folder stays."""
     out = tmp_path_factory.mktemp("hub") / "run"
-    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), *TINY_RUN, "--output_dir", str(out),
-                             "--push_to_hub", "--hub_model_id", "me/digits-lite0"],
-                            capture_output=True, text=True, env=_env(), timeout=600)
+    result = run_recipe_in_process("finetune.py", *TINY_RUN, "--output_dir", out, "--push_to_hub", "--hub_model_id",
+                                   "me/digits-lite0")
     return out, result
 
 
@@ -168,16 +168,23 @@ def test_pipeline_without_hf_transfer_predicts_what_the_run_measured(finetuned, 
     assert done.returncode == 0, done.stderr[-3000:]
     predicted = json.loads(done.stdout.strip().splitlines()[-1])
 
+    # The tiny run is near chance, so some logits are near ties that batch size and thread count can flip (one
+    # image moved 0.1875 -> 0.21875 on a loaded machine): a preprocessing mismatch would move many, with margins.
     accuracy = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
-    assert accuracy == pytest.approx(json.loads((out / "all_results.json").read_text())["eval_accuracy"])
+    run_accuracy = json.loads((out / "all_results.json").read_text())["eval_accuracy"]
+    assert abs(accuracy - run_accuracy) <= 1 / len(truth) + 1e-9, (accuracy, run_accuracy)
     model = load_backbone(str(out)).eval()
     transform = build_transform(data_config(model), image_size=32)
     from PIL import Image
 
     pixels = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
-        ours = [model.config.id2label[i] for i in model(pixel_values=pixels).logits.argmax(-1).tolist()]
-    assert predicted == ours
+        logits = model(pixel_values=pixels).logits
+    ours = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-3).tolist()  # not a near tie
+    assert sum(clear) >= len(clear) // 2, "too few clear predictions to compare"
+    assert [p for p, c in zip(predicted, clear) if c] == [o for o, c in zip(ours, clear) if c]
 
 
 # ------------------------------------------------------------------------------------------------------- pushing
@@ -220,8 +227,7 @@ def pushable(finetuned, tmp_path):
 
 
 def test_dry_run_lists_exactly_the_files_and_passes_its_checks(pushable):
-    result = subprocess.run([sys.executable, str(ROOT / "push_scripts" / "push_to_hub.py"), str(pushable), "--repo_id",
-                             "me/model", "--dry_run"], capture_output=True, text=True, env=_env(), timeout=600)
+    result = run_recipe_in_process("push_scripts/push_to_hub.py", pushable, "--repo_id", "me/model", "--dry_run")
     assert result.returncode == 0, result.stderr[-3000:]
     listed = re.findall(r"^\s+[\d.]+ [KMG]?B  (\S+)$", result.stdout, flags=re.M)
     expected = sorted(p.name for p in pushable.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -273,7 +279,8 @@ def test_push_writes_a_missing_card_and_refuses_unfinished_or_unloadable_folders
 
 def test_push_offline_or_without_token_is_one_line(pushable, tmp_path):
     script = [sys.executable, str(ROOT / "push_scripts" / "push_to_hub.py"), str(pushable), "--repo_id", "me/model"]
-    offline = subprocess.run(script, capture_output=True, text=True, env=_env(), timeout=600)
+    offline = run_recipe_in_process("push_scripts/push_to_hub.py", *script[2:])
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported: going online takes a process of its own.
     no_token = subprocess.run(script, capture_output=True, text=True, timeout=600,
                               env=_env(HF_HUB_OFFLINE="0", HF_TOKEN="", HF_HOME=str(tmp_path / "no-login")))
     for result, reason in ((offline, "HF_HUB_OFFLINE is set"), (no_token, "no Hugging Face token")):

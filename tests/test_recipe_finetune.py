@@ -2,20 +2,21 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_recipe_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "finetune.py"
 
 
 def run_recipe(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    if cwd is None:
+        return run_recipe_in_process("finetune.py", *args)
+    previous = os.getcwd()
+    os.chdir(cwd)  # the default output folder is relative to where the user runs the recipe
+    try:
+        return run_recipe_in_process("finetune.py", *args)
+    finally:
+        os.chdir(previous)
 
 
 @pytest.mark.slow

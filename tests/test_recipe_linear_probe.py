@@ -1,18 +1,12 @@
 """End-to-end: recipes/linear_probe.py probes several depths, caches features, and writes a loadable model."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from conftest import run_recipe_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "linear_probe.py"
 
 
 def run_recipe(*args, cache):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_CACHE": str(cache)}
-    return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return run_recipe_in_process("linear_probe.py", *args, env={"HF_TRANSFER_CACHE": cache})
 
 
 def test_linear_probe_recipe_caches_and_exports(tmp_path):

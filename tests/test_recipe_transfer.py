@@ -1,21 +1,15 @@
 """recipes/finetune.py with transfer flags: frozen weights and BatchNorm statistics stay pretrained, bit for bit."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_recipe_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "finetune.py"
 
 
 def run_recipe(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(RECIPE), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return run_recipe_in_process("finetune.py", *args, env={"HF_TRANSFER_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
@@ -69,10 +63,8 @@ def test_lp_ft_starts_from_an_exported_probe_head(tmp_path):
 
     data = ["--dataset_name", "embedded:lfw", "--image_size", "32", "--max_train_samples", "60", "--max_eval_samples", "20"]
     probe_dir, tuned_dir = tmp_path / "probe", tmp_path / "tuned"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_CACHE": str(tmp_path / "cache")}
-    probe = subprocess.run([sys.executable, str(ROOT / "recipes" / "linear_probe.py"), *data, "--layers", "pooled",
-                            "--probe", "logreg", "--cv_folds", "2", "--output_dir", str(probe_dir)],
-                           capture_output=True, text=True, env=env, timeout=600)
+    probe = run_recipe_in_process("linear_probe.py", *data, "--layers", "pooled", "--probe", "logreg", "--cv_folds", "2",
+                                  "--output_dir", probe_dir, env={"HF_TRANSFER_CACHE": tmp_path / "cache"})
     assert probe.returncode == 0, probe.stderr[-3000:]
     # A vanishing learning rate: whatever the run saves is the head it started from.
     tuned = run_recipe(*data, "--strategy", "lp_ft", "--head_init_from", probe_dir, "--learning_rate", "1e-12",

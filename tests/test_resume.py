@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_recipe_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune.py"
@@ -21,9 +22,9 @@ RUN = ["--dataset_name", "embedded:digits", "--image_size", "32", "--max_train_s
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_NUM_THREADS": "1"}
 
 
-def finetune(out, *extra):
-    return subprocess.run([sys.executable, str(RECIPE), *RUN, "--output_dir", str(out), *extra], capture_output=True,
-                          text=True, env=ENV, timeout=600)
+def finetune(out, *extra, threads="1"):
+    """In this process (the kill needs a process of its own; the rest does not pay a fresh interpreter's imports)."""
+    return run_recipe_in_process("finetune.py", *RUN, "--output_dir", out, *extra, env={"HF_TRANSFER_NUM_THREADS": threads})
 
 
 def weights(folder):
@@ -80,12 +81,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 @pytest.mark.slow
 def test_same_command_twice_gives_identical_model_and_metrics(tmp_path):
-    """With the machine's default thread count, as a user runs it (one epoch, full fine-tuning)."""
-    env = {k: v for k, v in ENV.items() if k != "HF_TRANSFER_NUM_THREADS"}
+    """Two threads (where reduction order could differ), one epoch of full fine-tuning; one run in a fresh process and
+    one in this process, so nothing process-local (hash seeds, import order) can make them agree by accident."""
     args = [*RUN, "--num_train_epochs", "1", "--gradual_unfreeze_epochs", "0"]
-    first, second = (subprocess.run([sys.executable, str(RECIPE), *args, "--output_dir", str(tmp_path / name)],
-                                    capture_output=True, text=True, env=env, timeout=600) for name in "ab")
-    assert first.returncode == 0 and second.returncode == 0, (first.stderr + second.stderr)[-3000:]
+    first = subprocess.run([sys.executable, str(RECIPE), *args, "--output_dir", str(tmp_path / "a")], capture_output=True,
+                           text=True, env={**ENV, "HF_TRANSFER_NUM_THREADS": "2"}, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_recipe_in_process("finetune.py", *args, "--output_dir", tmp_path / "b", env={"HF_TRANSFER_NUM_THREADS": "2"})
+    assert second.returncode == 0, second.stderr[-3000:]
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert eval_metrics(tmp_path / "a") == eval_metrics(tmp_path / "b")

@@ -3,9 +3,6 @@ the network cannot take, output folders that would mix runs, checkpoints from an
 misleading learning-rate logs and optimizers that would bypass the plan."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +13,12 @@ from hf_transfer import TransferError, load_backbone, load_image_classification_
 from hf_transfer.plan import TransferConfig, TransferPlan
 from hf_transfer.saving import prepare_output_dir, staged_output
 from hf_transfer.trainer import TransferTrainer, latest_checkpoint
+from conftest import run_recipe_in_process
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_recipe(*args, env_extra=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return run_recipe_in_process("finetune.py", *args, env=env_extra)
 
 
 def one_line_error(result, *fragments):
