@@ -16,18 +16,25 @@ def test_unknown_command_is_a_one_line_error():
     assert result.stderr.strip().splitlines() == ["hf-transfer: error: unknown command 'frobnicate'; pick one of the commands above"]
 
 
-def test_finetune_subcommand_reports_bad_input(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "hf_transfer.cli", "finetune", "--train_dir", str(tmp_path / "nope")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("hf-transfer finetune: error: image folder")
+def run_cli(args, capsys):
+    """In this process: the real command line is tested once, above; the subcommands share its error path."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    return exited.value.code, capsys.readouterr().err
 
 
-def test_probe_subcommand_reports_bad_input():
-    result = subprocess.run([sys.executable, "-m", "hf_transfer.cli", "probe", "--probe", "telepathy"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("hf-transfer probe: error:")
+def test_finetune_subcommand_reports_bad_input(tmp_path, capsys):
+    code, err = run_cli(["finetune", "--train_dir", str(tmp_path / "nope")], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("hf-transfer finetune: error: image folder")
+
+
+def test_probe_subcommand_reports_bad_input(capsys):
+    code, err = run_cli(["probe", "--probe", "telepathy"], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("hf-transfer probe: error:")
 
 
 def test_only_a_command_line_run_skips_the_exit_garbage_collection():
