@@ -137,6 +137,14 @@ class TransferArguments:
         default=None, metadata={"help": "Output folder of recipes/linear_probe.py (pooled probe of the same backbone): "
                                         "the head starts from the probe (LP-FT; with --strategy lp_ft, --lp_epochs may be 0)."}
     )
+    class_weighting: str = field(
+        default="none", metadata={"help": "none | balanced: cross-entropy weights 1/(train images of the class), mean 1 "
+                                          "(imbalanced data: rare classes stop being under-called)."}
+    )
+    sampler: str = field(
+        default="random", metadata={"help": "random | balanced: draw training images with replacement so every class "
+                                            "is equally likely (seeded); not together with --class_weighting balanced."}
+    )
 
     def to_config(self, training_args, learning_rate: float | None = None):
         from .plan import TransferConfig
@@ -147,7 +155,7 @@ class TransferArguments:
             backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
-            head_init_from=self.head_init_from,
+            head_init_from=self.head_init_from, class_weighting=self.class_weighting, sampler=self.sampler,
         )
 
 
