@@ -89,14 +89,18 @@ def train_label_ids(dataset) -> np.ndarray:
     """The class id of every training item, read without decoding images.
 
     Knows the in-memory image store (`fastdata.PreparedImages`) and `datasets.Dataset` splits (a ``labels`` or
-    ``label`` column, transforms or not); anything else: pass the weights to `TransferTrainer(class_weights=...)`.
+    ``label`` column, else their one `ClassLabel` column; transforms or not); anything else: pass the weights to `TransferTrainer(class_weights=...)`.
     """
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, torch.Tensor):
         return labels.numpy().astype(np.int64)
     column_names = getattr(dataset, "column_names", None)
     if column_names is not None:
-        column = next((name for name in ("labels", "label") if name in column_names), None)
+        from datasets import ClassLabel
+
+        class_columns = [n for n in column_names if isinstance(dataset.features.get(n), ClassLabel)]
+        column = next((name for name in ("labels", "label") if name in column_names),
+                      class_columns[0] if len(class_columns) == 1 else None)
         if column is not None:
             # with_format(None) drops the attached transform, so the column is read from Arrow, images untouched
             return np.asarray(dataset.with_format(None)[column], dtype=np.int64)

@@ -125,6 +125,7 @@ def finetune_cv(imbalanced_folder, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_cv_folder_reports_every_fold_and_mean_std(finetune_cv):
     result, out = finetune_cv
     assert {"all_results.json", "cv_results.json", "cv_results.md", "cv_results.png", "folds"} <= {p.name for p in out.iterdir()}
@@ -147,6 +148,7 @@ def test_cv_folder_reports_every_fold_and_mean_std(finetune_cv):
     assert CVResult.read(out).chosen.setting == result.chosen.setting
 
 
+@pytest.mark.slow
 def test_fold_runs_use_class_weights_and_report_per_class_recall(finetune_cv):
     from hf_transfer.imbalance import balanced_class_weights
 
@@ -167,6 +169,7 @@ def test_fold_runs_use_class_weights_and_report_per_class_recall(finetune_cv):
         assert json.loads((folder / "transfer_plan.json").read_text())["config"]["class_weighting"] == "balanced"
 
 
+@pytest.mark.slow
 def test_probe_recipe_cross_validates_and_drops_fold_models(tmp_path):
     from hf_transfer.jobs.cross_validate import cross_validate_recipe
 
@@ -186,6 +189,7 @@ def test_probe_recipe_cross_validates_and_drops_fold_models(tmp_path):
     (["--search", "strategy=partial"], "--strategy partial needs a --freeze rule"),
     (["--recipe", "svm"], "--recipe 'svm' is unknown"),
     (["--push_to_hub"], "--push_to_hub does not apply"),
+    (["--search", "learning_rate=1e-2,3e-2", "--search", "freeze=depth:2"], "--search is given more than once"),
 ])
 def test_bad_flags_fail_before_loading_anything(flags, message, tmp_path):
     from hf_transfer.jobs.cross_validate import run_cross_validation
@@ -193,3 +197,12 @@ def test_bad_flags_fail_before_loading_anything(flags, message, tmp_path):
     with pytest.raises(TransferError, match=message.replace("(", r"\(")):
         run_cross_validation(["--dataset_name", "embedded:digits", "--output_dir", str(tmp_path / "x"), *flags])
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_cv_command_fails_in_one_line(capsys):
+    from hf_transfer.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["cv", "--folds", "1"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == "hf-transfer cv: error: --folds 1: cross-validation needs at least 2 folds"

@@ -145,6 +145,7 @@ def test_train_labels_from_a_transformed_datasets_split():
                            features=Features({"x": Value("int64"), "label": ClassLabel(names=["a", "b", "c"])}))
     ds = ds.with_transform(lambda batch: (_ for _ in ()).throw(AssertionError("transform must not run")))
     assert train_label_ids(ds).tolist() == [2, 0, 2]
+    assert train_label_ids(ds.rename_column("label", "fine_label")).tolist() == [2, 0, 2]  # the one ClassLabel column
 
 
 def test_per_class_recall_on_constructed_predictions():

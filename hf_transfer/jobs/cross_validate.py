@@ -37,7 +37,7 @@ class CVArguments:
     search: list[str] = field(
         default_factory=list,
         metadata={"help": "Settings to compare, name=v1,v2 with name any flag of the recipe (learning_rate=3e-3,1e-2; "
-                          "freeze=depth:2,depth:4; strategy=full,linear_probe); several names: every combination."},
+                          "freeze=depth:2,depth:4; strategy=full,linear_probe); several after one --search: every combination."},
     )
     choose_by: str = field(default="macro_f1", metadata={"help": "Mean CV score that picks the setting: macro_f1 or accuracy."})
     keep_fold_models: bool = field(default=False, metadata={"help": "Keep each fold's output folder (model included) "
@@ -135,6 +135,9 @@ def run_cross_validation(argv: list[str] | None = None, prog: str = "cross_valid
     start = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe = recipe_in(argv)
+    if sum(arg == "--search" or arg.startswith("--search=") for arg in argv) > 1:
+        raise TransferError("--search is given more than once (only the last would count); list every searched flag "
+                            "after one --search, e.g. --search learning_rate=3e-3,1e-2 freeze=depth:2,depth:4")
     *recipe_args, cv_args = parse_args(cv_argument_types(recipe), argv, prog=prog)
     if cv_args.recipe != recipe:
         raise TransferError(f"give --recipe {cv_args.recipe} on the command line, not in the config file")
