@@ -138,12 +138,10 @@ class TransferArguments:
                                         "the head starts from the probe (LP-FT; with --strategy lp_ft, --lp_epochs may be 0)."}
     )
     class_weighting: str = field(
-        default="none", metadata={"help": "none | balanced: cross-entropy weights 1/(train images of the class), mean 1 "
-                                          "(imbalanced data: rare classes stop being under-called)."}
+        default="none", metadata={"help": "none (default) | balanced: class weights 1/(train images) in the loss."}
     )
     sampler: str = field(
-        default="random", metadata={"help": "random | balanced: draw training images with replacement so every class "
-                                            "is equally likely (seeded); not together with --class_weighting balanced."}
+        default="random", metadata={"help": "random (default) | balanced: draw every class equally often."}
     )
 
     def to_config(self, training_args, learning_rate: float | None = None):

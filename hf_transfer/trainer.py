@@ -15,6 +15,9 @@ How it stays correct:
   when something unfreezes later.
 * BatchNorm: a forward pre-hook on the model sets the plan's frozen BatchNorm modules to eval() whenever the model
   is in training mode, so ``model.train()`` (called by Trainer every step) cannot update their statistics.
+* Imbalance (`imbalance.py`): the plan's ``class_weighting="balanced"`` makes `compute_loss` a class-weighted
+  cross-entropy (weights from the train split's class counts, or ``class_weights=``); ``sampler="balanced"`` makes
+  `_get_train_sampler` a seeded class-balanced draw, the same on every process, which accelerate shards by batch.
 * Resume: the phase is a pure function of the epoch (restored from ``trainer_state.json``); each checkpoint holds
   ``transfer_plan.json`` and resuming with a different plan is a `TransferError`.
 """
@@ -213,6 +216,8 @@ class TransferTrainer(Trainer):
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         loss = weighted_cross_entropy(logits, labels, self.class_weights, self.args.label_smoothing_factor)
+        if not isinstance(outputs, dict):
+            outputs = (loss, *outputs)  # as with labels: prediction_step reads the logits after the loss
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
