@@ -137,6 +137,12 @@ class TransferArguments:
         default=None, metadata={"help": "Output folder of recipes/linear_probe.py (pooled probe of the same backbone): "
                                         "the head starts from the probe (LP-FT; with --strategy lp_ft, --lp_epochs may be 0)."}
     )
+    class_weighting: str = field(
+        default="none", metadata={"help": "none (default) | balanced: class weights 1/(train images) in the loss."}
+    )
+    sampler: str = field(
+        default="random", metadata={"help": "random (default) | balanced: draw every class equally often."}
+    )
 
     def to_config(self, training_args, learning_rate: float | None = None):
         from .plan import TransferConfig
@@ -147,7 +153,7 @@ class TransferArguments:
             backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
-            head_init_from=self.head_init_from,
+            head_init_from=self.head_init_from, class_weighting=self.class_weighting, sampler=self.sampler,
         )
 
 

@@ -2,6 +2,7 @@
 
     hf-transfer finetune [flags of recipes/finetune.py]
     hf-transfer probe    [flags of recipes/linear_probe.py]
+    hf-transfer cv       [flags of recipes/cross_validate.py]
     hf-transfer list                       # embedded backbones and datasets
 """
 
@@ -30,6 +31,14 @@ def _probe(argv: list[str]) -> None:
         run_linear_probe(*parse_args(probe_argument_types(), argv, prog=prog))
 
 
+def _cv(argv: list[str]) -> None:
+    from .jobs.cross_validate import run_cross_validation
+
+    prog = "hf-transfer cv"
+    with exit_on_user_error(prog):
+        run_cross_validation(argv, prog=prog)
+
+
 def _list(argv: list[str]) -> None:
     from .backbones import EMBEDDED_BACKBONES, EMBEDDED_PREFIX
     from .data import EMBEDDED_DATASETS
@@ -45,6 +54,7 @@ def _list(argv: list[str]) -> None:
 COMMANDS = {
     "finetune": (_finetune, "fine-tune a backbone (the flags of recipes/finetune.py)"),
     "probe": (_probe, "linear/SVM probes on cached frozen features, per depth (the flags of recipes/linear_probe.py)"),
+    "cv": (_cv, "cross-validate a fine-tune or probe over stratified folds of train; --search compares settings"),
     "list": (_list, "list the embedded backbones and datasets"),
 }
 

@@ -135,6 +135,9 @@ class ImageClassificationData:
     # Images dropped by --on_bad_image skip: {"split", "row", "path", "reason"}; row counts in the split as loaded.
     bad_images: list[dict] = field(default_factory=list)
     check: "DataCheckReport | None" = None  # noqa: F821 - the data check's report; None when it did not run
+    # Splits that are row subsets of one larger split (cross-validation folds): the image store decodes that split
+    # once for all of them (`fastdata.SubsetImageStore`); None for ordinary data.
+    subset_store: "SubsetImageStore | None" = None  # noqa: F821
 
     @property
     def id2label(self) -> dict[int, str]:

@@ -153,6 +153,36 @@ class PixelBatchCollator:
         return batch
 
 
+class SubsetImageStore:
+    """Splits that are row subsets of one base split (cross-validation folds) share one decode of the base.
+
+    ``rows`` maps a split name to its row indices in ``base``. The base is decoded and resized once per
+    deterministic transform (the ``prepare`` stage: resize / crop, which every fold of one run shares); each split
+    gets its rows of those pixels with its own augmentation.
+    """
+
+    def __init__(self, base, rows: dict):
+        self.base, self.rows = base, {name: torch.as_tensor(idx, dtype=torch.long) for name, idx in rows.items()}
+        self.pixels: dict[str, PreparedImages] = {}
+
+    def with_rows(self, rows: dict) -> "SubsetImageStore":
+        """Another set of subsets of the same base, sharing the pixels decoded so far."""
+        other = SubsetImageStore(self.base, rows)
+        other.pixels = self.pixels
+        return other
+
+    def prepared(self, name: str, image_column: str, label_column: str, stages: TransformStages) -> PreparedImages:
+        from datasets import Image
+
+        key = repr((image_column, label_column, stages.to_tensor, stages.prepare))
+        if key not in self.pixels:
+            raw = self.base.cast_column(image_column, Image(decode=False))
+            self.pixels[key] = PreparedImages.build(raw, image_column, label_column, stages)
+        whole, rows = self.pixels[key], self.rows[name]
+        labels = whole.labels[rows] if whole.labels is not None else None
+        return PreparedImages(whole.pixels[rows], labels, stages.augment)
+
+
 def prepare_splits(data, lazy_splits: dict, data_cfg: dict, *, image_size: int | None, augmentation: str,
                    channels_last: bool = False) -> tuple[dict, PixelBatchCollator, str]:
     """-> (splits, collator, one line saying what was prepared). Splits that cannot be prepared (preset
@@ -172,8 +202,12 @@ def prepare_splits(data, lazy_splits: dict, data_cfg: dict, *, image_size: int |
             stages = TransformStages.split(build_transform(data_cfg, image_size=image_size, augmentation=preset))
             if stages is None:
                 continue
-            raw = raw.cast_column(data.image_column, Image(decode=False))
-            out[name] = PreparedImages.build(raw, data.image_column, data.label_column, stages)
+            subsets = getattr(data, "subset_store", None)
+            if subsets is not None and name in subsets.rows:
+                out[name] = subsets.prepared(name, data.image_column, data.label_column, stages)
+            else:
+                raw = raw.cast_column(data.image_column, Image(decode=False))
+                out[name] = PreparedImages.build(raw, data.image_column, data.label_column, stages)
             prepared.append(name)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     collator = PixelBatchCollator(eval_stages.finish if eval_stages is not None else None, memory_format)

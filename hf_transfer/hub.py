@@ -318,6 +318,38 @@ def _metric_rows(record: FolderRecord) -> list[tuple[str, str, float | None, flo
     return rows
 
 
+def _class_recall_section(record: FolderRecord, shown: int = 30) -> list[str]:
+    """Recall per class (validation, and test when there is one): where a fine accuracy hides a missed class."""
+    r = record.results
+    prefixes = [prefix for _, prefix, *_ in _metric_rows(record) if any(k.startswith(f"{prefix}_recall/") for k in r)]
+    if not prefixes:
+        return []
+    recall = {p: {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith(f"{p}_recall/")} for p in prefixes}
+    classes = sorted(recall[prefixes[0]], key=recall[prefixes[0]].get)  # lowest first
+    note = "" if len(classes) <= shown else f" (the {shown} lowest of {len(classes)} classes)"
+    names = {"eval": "validation", "test": "test"}
+    lines = [f"Recall per class, lowest first{note}:", "",
+             "| class | " + " | ".join(f"{names[p]} recall" for p in prefixes) + " |",
+             "|---|" + "---:|" * len(prefixes)]
+    lines += [f"| {c} | " + " | ".join(_fmt(recall[p].get(c)) for p in prefixes) + " |" for c in classes[:shown]]
+    return lines + [""]
+
+
+def _imbalance_section(record: FolderRecord) -> list[str]:
+    r = record.results
+    if r.get("class_weighting", "none") == "none" and r.get("sampler", "random") == "random":
+        return []
+    if r.get("class_weighting") not in (None, "none"):
+        what = "Trained with class-weighted cross-entropy (weight of a class proportional to 1 / its training images, mean 1)"
+        values = r.get("class_weights") or {}
+    else:
+        what = "Trained with a class-balanced sampler (images drawn with replacement, every class equally likely)"
+        values = {}
+    counts = r.get("train_class_counts") or {}
+    items = [f"`{c}` {counts.get(c, '?')}" + (f" (w {values[c]:.3g})" if c in values else "") for c in (counts or values)]
+    return [f"{what}; training images per class: {', '.join(items[:30])}{' …' if len(items) > 30 else ''}.", ""]
+
+
 def card_metadata(record: FolderRecord, model_name: str):
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -500,6 +532,8 @@ def write_model_card(folder, repo_id: str | None = None) -> Path:
         "|---|---:|---:|---:|",
         *[f"| {split} | {_fmt(n)} | {_fmt(acc)} | {_fmt(f1)} |" for split, _, acc, f1, n in _metric_rows(record)],
         "",
+        *_class_recall_section(record),
+        *_imbalance_section(record),
         "## Data",
         "",
         f"- Dataset: {_dataset_text(record)}",

@@ -68,6 +68,8 @@ class TransferConfig:
     lp_epochs: int = 0
     head_init_from: str | None = None  # an exported linear probe gave the head its start (LP-FT hand-off)
     layer_regex: str | None = None
+    class_weighting: str = "none"  # imbalance.py: loss weights from train class counts (none | balanced)
+    sampler: str = "random"  # imbalance.py: training order (random | balanced draws with replacement)
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -89,6 +91,15 @@ class TransferConfig:
             raise TransferError(f"--layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
         if self.backbone_lr_multiplier < 0 or self.learning_rate <= 0:
             raise TransferError("--learning_rate must be > 0 and --backbone_lr_multiplier >= 0")
+        from .imbalance import CLASS_WEIGHTINGS, SAMPLERS
+
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise TransferError(f"--class_weighting {self.class_weighting!r} is unknown; choose {' or '.join(CLASS_WEIGHTINGS)}")
+        if self.sampler not in SAMPLERS:
+            raise TransferError(f"--sampler {self.sampler!r} is unknown; choose {' or '.join(SAMPLERS)}")
+        if self.class_weighting == "balanced" and self.sampler == "balanced":
+            raise TransferError("--class_weighting balanced and --sampler balanced both correct for imbalance (together "
+                                "rare classes count ~(n_max/n_min)^2 times more); pick one")
 
 
     def first_body_epoch(self) -> int:

@@ -51,7 +51,8 @@ COMPLETION_MARKER = "all_results.json"
 RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
              "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
              "test_results.json", "trainer_state.json", "training_args.bin", "training_args.json", "training_curves.png",
-             "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png")
+             "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png",
+             "cv_results.json", "cv_results.md", "cv_results.png")
 CHECKPOINT_PATTERN = "checkpoint-*"
 
 

@@ -15,6 +15,9 @@ How it stays correct:
   when something unfreezes later.
 * BatchNorm: a forward pre-hook on the model sets the plan's frozen BatchNorm modules to eval() whenever the model
   is in training mode, so ``model.train()`` (called by Trainer every step) cannot update their statistics.
+* Imbalance (`imbalance.py`): the plan's ``class_weighting="balanced"`` makes `compute_loss` a class-weighted
+  cross-entropy (weights from the train split's class counts, or ``class_weights=``); ``sampler="balanced"`` makes
+  `_get_train_sampler` a seeded class-balanced draw, the same on every process, which accelerate shards by batch.
 * Resume: the phase is a pure function of the epoch (restored from ``trainer_state.json``); each checkpoint holds
   ``transfer_plan.json`` and resuming with a different plan is a `TransferError`.
 """
@@ -130,7 +133,7 @@ class TransferTrainer(Trainer):
     """`Trainer` + `TransferPlan`: parameter groups with real lrs, staged unfreezing, BatchNorm policy, resume, DDP."""
 
     def __init__(self, model=None, args=None, *trainer_args, plan: TransferPlan | None = None,
-                 transfer_config: TransferConfig | None = None, **kwargs):
+                 transfer_config: TransferConfig | None = None, class_weights=None, **kwargs):
         if model is None:
             raise TransferError("TransferTrainer needs a model (model_init is not supported)")
         if (kwargs.get("optimizers") or (None, None))[0] is not None or kwargs.get("optimizer_cls_and_kwargs"):
@@ -155,6 +158,77 @@ class TransferTrainer(Trainer):
         self.plan_callback.prepare(model)  # everything that ever trains is visible to DDP when it wraps the model
         super().__init__(model, args, *trainer_args, **kwargs)
         self.add_callback(self.plan_callback)
+        self.class_weights, self.class_counts = self._imbalance_correction(class_weights)
+
+    def _imbalance_correction(self, class_weights):
+        """(loss weights or None, train images per class or None) for the plan's --class_weighting / --sampler."""
+        from .imbalance import balanced_class_weights, class_counts, describe_balance, train_label_ids
+
+        config = self.plan.config
+        if class_weights is None and config.class_weighting == "none" and config.sampler == "random":
+            return None, None
+        if class_weights is not None and config.sampler == "balanced":
+            raise TransferError("class_weights and --sampler balanced both correct for imbalance; pick one")
+        if config.sampler == "balanced" and self.args.train_sampling_strategy != "random":
+            raise TransferError(f"--sampler balanced replaces the training order; drop --train_sampling_strategy "
+                                f"{self.args.train_sampling_strategy}")
+        num_classes = int(self.model.config.num_labels)
+        counts = None
+        if self.train_dataset is not None and (class_weights is None or config.sampler == "balanced"):
+            counts = class_counts(train_label_ids(self.train_dataset), num_classes)
+        weights = None
+        if class_weights is not None:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
+            if len(weights) != num_classes:
+                raise TransferError(f"class_weights has {len(weights)} values for a model with {num_classes} classes")
+        elif config.class_weighting == "balanced":
+            if counts is None:
+                raise TransferError("--class_weighting balanced needs a train_dataset to count the classes in")
+            weights = balanced_class_weights(counts)
+        if weights is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
+        if counts is not None:
+            labels = [str(self.model.config.id2label.get(k, k)) for k in range(num_classes)]
+            say(describe_balance(counts, labels, weights, config.sampler))
+        return weights, counts
+
+    def imbalance_summary(self) -> dict:
+        """What all_results.json and the model card record about the imbalance correction (empty when none)."""
+        config = self.plan.config
+        if self.class_weights is None and config.sampler == "random":
+            return {}
+        id2label = self.model.config.id2label
+        name = lambda k: str(id2label.get(k, k))  # noqa: E731
+        summary = {"class_weighting": config.class_weighting if self.class_weights is not None else "none",
+                   "sampler": config.sampler}
+        if self.class_counts is not None:
+            summary["train_class_counts"] = {name(k): int(n) for k, n in enumerate(self.class_counts)}
+        if self.class_weights is not None:
+            summary["class_weights"] = {name(k): round(float(w), 6) for k, w in enumerate(self.class_weights)}
+        return summary
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        from .imbalance import weighted_cross_entropy
+
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = weighted_cross_entropy(logits, labels, self.class_weights, self.args.label_smoothing_factor)
+        if not isinstance(outputs, dict):
+            outputs = (loss, *outputs)  # as with labels: prediction_step reads the logits after the loss
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.plan.config.sampler != "balanced":
+            return super()._get_train_sampler(train_dataset)
+        from .imbalance import BalancedClassSampler, train_label_ids
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        # Same draw on every process (seed + epoch); accelerate shards the batches between processes.
+        return BalancedClassSampler(train_label_ids(dataset), len(dataset), seed=seed)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:

@@ -93,7 +93,7 @@ def run_finetune(
         plan=plan,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
-        compute_metrics=ClassificationMetrics(),
+        compute_metrics=ClassificationMetrics(labels=data.labels),
         data_collator=collator,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -111,14 +111,18 @@ def run_finetune(
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
     metrics["skipped_bad_images"] = len(data.bad_images)
     metrics.update(run_summary(model_args.model_name_or_path, data.source, image_size, splits))
+    metrics.update(trainer.imbalance_summary())  # class weights / sampler: the card and later readers see them
 
     if trainer.is_world_process_zero():
         # hub.py: {train,eval,test}_results.json, trainer_state.json, training_args.json, the card's figures
         save_run_files(trainer, metrics, validation)
         write_json(Path(training_args.output_dir) / COMPLETION_MARKER, metrics)  # last: the folder is complete
         write_model_card(training_args.output_dir, repo_id=push_to)  # README.md, read back from the finished folder
-        say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f};"
-            f" model written to {training_args.output_dir}")
+        recalls = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval_recall/")}
+        lowest = min(recalls, key=recalls.get) if recalls else None
+        say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f}"
+            + (f", lowest class recall {recalls[lowest]:.4f} ({lowest})" if lowest is not None else "")
+            + f"; model written to {training_args.output_dir}")
         if push_to:
             push_after_training(training_args.output_dir, push_to, training_args)
     return metrics

@@ -29,11 +29,16 @@ def load_metric(name: str, **kwargs):
 
 
 class ClassificationMetrics:
-    """`compute_metrics` for Trainer: accuracy and macro-F1 from logits."""
+    """`compute_metrics` for Trainer: accuracy, macro-F1 and the recall of every class (``recall/<label>``).
 
-    def __init__(self):
+    ``labels`` (the class names, in id order) name the recall keys; without them the keys are class ids. A class
+    with no images in the evaluated split gets no recall key (it was not measured).
+    """
+
+    def __init__(self, labels: list[str] | None = None):
         self.accuracy = load_metric("accuracy")
         self.f1 = load_metric("f1")
+        self.labels = None if labels is None else [str(label) for label in labels]
 
     def __call__(self, eval_pred) -> dict[str, float]:
         logits, references = eval_pred.predictions, eval_pred.label_ids
@@ -43,4 +48,18 @@ class ClassificationMetrics:
         return {
             **self.accuracy.compute(predictions=predictions, references=references),
             "macro_f1": self.f1.compute(predictions=predictions, references=references, average="macro")["f1"],
+            **{f"recall/{name}": value for name, value in per_class_recall(predictions, references, self.labels).items()},
         }
+
+
+def per_class_recall(predictions, references, labels: list[str] | None = None) -> dict[str, float]:
+    """{class name (or id): share of that class's images predicted as it}, for the classes present in references."""
+    predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    references = np.asarray(references, dtype=np.int64).reshape(-1)
+    known = references >= 0  # -1: an image without a label (hidden test labels)
+    predictions, references = predictions[known], references[known]
+    num_classes = max(len(labels or []), int(references.max(initial=-1)) + 1)
+    totals = np.bincount(references, minlength=num_classes)
+    hits = np.bincount(references[predictions == references], minlength=num_classes)
+    name = lambda k: labels[k] if labels and k < len(labels) else str(k)  # noqa: E731
+    return {name(k): float(hits[k] / totals[k]) for k in range(num_classes) if totals[k]}
