@@ -1,14 +1,16 @@
 """Frozen-backbone features: the pooled bottleneck and globally pooled earlier layers, with an on-disk cache.
 
 A *feature layer* is either ``pooled`` (the input of the classifier: timm ``forward_head(pre_logits=True)``, the
-pooled output of a transformers model) or one depth group of the `LayerMap` (the same map the fine-tuning core
-freezes by). A depth group's output is read with a forward hook on ``DepthGroup.output_module`` and pooled
-globally: CNN maps (N, C, H, W) -> mean over H×W, token maps (N, L, C) -> mean over tokens (class token
-included). When no requested layer needs the end of the network, the forward stops right after the deepest one.
+pooled output of a transformers model), one depth group of the `LayerMap` (the same map the fine-tuning core
+freezes by), or a concatenation of those (``3+7+pooled``: their features side by side). A depth group's output is
+read with a forward hook on ``DepthGroup.output_module`` and pooled globally: CNN maps (N, C, H, W) -> mean over
+H×W, token maps (N, L, C) -> mean over tokens (class token included); ``avgmax`` pooling puts the max beside the
+mean. When no requested layer needs the end of the network, the forward stops right after the deepest one.
 
 Features are cached under ``~/.cache/hf_transfer/features`` (``HF_TRANSFER_CACHE`` or ``cache_dir`` override it),
-one safetensors file per (split, layer), keyed by everything that determines them: the weights, the layer, the
-eval transform, the images and labels, and the image size. Change any of these and the key changes.
+one safetensors file per (split, single layer), keyed by everything that determines them: the weights, the layer
+and its pooling, the eval transform, the images and labels, and the image size. Change any of these and the key
+changes. Concatenations are never cached: they are assembled from their parts' entries.
 """
 
 from __future__ import annotations
@@ -146,6 +148,16 @@ def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap, pooling:
     depths: set[int] = set()
     pooled = False
     concats: list[FeatureLayer] = []
+
+    def add(joined: FeatureLayer) -> None:  # a "concatenation" of one layer is that layer
+        nonlocal pooled
+        if joined.is_concat:
+            concats.append(joined)
+        elif joined.is_pooled:
+            pooled = True
+        else:
+            depths.add(joined.depth)
+
     for item in items:
         if item == POOLED:
             pooled = True
@@ -155,22 +167,16 @@ def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap, pooling:
         elif item == "auto":
             depths.update(auto_depths(layer_map))
             pooled = True
-            concats.append(auto_concat())
+            add(auto_concat())
         elif item == "concat":
-            concats.append(auto_concat())
+            add(auto_concat())
         elif "+" in item:
             parts = [single(p.strip()) for p in item.split("+")]
             unpoolable = [p for p in parts if not p.is_pooled and not p.module]
             if unpoolable:
                 raise TransferError(f"--layers {item!r}: depth {unpoolable[0].depth} has no single output module to "
                                     "read features from; choose other depths (see the depth table)")
-            joined = concat_layer(parts)
-            if joined.is_concat:
-                concats.append(joined)
-            elif joined.is_pooled:
-                pooled = True
-            else:
-                depths.add(joined.depth)
+            add(concat_layer(parts))
         else:
             depths.add(depth_of(item))
     layers = [_depth_layer(body[d], pooling) for d in sorted(depths) if body[d].output_module]

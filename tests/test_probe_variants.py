@@ -266,3 +266,23 @@ def test_concatenations_with_the_pooled_feature_export_for_transformers_models(k
     with torch.inference_mode():
         logits = loaded(pixel_values=x).logits.double().numpy()
     np.testing.assert_allclose(logits, result.decision_function(features), rtol=1e-5, atol=1e-5)
+
+
+def test_a_folder_exported_before_concatenations_still_loads(setup, tmp_path):
+    """Old hf_transfer_probe configs name one output_module and no parts/head: the current class reads them."""
+    from transformers import AutoModelForImageClassification
+
+    s = setup
+    layer = s.singles.layers[1]
+    result = fit_probe("logreg", layer, s.singles.features["train"][layer.key], s.singles.labels["train"], FAST)
+    export_probe(s.model, result, tmp_path, layer_map=s.layer_map, image_size=32)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("parts", "identity_modules", "head", "hidden_size", "activation", "layers"):
+        config.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.parts == [{"module": layer.module, "depth": layer.depth, "pooling": "avg"}]
+    with torch.inference_mode():
+        logits = loaded(pixel_values=s.pixels).logits.double().numpy()
+    np.testing.assert_allclose(logits, result.decision_function(s.singles.features["validation"][layer.key]),
+                               rtol=1e-5, atol=1e-5)

@@ -188,10 +188,11 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
             f"{chosen.eval_metrics.get('validation_macro_f1', float('nan')):.4f} -> {probe_args.output_dir}{note}")
     metric = probe_config.select_by.replace("_", "-")
     if better is not None and chosen is not None:
-        exportable = report.best(exportable_only=True)
         say(f"note: {better.probe} on {better.layer.name} scored better by CV ({metric} {better.cv_score:.4f} vs "
-            f"{exportable.cv_score:.4f} for {exportable.probe} on {exportable.layer.name}) but cannot be exported"
+            f"{chosen.cv_score:.4f} for the exported {chosen.probe} on {chosen.layer.name}) but cannot be exported"
             + ("" if any(r.probe == "mlp" for r in report.results) else "; --probe mlp adds an exportable nonlinear probe"))
+    elif chosen is None and probe_args.export == "auto":
+        say(f"nothing exported: no exportable probe was run ({', '.join(EXPORTABLE_PROBES)}); add one to --probe")
     elif best is not None and best is not chosen:
         say(f"best by CV overall: {best.probe} on {best.layer.name} (cv {metric} {best.cv_score:.4f}; "
             f"{'not exportable, ' if not best.exportable else ''}validation {best.eval_metrics.get('validation_accuracy', float('nan')):.4f})")
