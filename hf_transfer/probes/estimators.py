@@ -61,7 +61,7 @@ class ProbeConfig:
     rbf_svm_c: tuple[float, ...] = (1.0, 10.0)
     knn_k: tuple[int, ...] = (5, 15)
     torch_linear_c: tuple[float, ...] = (0.1, 1.0)
-    mlp_weight_decay: tuple[float, ...] = (0.05, 0.5)
+    mlp_weight_decay: tuple[float, ...] = (0.5, 0.05)  # stronger first: ties go to it
     mlp_hidden: int = 256
     mlp_dropout: float = 0.2
     max_iter: int = 100
@@ -188,8 +188,9 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
     """One hidden layer on standardized features: `modeling_probe.ProbeMLP`, trained with AdamW.
 
     Early stopping on a stratified hold-out of the training data (10%, at least one image per class): training stops
-    when the hold-out loss has not improved by 1% for ``patience`` epochs, and the weights of the best epoch are kept. The standardization (mean, std as in `StandardScaler`) lives
-    in the module, so ``module_`` alone is the probe: predicting and exporting run the same float32 computation.
+    when the hold-out loss has not improved by 1% for ``patience`` epochs, and the weights of the best epoch are
+    kept. The standardization (mean, std as in `StandardScaler`; block factors as in `BlockStandardScaler`) lives in
+    the module, so ``module_`` alone is the probe: predicting and exporting run the same float32 computation.
     """
 
     def __init__(self, weight_decay: float = 0.05, hidden_size: int = 256, dropout: float = 0.2,
@@ -235,7 +236,8 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
                 continue
             module.eval()
             with torch.no_grad():
-                held_loss = float(torch.nn.functional.cross_entropy(module(inputs[held_idx]), targets[held_idx], weight=weights))
+                held_loss = float(torch.nn.functional.cross_entropy(module(inputs[held_idx]), targets[held_idx],
+                                                                    weight=weights))
             if held_loss < best_loss * (1 - 1e-2):  # a 1% gain: a slow slide on separable data is not progress
                 best_loss, best_epoch = held_loss, epoch
                 best_state = {k: v.clone() for k, v in module.state_dict().items()}
@@ -536,7 +538,8 @@ def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, conf
         metric = config.select_by
         # ties: the earlier (stronger-regularized) value
         best = max(values, key=lambda v: (scores[v][metric], -values.index(v)))
-        fit_key = cache_key("linear_head" if kind in LINEAR_PROBES else "mlp_head", best) if kind in EXPORTABLE_PROBES else None
+        fit_kind = "linear_head" if kind in LINEAR_PROBES else "mlp_head"
+        fit_key = cache_key(fit_kind, best) if kind in EXPORTABLE_PROBES else None
         stored = score_cache.load_arrays(fit_key) if fit_key else None
         estimator = None if stored is not None else _estimator(kind, best, config, blocks).fit(X, y)
         linear = mlp = None

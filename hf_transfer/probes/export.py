@@ -152,16 +152,20 @@ def _check_logits(model, exported, result: ProbeResult, layer_map: LayerMap, siz
     from ..features import FeatureExtractor
 
     pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def on_device_of(module):
+        return pixels.to(next(module.parameters()).device)
+
     was_training = model.training
     try:
-        features = FeatureExtractor(model.eval(), [result.layer], layer_map)(pixels)[result.layer.key]
+        features = FeatureExtractor(model.eval(), [result.layer], layer_map)(on_device_of(model))[result.layer.key].cpu()
     finally:
         model.train(was_training)
     expected = np.asarray(result.decision_function(features.double().numpy() if result.mlp is None else features.numpy()))
     if expected.ndim == 1:  # a binary linear probe: logits [0, d]
         expected = np.stack([np.zeros_like(expected), expected], 1)
     with torch.inference_mode():
-        logits = exported(pixel_values=pixels).logits.double().numpy()
+        logits = exported(pixel_values=on_device_of(exported)).logits.double().cpu().numpy()
     scale = max(1.0, float(np.abs(expected).max()))
     error = float(np.abs(logits - expected).max()) / scale
     if not np.isfinite(error) or error > 1e-3:
