@@ -27,7 +27,7 @@ from hf_transfer.probes import (
 from hf_transfer.probes.estimators import BlockStandardScaler, class_weights
 from hf_transfer.transforms import with_transforms
 
-FAST = ProbeConfig(cv_folds=2)
+FAST = ProbeConfig(cv_folds=2, mlp_weight_decay=(0.05,), mlp_max_epochs=30)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,8 @@ def test_balanced_class_weights_raise_minority_recall_for_every_trainable_probe(
     for probe in ("logreg", "torch_linear", "mlp"):
         recalls = {}
         for weighting in (None, "balanced"):
-            config = ProbeConfig(cv_folds=2, class_weight=weighting, select_by="macro_f1", mlp_weight_decay=(0.05,))
+            config = ProbeConfig(cv_folds=2, class_weight=weighting, select_by="macro_f1", mlp_weight_decay=(0.05,),
+                                 mlp_max_epochs=30)
             result = fit_probe(probe, FeatureLayer("pooled"), X, y, config)
             evaluate_probe(result, X, y, prefix="validation", label_names=names)
             assert result.cv_score == result.cv_metrics["macro_f1"] and result.selected_by == "macro_f1"
@@ -180,7 +181,7 @@ def test_mlp_fit_and_cv_scores_come_back_from_the_cache(tmp_path):
     X = rng.normal(size=(60, 8)).astype(np.float32)
     X[:, 0] += 2 * y
     cache = FeatureCache(tmp_path)
-    config = ProbeConfig(cv_folds=2, mlp_weight_decay=(0.05,))
+    config = ProbeConfig(cv_folds=2, mlp_weight_decay=(0.05,), mlp_max_epochs=30)
     first = fit_probe("mlp", FeatureLayer("pooled"), X, y, config, score_cache=cache)
     again = fit_probe("mlp", FeatureLayer("pooled"), X, y, config, score_cache=cache)
     assert not first.from_cache and again.from_cache and again.estimator is None
@@ -188,7 +189,8 @@ def test_mlp_fit_and_cv_scores_come_back_from_the_cache(tmp_path):
     np.testing.assert_array_equal(again.decision_function(X), first.decision_function(X))
     np.testing.assert_array_equal(first.decision_function(X), first.estimator.decision_function(X))
     other = fit_probe("mlp", FeatureLayer("pooled"), X, y, ProbeConfig(cv_folds=2, mlp_weight_decay=(0.05,),
-                                                                       class_weight="balanced"), score_cache=cache)
+                                                                       mlp_max_epochs=30, class_weight="balanced"),
+                      score_cache=cache)
     assert not other.from_cache  # another class weighting is another fit
 
 

@@ -64,6 +64,7 @@ class ProbeConfig:
     mlp_weight_decay: tuple[float, ...] = (0.5, 0.05)  # stronger first: ties go to it
     mlp_hidden: int = 256
     mlp_dropout: float = 0.2
+    mlp_max_epochs: int = 100  # early stopping usually ends training well before
     max_iter: int = 100
     class_weight: str | None = None  # None or "balanced"
     select_by: str = "accuracy"  # the CV metric that picks hyper-parameters and the best probe: accuracy or macro_f1
@@ -301,7 +302,8 @@ def _build_estimator(kind: str, value, config: ProbeConfig, blocks: tuple[int, .
         clf = TorchLinearClassifier(C=value, seed=config.seed, class_weight=weight)
     elif kind == "mlp":  # standardizes inside its module: no scaler in front
         return MLPProbeClassifier(weight_decay=value, hidden_size=config.mlp_hidden, dropout=config.mlp_dropout,
-                                  class_weight=weight, seed=config.seed, blocks=blocks)
+                                  max_epochs=config.mlp_max_epochs, class_weight=weight, seed=config.seed,
+                                  blocks=blocks)
     else:
         raise TransferError(f"unknown probe {kind!r}; choose from {', '.join(PROBES)}")
     return make_pipeline(BlockStandardScaler(blocks) if blocks else StandardScaler(), clf)
