@@ -1,14 +1,16 @@
 """Frozen-backbone features: the pooled bottleneck and globally pooled earlier layers, with an on-disk cache.
 
 A *feature layer* is either ``pooled`` (the input of the classifier: timm ``forward_head(pre_logits=True)``, the
-pooled output of a transformers model) or one depth group of the `LayerMap` (the same map the fine-tuning core
-freezes by). A depth group's output is read with a forward hook on ``DepthGroup.output_module`` and pooled
-globally: CNN maps (N, C, H, W) -> mean over H×W, token maps (N, L, C) -> mean over tokens (class token
-included). When no requested layer needs the end of the network, the forward stops right after the deepest one.
+pooled output of a transformers model), one depth group of the `LayerMap` (the same map the fine-tuning core
+freezes by), or a concatenation of those (``3+7+pooled``: their features side by side). A depth group's output is
+read with a forward hook on ``DepthGroup.output_module`` and pooled globally: CNN maps (N, C, H, W) -> mean over
+H×W, token maps (N, L, C) -> mean over tokens (class token included); ``avgmax`` pooling puts the max beside the
+mean. When no requested layer needs the end of the network, the forward stops right after the deepest one.
 
 Features are cached under ``~/.cache/hf_transfer/features`` (``HF_TRANSFER_CACHE`` or ``cache_dir`` override it),
-one safetensors file per (split, layer), keyed by everything that determines them: the weights, the layer, the
-eval transform, the images and labels, and the image size. Change any of these and the key changes.
+one safetensors file per (split, single layer), keyed by everything that determines them: the weights, the layer
+and its pooling, the eval transform, the images and labels, and the image size. Change any of these and the key
+changes. Concatenations are never cached: they are assembled from their parts' entries.
 """
 
 from __future__ import annotations
@@ -36,41 +38,126 @@ CACHE_FORMAT = 2  # bump when the way features are computed changes: old entries
 
 
 # ------------------------------------------------------------------------------------------- feature layers
+POOLINGS = ("avg", "avgmax")
+
+
 @dataclass(frozen=True)
 class FeatureLayer:
-    """Where features are read: ``depth`` None is the pooled bottleneck."""
+    """Where features are read: ``depth`` None is the pooled bottleneck; ``parts`` makes a concatenation.
 
-    name: str  # "pooled" or "depth 12 (blocks.5.0)"
+    A concatenation (``3+7+pooled``) is its single layers' features side by side, in ``parts`` order (shallow first,
+    pooled last). It is built from the single layers' (cached) features: it never needs a forward of its own.
+    """
+
+    name: str  # "pooled", "depth 12 (blocks.5.0)", "concat 3+7+12+pooled"
     depth: int | None = None
-    module: str | None = None  # the hooked output module (None for pooled)
+    module: str | None = None  # the hooked output module (None for pooled and for concatenations)
+    pooling: str = "avg"  # a depth map's global pooling: avg, or avgmax (average and max side by side)
+    parts: tuple["FeatureLayer", ...] = ()
 
     @property
     def is_pooled(self) -> bool:
-        return self.depth is None
+        return self.depth is None and not self.parts
+
+    @property
+    def is_concat(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def singles(self) -> tuple["FeatureLayer", ...]:
+        """The single layers whose features this one is made of (itself, unless a concatenation)."""
+        return self.parts or (self,)
 
     @property
     def key(self) -> str:
-        return POOLED if self.is_pooled else f"depth{self.depth}:{self.module}"
+        if self.parts:
+            return "+".join(part.key for part in self.parts)
+        if self.is_pooled:
+            return POOLED
+        # avg keeps the key it always had: entries cached before avgmax existed stay valid
+        return f"depth{self.depth}:{self.module}" + ("" if self.pooling == "avg" else f":{self.pooling}")
+
+    @property
+    def spec(self) -> str:
+        """The --layers text that names this layer (``3``, ``pooled``, ``3+7+pooled``); pooling is --pooling's."""
+        if self.parts:
+            return "+".join(part.spec for part in self.parts)
+        return POOLED if self.is_pooled else str(self.depth)
 
 
-def _depth_layer(group) -> FeatureLayer:
-    return FeatureLayer(f"depth {group.index} ({group.name})", group.index, group.output_module)
+def _depth_layer(group, pooling: str = "avg") -> FeatureLayer:
+    suffix = "" if pooling == "avg" else " avg+max"
+    return FeatureLayer(f"depth {group.index} ({group.name}){suffix}", group.index, group.output_module, pooling)
 
 
-def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap) -> list[FeatureLayer]:
-    """``pooled`` | ``all`` | ``auto`` | ``"3,7,pooled"`` -> feature layers, shallow first, pooled last.
+def concat_layer(parts: Sequence[FeatureLayer]) -> FeatureLayer:
+    """Single layers -> their concatenation, parts ordered shallow first, pooled last (``3+7`` equals ``7+3``)."""
+    ordered = sorted(dict.fromkeys(parts), key=lambda l: (l.is_pooled, l.depth if l.depth is not None else 0))
+    if len(ordered) == 1:
+        return ordered[0]
+    suffix = " avg+max" if any(p.pooling != "avg" and not p.is_pooled for p in ordered) else ""
+    return FeatureLayer("concat " + "+".join(p.spec for p in ordered) + suffix, parts=tuple(ordered))
 
-    ``auto`` is three evenly spaced depths (at 1/4, 1/2, 3/4 of the body) plus ``pooled``: enough to see where features transfer best without
-    probing every block (dissimilar data often peaks in the middle of the network).
+
+def auto_depths(layer_map: LayerMap) -> list[int]:
+    """Three evenly spaced depths, at 1/4, 1/2 and 3/4 of the body."""
+    count = len(layer_map.body)
+    return sorted({max(0, round(count * f) - 1) for f in (0.25, 0.5, 0.75)})
+
+
+def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap, pooling: str = "avg") -> list[FeatureLayer]:
+    """``--layers`` text -> feature layers: single depths shallow first, pooled, then concatenations.
+
+    Comma-separated candidates, each ``pooled``, a depth index (negative counts from the end), ``all`` (every depth
+    + pooled), ``auto``, ``concat``, or depths joined with ``+`` into one concatenated feature (``3+7+pooled``).
+    ``auto`` is three evenly spaced depths (at 1/4, 1/2, 3/4 of the body), ``pooled``, and their concatenation:
+    enough to see where features transfer best without probing every block (dissimilar data often peaks in the
+    middle of the network, and the depths side by side often beat any one of them). ``concat`` is that
+    concatenation alone. ``pooling`` (avg | avgmax) is how depth maps are pooled; the bottleneck keeps the model's.
     """
+    if pooling not in POOLINGS:
+        raise TransferError(f"--pooling {pooling!r} is not understood; use avg (global average) or avgmax "
+                            "(global average and global max side by side)")
     body = layer_map.body
     if spec is None:
         spec = "auto"
     items = [s.strip() for part in ([spec] if isinstance(spec, str) else spec) for s in str(part).split(",") if s.strip()]
     if not items:
-        raise TransferError("--layers is empty; pass pooled, all, auto or depth indices such as '3,7,pooled'")
+        raise TransferError("--layers is empty; pass pooled, all, auto, concat or depth indices such as '3,7,pooled' "
+                            "or '3+7+pooled'")
+
+    def depth_of(item: str) -> int:
+        if not re.fullmatch(r"-?\d+", item):
+            raise TransferError(f"--layers entry {item!r} is not understood; use pooled, all, auto, concat, depth "
+                                "indices like '3,7,pooled', or depths joined with + like '3+7+pooled'")
+        depth = int(item) + (len(body) if int(item) < 0 else 0)
+        if not 0 <= depth < len(body):
+            raise TransferError(
+                f"--layers depth {item} is out of range: this backbone has depths 0-{len(body) - 1} "
+                f"(and 'pooled'); see the depth table printed at start"
+            )
+        return depth
+
+    def single(item: str) -> FeatureLayer:
+        return FeatureLayer(POOLED) if item == POOLED else _depth_layer(body[depth_of(item)], pooling)
+
+    def auto_concat() -> FeatureLayer:
+        return concat_layer([_depth_layer(body[d], pooling) for d in auto_depths(layer_map) if body[d].output_module]
+                            + [FeatureLayer(POOLED)])
+
     depths: set[int] = set()
     pooled = False
+    concats: list[FeatureLayer] = []
+
+    def add(joined: FeatureLayer) -> None:  # a "concatenation" of one layer is that layer
+        nonlocal pooled
+        if joined.is_concat:
+            concats.append(joined)
+        elif joined.is_pooled:
+            pooled = True
+        else:
+            depths.add(joined.depth)
+
     for item in items:
         if item == POOLED:
             pooled = True
@@ -78,32 +165,32 @@ def parse_layers(spec: str | Sequence[str] | None, layer_map: LayerMap) -> list[
             depths.update(g.index for g in body)
             pooled = True
         elif item == "auto":
-            count = len(body)
-            depths.update(max(0, round(count * f) - 1) for f in (0.25, 0.5, 0.75))
+            depths.update(auto_depths(layer_map))
             pooled = True
-        elif re.fullmatch(r"-?\d+", item):
-            depth = int(item)
-            if depth < 0:
-                depth += len(body)
-            if not 0 <= depth < len(body):
-                raise TransferError(
-                    f"--layers depth {item} is out of range: this backbone has depths 0-{len(body) - 1} "
-                    f"(and 'pooled'); see the depth table printed at start"
-                )
-            depths.add(depth)
+            add(auto_concat())
+        elif item == "concat":
+            add(auto_concat())
+        elif "+" in item:
+            parts = [single(p.strip()) for p in item.split("+")]
+            unpoolable = [p for p in parts if not p.is_pooled and not p.module]
+            if unpoolable:
+                raise TransferError(f"--layers {item!r}: depth {unpoolable[0].depth} has no single output module to "
+                                    "read features from; choose other depths (see the depth table)")
+            add(concat_layer(parts))
         else:
-            raise TransferError(f"--layers entry {item!r} is not understood; use pooled, all, auto or depth indices like '3,7,pooled'")
-    layers = [_depth_layer(body[d]) for d in sorted(depths) if body[d].output_module]
+            depths.add(depth_of(item))
+    layers = [_depth_layer(body[d], pooling) for d in sorted(depths) if body[d].output_module]
     if pooled:
         layers.append(FeatureLayer(POOLED))
-    return layers
+    return layers + list({c.key: c for c in concats}.values())
 
 
 # ------------------------------------------------------------------------------------------------ extraction
-def global_pool(output, nhwc: bool = False) -> torch.Tensor:
-    """A depth group's output -> (N, C) (the exported probe model pools the same way: one definition, there)."""
+def global_pool(output, nhwc: bool = False, pooling: str = "avg") -> torch.Tensor:
+    """A depth group's output -> (N, C), or (N, 2C) for avgmax (the exported probe model pools the same way: one
+    definition, there)."""
     try:
-        return _global_pool(output, nhwc)
+        return _global_pool(output, nhwc, pooling)
     except ValueError as err:
         raise TransferError(str(err)) from None
 
@@ -116,7 +203,7 @@ class FeatureExtractor:
     """Run a backbone once and return the requested layers' pooled features, shape (N, C) each.
 
     Depth groups are read with forward hooks on their output modules (layout from the adapter: NCHW maps, NHWC maps
-    or tokens); the pooled feature is the adapter's (the head's input).
+    or tokens); the pooled feature is the adapter's (the head's input). A concatenation is its parts side by side.
     """
 
     def __init__(self, model, layers: Sequence[FeatureLayer], layer_map: LayerMap | None = None):
@@ -124,22 +211,28 @@ class FeatureExtractor:
         self.adapter = adapter_for(model)
         self.layers = list(layers)
         self.layer_map = layer_map or self.adapter.layer_map()
-        self.wants_pooled = any(layer.is_pooled for layer in self.layers)
-        depth_layers = [layer for layer in self.layers if not layer.is_pooled]
+        singles = list(dict.fromkeys(single for layer in self.layers for single in layer.singles))
+        self.wants_pooled = any(layer.is_pooled for layer in singles)
+        depth_layers = [layer for layer in singles if not layer.is_pooled]
         self.stop_after = None if self.wants_pooled or not depth_layers else max(depth_layers, key=lambda l: l.depth).module
         self._store: dict[str, torch.Tensor] = {}
         self._depth_layers = depth_layers
+        self._singles = singles
 
     def _hooks(self):
         modules = dict(self.model.named_modules())
         handles = []
-        for layer in self._depth_layers:
-            def hook(module, args, output, layer=layer):
-                self._store[layer.key] = global_pool(output, self.adapter.feature_layout(module)).float()
-                if layer.module == self.stop_after and len(self._store) == len(self._depth_layers):
+        by_module: dict[str, list[FeatureLayer]] = {}
+        for layer in self._depth_layers:  # one module can be read with two poolings
+            by_module.setdefault(layer.module, []).append(layer)
+        for module_name, module_layers in by_module.items():
+            def hook(module, args, output, module_layers=module_layers, module_name=module_name):
+                for layer in module_layers:
+                    self._store[layer.key] = global_pool(output, self.adapter.feature_layout(module), layer.pooling).float()
+                if module_name == self.stop_after and len(self._store) == len(self._depth_layers):
                     raise _StopForward
 
-            handles.append(modules[layer.module].register_forward_hook(hook))
+            handles.append(modules[module_name].register_forward_hook(hook))
         return handles
 
     @torch.inference_mode()
@@ -157,11 +250,12 @@ class FeatureExtractor:
         finally:
             for handle in handles:
                 handle.remove()
-        missing = [layer.name for layer in self.layers if layer.key not in self._store]
+        missing = [layer.name for layer in self._singles if layer.key not in self._store]
         if missing:
             raise TransferError(f"the forward of {type(self.model).__name__} never ran {', '.join(missing)}; choose "
                                 "other depths with --layers (or --layer_regex for this architecture)")
-        return {layer.key: self._store[layer.key] for layer in self.layers}
+        return {layer.key: torch.cat([self._store[p.key] for p in layer.singles], dim=1) if layer.is_concat
+                else self._store[layer.key] for layer in self.layers}
 
 
 def iter_batches(dataset, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -396,13 +490,16 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
 
     ``transform_key`` names the eval transform the splits carry. Without it the transform attached by
     `with_transforms` is fingerprinted; a split whose transform cannot be identified is computed and never cached,
-    so features made under one transform are never served for another.
+    so features made under one transform are never served for another. Only single layers are cached; a
+    concatenation is assembled from its parts (``features[split][concat.key]``), so ``3+7+pooled`` after ``3,7,pooled``
+    runs no forward. ``from_cache`` is per single layer.
     """
     import time
 
     start = time.perf_counter()
     cache = cache or FeatureCache()
     layer_map = layer_map or build_layer_map(model)
+    singles = list(dict.fromkeys(single for layer in layers for single in layer.singles))
     weights = model_fingerprint(model, layer_map) + model_config_fingerprint(model)
     features: dict[str, dict[str, np.ndarray]] = {}
     labels: dict[str, np.ndarray] = {}
@@ -413,10 +510,10 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
         split_transform = transform_key or dataset_transform_fingerprint(dataset)
         split_cache = cache if split_transform else FeatureCache(cache.dir, enabled=False)
         keys = {layer.key: FeatureCache.key(weights=weights, layer=layer.key, transform=split_transform, data=data_key,
-                                            image_size=image_size, model_class=type(model).__name__) for layer in layers}
+                                            image_size=image_size, model_class=type(model).__name__) for layer in singles}
         features[split_name] = {}
         missing = []
-        for layer in layers:
+        for layer in singles:
             entry = split_cache.load(keys[layer.key])
             hits[f"{split_name}/{layer.key}"] = entry is not None
             if entry is None:
@@ -432,7 +529,21 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
                 features[split_name][layer.key] = computed[layer.key]
                 split_cache.save(keys[layer.key], computed[layer.key], split_labels,
                            {"layer": layer.name, "split": split_name, "images": len(dataset), "weights": weights})
+        for layer in layers:
+            if layer.is_concat:
+                features[split_name][layer.key] = concat_features(features[split_name], layer)
     return FeatureSet(list(layers), features, labels, hits, forwarded, time.perf_counter() - start)
+
+
+def concat_features(features: dict[str, np.ndarray], layer: FeatureLayer) -> np.ndarray:
+    """``layer``'s (N, C) features from a {single layer key: (N, C)} dict: a concatenation is its parts side by side."""
+    missing = [part.name for part in layer.singles if part.key not in features]
+    if missing:
+        raise TransferError(f"no features for {', '.join(missing)}; compute them (compute_features) before "
+                            f"probing {layer.name}")
+    if not layer.is_concat:
+        return features[layer.key]
+    return np.concatenate([features[part.key] for part in layer.parts], axis=1)
 
 
 def describe_cache_use(feature_set: FeatureSet, cache: FeatureCache) -> str:
@@ -454,7 +565,11 @@ __all__ = [
     "FeatureExtractor",
     "FeatureLayer",
     "FeatureSet",
+    "POOLINGS",
+    "auto_depths",
     "compute_features",
+    "concat_features",
+    "concat_layer",
     "dataset_fingerprint",
     "default_cache_dir",
     "describe_cache_use",

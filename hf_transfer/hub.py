@@ -39,6 +39,7 @@ PROBE_SCORES = {
     "logreg": "softmaxed logistic-regression logits",
     "linear_svm": "softmaxed linear-SVM margins",
     "torch_linear": "softmaxed logits of a linear layer trained on frozen features",
+    "mlp": "softmaxed logits of a one-hidden-layer MLP trained on frozen features",
 }
 
 
@@ -409,10 +410,21 @@ def _probe_section(record: FolderRecord) -> list[str]:
         "",
         f"The backbone is frozen; a `{exported.get('probe', '?')}` classifier was fitted on standardized features from "
         f"`{exported.get('layer', '?')}`" + (f" ({knob} = {exported[knob]} by cross-validation on train)" if knob else "")
-        + f", cross-validated accuracy {_fmt(exported.get('cv_accuracy'))}. The standardization is folded into the "
-        "exported head, so its logits equal scikit-learn's decision function.",
+        + f", cross-validated accuracy {_fmt(exported.get('cv_accuracy'))}. "
+        + ("The exported head is the trained MLP itself, its standardization included."
+           if exported.get("probe") == "mlp" else
+           "The standardization is folded into the exported head, so its logits equal scikit-learn's decision function."),
         "",
     ]
+    recalls = record.results.get("eval_per_class_recall") or {}
+    if recalls:
+        lines += ["Per-class validation recall of the exported probe (macro-F1 "
+                  f"{_fmt(record.results.get('eval_macro_f1'))}):", "", "| class | recall |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in recalls.items()] + [""]
+    better = record.results.get("better_non_exportable")
+    if better:
+        lines += [f"A `{better['probe']}` probe on `{better['layer']}` scored higher by cross-validation "
+                  f"({_fmt(better.get('cv_accuracy'))} accuracy) but cannot be exported as a model.", ""]
     if (record.folder / PROBE_TABLE_FILE).is_file():
         lines += ["Every probe and depth tried (the exported one is chosen by CV score):", "", "```",
                   (record.folder / PROBE_TABLE_FILE).read_text().rstrip(), "```", ""]

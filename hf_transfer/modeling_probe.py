@@ -1,14 +1,20 @@
-"""An exported intermediate-depth linear probe as a `transformers` model: ``model_type = "hf_transfer_probe"``.
+"""An exported probe as a `transformers` model: ``model_type = "hf_transfer_probe"``.
 
-The backbone is kept up to the probed depth group (later groups are dropped from the weights and never run: the
-forward stops at the hooked group output), its output is pooled globally (mean over H×W or over tokens), and a
-linear head with the standardization folded in gives the logits. The head is kept in float64 so that the logits
-reproduce scikit-learn's ``decision_function`` to ~1e-6.
+Features: one depth group's output pooled globally (mean over H×W or over tokens; ``avgmax``: mean and max side by
+side), or several of them and the pooled bottleneck concatenated (``parts``). A depth-only probe keeps the backbone
+up to its deepest part (later groups are dropped from the weights and never run: the forward stops at the last
+hooked output). A probe that reads the pooled bottleneck keeps the whole backbone with its classifier linears
+replaced by the identity (``identity_modules``) and the norms between the pooled feature and them made the identity
+at export, so the backbone's logits *are* its pooled feature.
+
+Head: a linear layer with the standardization folded in, kept in float64 so that the logits reproduce
+scikit-learn's ``decision_function`` to ~1e-6; or `ProbeMLP` (standardization, one hidden layer), the very module
+the MLP probe was trained as.
 
 This file imports nothing from hf_transfer: an export copies it next to the weights and names it in the config's
 ``auto_map``, so the folder loads with ``trust_remote_code=True`` where hf_transfer is not installed. With
-hf_transfer imported, `register()` makes the Auto classes know the type without remote code. Probes on the pooled
-bottleneck are exported as the ordinary backbone class instead and need neither.
+hf_transfer imported, `register()` makes the Auto classes know the type without remote code. Linear probes on the
+pooled bottleneck alone are exported as the ordinary backbone class instead and need neither.
 """
 
 from __future__ import annotations
@@ -21,7 +27,11 @@ PROBE_MODEL_TYPE = "hf_transfer_probe"
 
 
 class HFTransferProbeConfig(PretrainedConfig):
-    """Backbone config + where to cut it + how to pool, and the head size."""
+    """Backbone config + which outputs to read and how to pool them, and the head.
+
+    ``parts``: ``[{"module": name or None (the pooled bottleneck), "depth": int or None, "pooling": "avg"|"avgmax"}]``,
+    concatenated in this order. Folders exported before concatenations existed name one ``output_module``.
+    """
 
     model_type = PROBE_MODEL_TYPE
 
@@ -36,6 +46,11 @@ class HFTransferProbeConfig(PretrainedConfig):
         num_features: int = 1,
         num_logits: int = 2,
         probe: str | None = None,
+        parts: list[dict] | None = None,
+        identity_modules: list[str] | None = None,
+        head: str = "linear",
+        hidden_size: int | None = None,
+        activation: str = "gelu",
         **kwargs,
     ):
         if isinstance(backbone_config, dict):
@@ -51,6 +66,13 @@ class HFTransferProbeConfig(PretrainedConfig):
         self.num_features = num_features
         self.num_logits = num_logits
         self.probe = probe
+        if parts is None and output_module is not None:
+            parts = [{"module": output_module, "depth": depth, "pooling": "avg"}]
+        self.parts = [dict(part) for part in (parts or [])]
+        self.identity_modules = list(identity_modules or [])
+        self.head = head
+        self.hidden_size = hidden_size
+        self.activation = activation
         super().__init__(**kwargs)
 
     def to_dict(self):
@@ -68,19 +90,48 @@ def module_is_nhwc(module: torch.nn.Module, default: bool = False) -> bool:
     return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
 
 
-def global_pool(output, nhwc: bool = False) -> torch.Tensor:
-    """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C)."""
+def global_pool(output, nhwc: bool = False, pooling: str = "avg") -> torch.Tensor:
+    """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C); ``avgmax``: (N, 2C),
+    the mean and the max side by side (a 2-D output is one position: its mean and max are itself)."""
     if isinstance(output, (tuple, list)):
         output = output[0]
     elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):  # a transformers ModelOutput
         output = output.to_tuple()[0]
+    if pooling not in ("avg", "avgmax"):
+        raise ValueError(f"unknown pooling {pooling!r}; use avg or avgmax")
     if output.ndim == 4:
-        return output.mean(dim=(1, 2) if nhwc else (2, 3))
-    if output.ndim == 3:
-        return output.mean(dim=1)
-    if output.ndim == 2:
-        return output
-    raise ValueError(f"cannot pool a layer output of shape {tuple(output.shape)}; choose another depth with --layers")
+        dims = (1, 2) if nhwc else (2, 3)
+    elif output.ndim == 3:
+        dims = (1,)
+    elif output.ndim == 2:
+        return output if pooling == "avg" else torch.cat([output, output], dim=1)
+    else:
+        raise ValueError(f"cannot pool a layer output of shape {tuple(output.shape)}; choose another depth with --layers")
+    mean = output.mean(dim=dims)
+    return mean if pooling == "avg" else torch.cat([mean, output.amax(dim=dims)], dim=1)
+
+
+ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU}
+
+
+class ProbeMLP(torch.nn.Module):
+    """Standardize, one hidden layer, logits: ``fc2(drop(act(fc1((x - mean) / scale))))`` in float32.
+
+    The MLP probe trains as this module and exports as it (dropout is the identity in eval mode).
+    """
+
+    def __init__(self, num_features: int, hidden_size: int, num_logits: int, activation: str = "gelu",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("scale", torch.ones(num_features))
+        self.fc1 = torch.nn.Linear(num_features, hidden_size)
+        self.act = ACTIVATIONS[activation]()
+        self.drop = torch.nn.Dropout(dropout)
+        self.fc2 = torch.nn.Linear(hidden_size, num_logits)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1((features - self.mean) / self.scale))))
 
 
 class _Pruned(torch.nn.Module):
@@ -101,7 +152,7 @@ def _replace_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> N
 
 
 class HFTransferProbeForImageClassification(PreTrainedModel):
-    """Truncated backbone -> global pooling -> folded linear head (float64)."""
+    """Backbone (cut after the deepest part, or with identity classifiers) -> pooled parts side by side -> head."""
 
     config_class = HFTransferProbeConfig
     base_model_prefix = "probe"
@@ -113,34 +164,56 @@ class HFTransferProbeForImageClassification(PreTrainedModel):
         self.backbone = AutoModelForImageClassification.from_config(config.backbone_config)
         for name in config.pruned_modules:
             _replace_module(self.backbone, name, _Pruned())
-        self.classifier = torch.nn.Linear(config.num_features, config.num_logits, dtype=torch.float64)
+        for name in config.identity_modules:
+            _replace_module(self.backbone, name, torch.nn.Identity())
+        if config.head == "mlp":
+            self.classifier = ProbeMLP(config.num_features, config.hidden_size, config.num_logits, config.activation)
+        elif config.head == "linear":
+            self.classifier = torch.nn.Linear(config.num_features, config.num_logits, dtype=torch.float64)
+        else:
+            raise ValueError(f"unknown probe head {config.head!r} (this modeling_probe.py knows linear and mlp)")
         self.post_init()
 
     def _init_weights(self, module):
-        if module is getattr(self, "classifier", None):
+        if module is getattr(self, "classifier", None) and isinstance(module, torch.nn.Linear):
             torch.nn.init.zeros_(module.weight)
             torch.nn.init.zeros_(module.bias)
 
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        captured = {}
+        """The parts' features side by side, (N, num_features), as the probe was fitted on them."""
+        parts = self.config.parts
+        captured: dict[int, torch.Tensor] = {}
+        depth_parts = [i for i, part in enumerate(parts) if part.get("module")]
+        wants_pooled = len(depth_parts) < len(parts)
+        handles = []
+        for module_name in dict.fromkeys(parts[i]["module"] for i in depth_parts):
+            readers = [i for i in depth_parts if parts[i]["module"] == module_name]
 
-        def hook(module, args, output):
-            captured["features"] = global_pool(output, module_is_nhwc(module, self.config.nhwc))
-            raise _StopForward
+            def hook(module, args, output, readers=readers):
+                nhwc = module_is_nhwc(module, self.config.nhwc)
+                for i in readers:
+                    captured[i] = global_pool(output, nhwc, parts[i].get("pooling", "avg"))
+                if not wants_pooled and len(captured) == len(depth_parts):
+                    raise _StopForward  # everything is read: later layers never run
 
-        handle = self.backbone.get_submodule(self.config.output_module).register_forward_hook(hook)
+            handles.append(self.backbone.get_submodule(module_name).register_forward_hook(hook))
         try:
-            self.backbone(pixel_values=pixel_values)
+            output = self.backbone(pixel_values=pixel_values)
+            if wants_pooled:  # the classifiers are the identity: the logits are the pooled feature
+                pooled = (output.logits if hasattr(output, "logits") else output[0]).flatten(1)
+                captured.update({i: pooled for i, part in enumerate(parts) if not part.get("module")})
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        return captured["features"]
+            for handle in handles:
+                handle.remove()
+        return torch.cat([captured[i].float() for i in range(len(parts))], dim=1)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
                 **kwargs):
         features = self.pooled_features(pixel_values)
-        logits = self.classifier(features.to(self.classifier.weight.dtype))
+        head_dtype = next(self.classifier.parameters()).dtype
+        logits = self.classifier(features.to(head_dtype))
         loss = None
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)

@@ -18,7 +18,8 @@ import torch
 from hf_transfer import TransferError, load_backbone
 from hf_transfer.backbones import build_layer_map
 from hf_transfer.features import FeatureExtractor, FeatureLayer, parse_layers
-from hf_transfer.probes import LinearHead, ProbeResult, export_probe, init_head_from_probe
+from hf_transfer.modeling_probe import ProbeMLP
+from hf_transfer.probes import LinearHead, MLPHead, ProbeResult, export_probe, init_head_from_probe
 from hf_transfer.resolution import change_input_size
 
 LABELS = ["a", "b", "c"]
@@ -36,16 +37,25 @@ def _random_probe(features: np.ndarray, layer: FeatureLayer, classes: int = 3, s
     return ProbeResult("logreg", layer, 1.0, 0.0, "C", 1.0, None, linear=head)
 
 
-def _export_and_compare(model, size, tmp_path, layers="pooled"):
+def _random_mlp(features: np.ndarray, layer: FeatureLayer, classes: int = 3, seed: int = 0) -> ProbeResult:
+    torch.manual_seed(seed)
+    module = ProbeMLP(features.shape[1], 16, classes)
+    with torch.no_grad():
+        module.mean.copy_(torch.from_numpy(features.mean(0)))
+        module.scale.copy_(torch.from_numpy(features.std(0) + 1.0))
+    return ProbeResult("mlp", layer, 1.0, 0.0, "weight_decay", 0.1, None, mlp=MLPHead(module, np.arange(classes)))
+
+
+def _export_and_compare(model, size, tmp_path, layers="pooled", pooling="avg", head="linear"):
     """Export a probe of ``layers`` and return (exported logits, the probe's decision function) on the same images."""
     from transformers import AutoModelForImageClassification
 
     model.eval()
     layer_map = build_layer_map(model)
-    layer = parse_layers(layers, layer_map)[0]
+    layer = parse_layers(layers, layer_map, pooling)[0]
     x = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(0))
     features = FeatureExtractor(model, [layer], layer_map)(x)[layer.key].double().numpy()
-    result = _random_probe(features, layer)
+    result = (_random_mlp if head == "mlp" else _random_probe)(features, layer)
     export_probe(model, result, tmp_path, layer_map=layer_map, image_size=size)
     exported = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -57,6 +67,9 @@ def _export_and_compare(model, size, tmp_path, layers="pooled"):
 def test_distilled_timm_export_writes_both_averaged_classifiers(tmp_path):
     model = load_backbone("deit_tiny_distilled_patch16_224", labels=LABELS, pretrained=False, model_args=DEIT)
     logits, expected = _export_and_compare(model, 32, tmp_path)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    # a probe reading the pooled feature beside a depth: both classifiers become the identity, their average pooled
+    logits, expected = _export_and_compare(model, 32, tmp_path / "concat", layers="1+pooled")
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
@@ -102,11 +115,15 @@ def test_norm_before_linear_head_probes_every_depth_and_exports_exactly(tmp_path
         model.timm_model.head.bn.running_var.uniform_(0.5, 2)
     logits, expected = _export_and_compare(model, 64, tmp_path)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+    logits, expected = _export_and_compare(model, 64, tmp_path / "concat", layers="1+pooled")  # head.bn -> identity
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
 def test_levit_norm_heads_twin_classifiers_export_exactly(tmp_path):
     model = load_backbone("levit_128s", labels=LABELS, pretrained=False, model_args=LEVIT)
     logits, expected = _export_and_compare(model, 64, tmp_path)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    logits, expected = _export_and_compare(model, 64, tmp_path / "concat", layers="1+pooled", head="mlp")
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
@@ -231,6 +248,11 @@ def test_earlier_depth_export_loads_where_hf_transfer_cannot_be_imported(tmp_pat
     stub.mkdir()
     (stub / "hf_transfer.py").write_text("raise ImportError('hf_transfer is not installed here')\n")
     np.save(tmp_path / "expected.npy", expected)
+    # An MLP head on depth 2 (avg+max) and the pooled bottleneck side by side: the identity-classifier path
+    mlp_logits, mlp_expected = _export_and_compare(model, 32, tmp_path / "mlp", layers="2+pooled", pooling="avgmax",
+                                                   head="mlp")
+    np.testing.assert_allclose(mlp_logits, mlp_expected, atol=1e-5)
+    np.save(tmp_path / "mlp_expected.npy", mlp_expected)
     script = f"""
 import numpy as np, torch
 try:
@@ -244,6 +266,11 @@ x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     logits = model(pixel_values=x).logits.double().numpy()
 assert abs(logits - np.load({str(tmp_path / 'expected.npy')!r})).max() < 1e-5, "logits differ"
+mlp = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'mlp')!r}, trust_remote_code=True).eval()
+with torch.no_grad():
+    mlp_logits = mlp(pixel_values=x).logits.double().numpy()
+assert abs(mlp_logits - np.load({str(tmp_path / 'mlp_expected.npy')!r})).max() < 1e-5, "mlp logits differ"
+assert type(mlp.classifier).__name__ == "ProbeMLP"
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 image = Image.fromarray((np.arange(40 * 40 * 3) % 251).astype("uint8").reshape(40, 40, 3))

@@ -90,6 +90,32 @@ def test_parse_layers_rejects_bad_input():
         parse_layers("middle", layer_map)
 
 
+def test_parse_layers_concatenations_and_pooling():
+    layer_map = build_layer_map(load_backbone("test_resnet", labels=["a", "b"], pretrained=False))
+    layers = parse_layers("2, pooled, 3+1, pooled+1+3", layer_map)
+    assert [l.spec for l in layers] == ["2", "pooled", "1+3", "1+3+pooled"]  # singles, pooled, then concatenations
+    concat = layers[-1]
+    assert concat.is_concat and not concat.is_pooled and concat.name == "concat 1+3+pooled"
+    assert concat.key == "+".join(p.key for p in concat.parts) and concat.singles == concat.parts
+    assert parse_layers("1+3", layer_map)[0].key == parse_layers("3+1", layer_map)[0].key  # one candidate, any order
+    assert [l.spec for l in parse_layers("2+2,pooled+pooled", layer_map)] == ["2", "pooled"]
+    # auto: depths at 1/4, 1/2, 3/4, pooled, and their concatenation; concat: that concatenation alone
+    auto = parse_layers("auto", layer_map)
+    depths = [l.depth for l in auto if not l.is_pooled and not l.is_concat]
+    assert len(depths) == 3 and auto[3].is_pooled and auto[4].spec == "+".join(map(str, depths)) + "+pooled"
+    assert [l.spec for l in parse_layers("concat", layer_map)] == [auto[4].spec]
+    # avg keeps the key cached entries always had; avgmax is another entry
+    avg, avgmax = parse_layers("1", layer_map)[0], parse_layers("1", layer_map, "avgmax")[0]
+    assert avg.key == f"depth1:{avg.module}" and avgmax.key == avg.key + ":avgmax" and avgmax.pooling == "avgmax"
+    assert parse_layers("pooled", layer_map, "avgmax")[0].key == POOLED  # the bottleneck keeps the model's pooling
+    with pytest.raises(TransferError, match="not understood"):
+        parse_layers("1+middle", layer_map)
+    with pytest.raises(TransferError, match="out of range"):
+        parse_layers("1+9", layer_map)
+    with pytest.raises(TransferError, match="--pooling 'max' is not understood"):
+        parse_layers("1", layer_map, "max")
+
+
 # ------------------------------------------------------------------------------------------------ cache
 @pytest.fixture(scope="module")
 def digits_data():

@@ -187,8 +187,8 @@ def test_cv_scores_and_linear_fits_are_cached_beside_the_features(tmp_path, monk
     cache = FeatureCache(tmp_path)
     layer = FeatureLayer("pooled", None)
     calls, fits = [], []
-    real = sklearn.model_selection.cross_val_score
-    monkeypatch.setattr(sklearn.model_selection, "cross_val_score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sklearn.model_selection.cross_validate
+    monkeypatch.setattr(sklearn.model_selection, "cross_validate", lambda *a, **k: calls.append(1) or real(*a, **k))
     real_estimator = probe_module._estimator
     monkeypatch.setattr(probe_module, "_estimator", lambda *a: fits.append(a[0]) or real_estimator(*a))
     config = ProbeConfig(cv_folds=2)

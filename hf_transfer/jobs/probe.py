@@ -10,8 +10,17 @@ from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
 from ..errors import TransferError
 from ..hub import run_summary, write_model_card
-from ..features import FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
-from ..probes import LINEAR_PROBES, PROBES, ProbeConfig, ProbeResult, export_probe, evaluate_probe, probe_layers, resolve_probes
+from ..features import POOLINGS, FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
+from ..probes import (
+    EXPORTABLE_PROBES,
+    PROBES,
+    ProbeConfig,
+    ProbeResult,
+    evaluate_probe,
+    export_probe,
+    probe_layers,
+    resolve_probes,
+)
 from ..runtime import configure_cpu_threads, say
 from ..saving import mark_default_output_dir, prepare_output_dir, resolve_output_dir, staged_output, write_json
 from ..transforms import build_transform
@@ -22,19 +31,37 @@ from .common import prepare
 class ProbeArguments:
     layers: str = field(
         default="auto",
-        metadata={"help": "Where to read features: pooled (bottleneck), all (every depth group + pooled), auto "
-                          "(depths at 1/4, 1/2, 3/4 + pooled) or depth indices, e.g. '3,7,pooled'."},
+        metadata={"help": "Where to read features, comma-separated candidates: pooled (bottleneck), depth indices, "
+                          "depths joined with + into one concatenated feature (e.g. 3+7+pooled), all (every depth "
+                          "group + pooled), concat (the auto depths + pooled, concatenated), auto (depths at 1/4, 1/2, "
+                          "3/4 + pooled + their concatenation). E.g. '7,pooled,3+7+pooled'."},
+    )
+    pooling: str = field(
+        default="avg",
+        metadata={"help": "Global pooling of depth features: avg, or avgmax (average and max side by side, twice the "
+                          "width). The pooled bottleneck keeps the model's own pooling."},
     )
     probe: str = field(
         default="auto",
         metadata={"help": f"{'|'.join(PROBES)}|all|auto or a comma list. auto: logreg (torch_linear above 50k images), "
-                          "plus rbf_svm and knn for comparison up to 2k images."},
+                          "plus rbf_svm and knn for comparison up to 2k images. mlp: one hidden layer, exportable."},
     )
     cv_folds: int = field(default=3, metadata={"help": "Stratified folds for choosing C / k on the training split."})
+    class_weighting: str = field(
+        default="none",
+        metadata={"help": "none, or balanced: every class weighted by n / (classes * n_class) in the probe's loss "
+                          "(k-NN has no class weights)."},
+    )
+    select_by: str = field(
+        default="accuracy",
+        metadata={"help": "The CV metric that picks each probe's C / k and the exported probe: accuracy or macro_f1 "
+                          "(better for imbalanced classes)."},
+    )
     export: str = field(
         default="auto",
-        metadata={"help": "Which probe becomes the saved model: auto (best linear probe by CV), none, or a linear probe "
-                          f"name ({', '.join(LINEAR_PROBES)}; its best layer). Kernel SVM and k-NN cannot be exported."},
+        metadata={"help": "Which probe becomes the saved model: auto (the best exportable probe by CV), none, or an "
+                          f"exportable probe's name ({', '.join(EXPORTABLE_PROBES)}; its best layer). Kernel SVM and "
+                          "k-NN cannot be exported; auto says when one of them scored better."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/linear_probe-<model>-<dataset>."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a previous run in --output_dir."})
@@ -75,9 +102,14 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     torch.manual_seed(probe_args.seed)
     np.random.seed(probe_args.seed)
     if probe_args.export not in ("auto", "none", *PROBES):
-        raise TransferError(f"--export {probe_args.export!r} is not understood; use auto, none or one of {', '.join(LINEAR_PROBES)}")
-    if probe_args.export in PROBES and probe_args.export not in LINEAR_PROBES:
+        raise TransferError(f"--export {probe_args.export!r} is not understood; use auto, none or one of "
+                            f"{', '.join(EXPORTABLE_PROBES)}")
+    if probe_args.export in PROBES and probe_args.export not in EXPORTABLE_PROBES:
         ProbeResult(probe_args.export, None, 0.0, 0.0, "", 0, None).folded_head()  # the one-line "comparison only" error
+    if probe_args.pooling not in POOLINGS:  # before the data and the backbone load
+        parse_layers("pooled", None, probe_args.pooling)
+    probe_config = ProbeConfig(cv_folds=probe_args.cv_folds, seed=probe_args.seed,
+                               class_weight=probe_args.class_weighting, select_by=probe_args.select_by)
     resolve_output_dir(probe_args, "linear_probe", model_args, data_args)
     prepare_output_dir(probe_args.output_dir, overwrite=probe_args.overwrite_output_dir, resumable=False)
     # Features always use the eval transform: augmentation would make cached features depend on chance.
@@ -85,7 +117,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     data, model, splits, image_size = prepare(model_args, data_args, probe_args, "linear_probe")
     adapter = adapter_for(model)
     layer_map = adapter.layer_map()
-    layers = parse_layers(probe_args.layers, layer_map)
+    layers = parse_layers(probe_args.layers, layer_map, probe_args.pooling)
     probes = resolve_probes(probe_args.probe, len(splits["train"]))
     say(f"{model_args.model_name_or_path} on {data.source}: {len(splits['train'])} train / {len(splits['validation'])} "
         f"validation images, {len(data.labels)} classes, {image_size} px; layers: {', '.join(l.name for l in layers)}; "
@@ -101,22 +133,32 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     say(describe_cache_use(feature_set, cache) + f" [{feature_set.seconds:.1f}s]")
 
     probe_start = time.perf_counter()
-    report = probe_layers(feature_set, probes, ProbeConfig(cv_folds=probe_args.cv_folds, seed=probe_args.seed),
-                          eval_split="validation", log=say, score_cache=cache if cache.enabled else None)
+    report = probe_layers(feature_set, probes, probe_config, eval_split="validation", log=say,
+                          score_cache=cache if cache.enabled else None, label_names=data.labels)
     probe_seconds = time.perf_counter() - probe_start
-    say("per-depth results (C / k chosen by cross-validation on train):\n" + report.table())
+    say(f"per-layer results (C / k chosen by cross-validated {probe_config.select_by} on train):\n" + report.table())
     best = report.best()
     chosen = _choose_export(report, probe_args.export)
     if chosen is not None and not chosen.exportable:
         chosen.folded_head()  # raises the one-line "evaluation only" error
     if "test" in splits and chosen is not None:
-        evaluate_probe(chosen, feature_set.features["test"][chosen.layer.key], feature_set.labels["test"], prefix="test")
+        evaluate_probe(chosen, feature_set.features["test"][chosen.layer.key], feature_set.labels["test"], prefix="test",
+                       label_names=data.labels)
+    shown = chosen or best
+    recall_text = report.recall_table(shown) if shown is not None else ""
+    if recall_text:
+        say(recall_text)
+    better = report.better_non_exportable()
 
     results = {
         **report.as_dict(),
         "exported": chosen.summary() if chosen else None,
         "eval_accuracy": (chosen or best).eval_metrics.get("validation_accuracy"),
         "eval_macro_f1": (chosen or best).eval_metrics.get("validation_macro_f1"),
+        "eval_per_class_recall": (chosen or best).per_class_recall.get("validation"),
+        "test_per_class_recall": chosen.per_class_recall.get("test") if chosen else None,
+        "pooling": probe_args.pooling,
+        "class_weighting": probe_args.class_weighting,
         "features_from_cache": feature_set.all_cached,
         "feature_cache_hits": feature_set.from_cache,
         "backbone_forward_images": feature_set.forward_images,
@@ -129,8 +171,9 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
             export_probe(model, chosen, staging, layer_map=layer_map, image_size=image_size)
         if len({r.layer.key for r in report.results}) > 1:
             report.plot(staging / "probe_accuracy_per_depth.png",
-                        title=f"{model_args.model_name_or_path} on {data.source}: probe accuracy per depth")
-        (staging / "probe_table.txt").write_text(report.table() + "\n")
+                        title=f"{model_args.model_name_or_path} on {data.source}: probe accuracy per depth",
+                        highlight=shown)
+        (staging / "probe_table.txt").write_text(report.table() + "\n" + (f"\n{recall_text}\n" if recall_text else ""))
         data.write_bad_images(staging)
         results["skipped_bad_images"] = len(data.bad_images)
         results["total_seconds"] = round(time.perf_counter() - start, 2)
@@ -138,12 +181,20 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     if chosen is not None:
         write_model_card(probe_args.output_dir)  # hub.py: README.md, read back from the finished folder
     if chosen is not None:
-        note = "" if chosen.layer.is_pooled else " (an hf_transfer_probe model: load it with trust_remote_code=True)"
+        plain = chosen.layer.is_pooled and chosen.linear is not None
+        note = "" if plain else " (an hf_transfer_probe model: load it with trust_remote_code=True)"
         say(f"exported {chosen.probe} on {chosen.layer.name}: validation accuracy "
             f"{chosen.eval_metrics.get('validation_accuracy', float('nan')):.4f}, macro-F1 "
             f"{chosen.eval_metrics.get('validation_macro_f1', float('nan')):.4f} -> {probe_args.output_dir}{note}")
-    if best is not None and best is not chosen:
-        say(f"best by CV overall: {best.probe} on {best.layer.name} (cv {best.cv_score:.4f}; "
+    metric = probe_config.select_by.replace("_", "-")
+    if better is not None and chosen is not None:
+        say(f"note: {better.probe} on {better.layer.name} scored better by CV ({metric} {better.cv_score:.4f} vs "
+            f"{chosen.cv_score:.4f} for the exported {chosen.probe} on {chosen.layer.name}) but cannot be exported"
+            + ("" if any(r.probe == "mlp" for r in report.results) else "; --probe mlp adds an exportable nonlinear probe"))
+    elif chosen is None and probe_args.export == "auto":
+        say(f"nothing exported: no exportable probe was run ({', '.join(EXPORTABLE_PROBES)}); add one to --probe")
+    elif best is not None and best is not chosen:
+        say(f"best by CV overall: {best.probe} on {best.layer.name} (cv {metric} {best.cv_score:.4f}; "
             f"{'not exportable, ' if not best.exportable else ''}validation {best.eval_metrics.get('validation_accuracy', float('nan')):.4f})")
     say(f"done in {results['total_seconds']:.1f}s")
     return results

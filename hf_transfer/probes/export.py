@@ -1,15 +1,18 @@
-"""Export a linear probe as a model folder, and hand an exported probe's head to fine-tuning (LP-FT).
+"""Export a probe as a model folder, and hand an exported probe's head to fine-tuning (LP-FT).
 
-Pooled bottleneck: the backbone's own class, with the probe written into its head by the backbone adapter (every
-classifier of twin heads, norms between the pooled feature and the linear made the identity), so the model's
-logits are the probe's. Earlier depth: an ``hf_transfer_probe`` model (`modeling_probe.py`, written beside the
-weights so the folder loads with ``trust_remote_code=True`` where hf_transfer is not installed).
+Linear probe of the pooled bottleneck: the backbone's own class, with the probe written into its head by the
+backbone adapter (every classifier of twin heads, norms between the pooled feature and the linear made the
+identity), so the model's logits are the probe's. Anything else (an earlier depth, a concatenation of depths, an
+MLP head): an ``hf_transfer_probe`` model (`modeling_probe.py`, written beside the weights so the folder loads with
+``trust_remote_code=True`` where hf_transfer is not installed). Every export is checked before it is written: on a
+random input its logits must equal the in-memory probe's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..backbones import adapter_for
@@ -17,59 +20,111 @@ from ..errors import TransferError
 from ..layers import LayerMap
 from .estimators import ProbeResult
 
+
 def _later_modules(layer_map: LayerMap, depth: int) -> list[str]:
     return [m for g in layer_map.groups if g.index > depth for m in g.module_names]
 
 
+def _probe_outputs(result: ProbeResult) -> int:
+    if result.mlp is not None:
+        return int(result.mlp.module.fc2.out_features)
+    return int(result.folded_head()[0].shape[0])
+
+
 def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: LayerMap | None = None,
                  image_size: int | None = None):
-    """Write ``result`` (a linear probe) as a model folder that `from_pretrained` and `pipeline()` load.
+    """Write ``result`` (a linear or MLP probe) as a model folder that `from_pretrained` and `pipeline()` load.
 
-    Pooled bottleneck: the backbone's own class with the folded probe written into its head (loads without
-    hf_transfer). Earlier depth: an ``hf_transfer_probe`` model, the backbone cut after that depth, with its code
-    beside the weights (``trust_remote_code=True``, or ``import hf_transfer``). ``model`` is left unchanged.
-    Returns the exported model.
+    Linear probe of the pooled bottleneck: the backbone's own class with the folded probe written into its head
+    (loads without hf_transfer). Otherwise an ``hf_transfer_probe`` model with its code beside the weights
+    (``trust_remote_code=True``, or ``import hf_transfer``): the backbone cut after the deepest depth it reads, or
+    whole with identity classifiers when it reads the pooled bottleneck; the parts pooled and concatenated; the
+    folded linear head or the MLP. ``model`` is left unchanged. Returns the exported model.
     """
     import copy
 
     from ..saving import save_model_folder
 
+    if not result.exportable:
+        result.folded_head()  # the one-line "comparison only" error
     adapter = adapter_for(model)
-    weight, bias = (torch.from_numpy(a) for a in result.folded_head())
     layer_map = layer_map or adapter.layer_map()
     labels = model.config.id2label
-    if weight.shape[0] != len(labels):
-        raise TransferError(f"the probe has {weight.shape[0]} outputs but the model has {len(labels)} labels; "
+    outputs = _probe_outputs(result)
+    if outputs != len(labels):
+        raise TransferError(f"the probe has {outputs} outputs but the model has {len(labels)} labels; "
                             "load the backbone with the dataset's labels")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if result.layer.is_pooled:
+    size = int(image_size or adapter.data_config()["input_size"][-1])
+    if result.layer.is_pooled and result.linear is not None:
+        weight, bias = (torch.from_numpy(a) for a in result.folded_head())
         exported = copy.deepcopy(model).to(memory_format=torch.contiguous_format).float()
         exported_adapter = adapter.bind_copy(exported)
         exported_adapter.write_linear_head(weight, bias)
         exported.config.hf_transfer_probe = {"probe": result.probe, "layer": "pooled", result.param_name: result.param_value}
         exported.eval()
+        _check_logits(model, exported, result, layer_map, size)
         save_model_folder(exported, folder, image_size=image_size)
         if not (folder / "preprocessor_config.json").exists() and not exported_adapter.config_preprocessing():
             _write_processor(exported_adapter, folder, image_size)
         return exported
 
+    exported = _probe_model(model, adapter, result, layer_map)
+    _check_logits(model, exported, result, layer_map, size)
     import shutil
 
     from .. import modeling_probe
 
-    depth = result.layer.depth
-    pruned = _later_modules(layer_map, depth)  # never run: the forward stops at the probed depth
+    exported.save_pretrained(folder, safe_serialization=True)
+    shutil.copyfile(modeling_probe.__file__, folder / "modeling_probe.py")
+    _write_processor(adapter, folder, image_size)
+    return exported
+
+
+def _probe_model(model, adapter, result: ProbeResult, layer_map: LayerMap):
+    """The ``hf_transfer_probe`` model of ``result``: backbone weights, parts, head."""
+    import copy
+
+    from .. import modeling_probe
+
+    parts = result.layer.singles
+    depths = [p.depth for p in parts if not p.is_pooled]
+    source, identity, pruned = model, [], []
+    if any(p.is_pooled for p in parts):
+        # The whole backbone runs; its classifier linears become the identity and the norms between the pooled
+        # feature and them are made the identity by the adapter (as for a pooled export): its logits are the pooled
+        # feature. A head the adapter cannot neutralize is refused here, in one line.
+        source = copy.deepcopy(model).to(memory_format=torch.contiguous_format).float()
+        source_adapter = adapter.bind_copy(source)
+        linears = source_adapter.classifier_linears()
+        source_adapter.write_linear_head(torch.zeros(linears[0][1].out_features, linears[0][1].in_features),
+                                         torch.zeros(linears[0][1].out_features))
+        identity = [name for name, _ in linears]
+    else:
+        pruned = _later_modules(layer_map, max(depths))  # never run: the forward stops at the deepest part
+    if result.mlp is not None:
+        num_features, head = result.mlp.module.fc1.in_features, {"head": "mlp", "hidden_size": result.mlp.hidden_size,
+                                                                  "activation": result.mlp.activation}
+    else:
+        weight, bias = (torch.from_numpy(a) for a in result.folded_head())
+        num_features, head = int(weight.shape[1]), {"head": "linear"}
+    deepest = max((p for p in parts if not p.is_pooled), key=lambda p: p.depth, default=None)
+    labels = model.config.id2label
     config = modeling_probe.HFTransferProbeConfig(
         backbone_config=model.config.to_dict(),
-        output_module=result.layer.module,
-        depth=depth,
+        output_module=deepest.module if deepest else None,
+        depth=deepest.depth if deepest else None,
         depth_name=result.layer.name,
         pruned_modules=pruned,
         nhwc=adapter.nhwc_default,
-        num_features=int(weight.shape[1]),
-        num_logits=int(weight.shape[0]),
+        num_features=int(num_features),
+        num_logits=len(labels),
         probe=result.probe,
+        parts=[{"module": p.module, "depth": p.depth, "pooling": "model" if p.is_pooled else p.pooling} for p in parts],
+        identity_modules=identity,
+        layers=result.layer.spec,
+        **head,
         # The model's code travels with it: loadable with trust_remote_code=True where hf_transfer is not installed.
         auto_map={"AutoConfig": "modeling_probe.HFTransferProbeConfig",
                   "AutoModelForImageClassification": "modeling_probe.HFTransferProbeForImageClassification"},
@@ -79,16 +134,44 @@ def export_probe(model, result: ProbeResult, folder: str | Path, *, layer_map: L
         label2id={v: int(k) for k, v in labels.items()},
     )
     exported = modeling_probe.HFTransferProbeForImageClassification(config)
-    kept = {k: v for k, v in model.state_dict().items() if not any(k.startswith(m + ".") for m in pruned)}
+    dropped = tuple(m + "." for m in pruned + identity)
+    kept = {k: v for k, v in source.state_dict().items() if not k.startswith(dropped)}
     exported.backbone.load_state_dict({k: v.contiguous() for k, v in kept.items()}, strict=True)
     with torch.no_grad():
-        exported.classifier.weight.copy_(weight)
-        exported.classifier.bias.copy_(bias)
-    exported.eval()
-    exported.save_pretrained(folder, safe_serialization=True)
-    shutil.copyfile(modeling_probe.__file__, folder / "modeling_probe.py")
-    _write_processor(adapter, folder, image_size)
-    return exported
+        if result.mlp is not None:
+            exported.classifier.load_state_dict(result.mlp.module.state_dict())
+        else:
+            exported.classifier.weight.copy_(weight)
+            exported.classifier.bias.copy_(bias)
+    return exported.eval()
+
+
+def _check_logits(model, exported, result: ProbeResult, layer_map: LayerMap, size: int) -> None:
+    """Refuse an export whose logits on a random input differ from the in-memory probe's (never a silently wrong
+    model: a backbone whose head or layout the export misreads is caught here, before anything is written)."""
+    from ..features import FeatureExtractor
+
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def on_device_of(module):
+        return pixels.to(next(module.parameters()).device)
+
+    was_training = model.training
+    try:
+        features = FeatureExtractor(model.eval(), [result.layer], layer_map)(on_device_of(model))[result.layer.key].cpu()
+    finally:
+        model.train(was_training)
+    expected = np.asarray(result.decision_function(features.double().numpy() if result.mlp is None else features.numpy()))
+    if expected.ndim == 1:  # a binary linear probe: logits [0, d]
+        expected = np.stack([np.zeros_like(expected), expected], 1)
+    with torch.inference_mode():
+        logits = exported(pixel_values=on_device_of(exported)).logits.double().cpu().numpy()
+    scale = max(1.0, float(np.abs(expected).max()))
+    error = float(np.abs(logits - expected).max()) / scale
+    if not np.isfinite(error) or error > 1e-3:
+        raise TransferError(f"the exported {result.probe} probe on {result.layer.name} does not reproduce the probe "
+                            f"(logits differ by {error:.2g} of their scale on a test input); nothing was written. "
+                            "Export a probe of another layer, or report this backbone")
 
 
 def _write_processor(adapter, folder: Path, image_size: int | None) -> None:
@@ -121,10 +204,12 @@ def init_head_from_probe(model, probe_dir: str | Path):
     if not config_file.is_file() or not weights_file.is_file():
         raise TransferError(f"{str(probe_dir)!r} is not an exported probe (no config.json/model.safetensors); "
                             "pass the output folder of recipes/linear_probe.py")
-    if json.loads(config_file.read_text()).get("model_type") == "hf_transfer_probe":
-        depth = json.loads(config_file.read_text()).get("depth")
-        raise TransferError(f"the probe in {str(probe_dir)!r} reads depth {depth}, not the pooled bottleneck; "
-                            "LP-FT needs a probe exported with --layers pooled")
+    probe_config = json.loads(config_file.read_text())
+    if probe_config.get("model_type") == "hf_transfer_probe":
+        what = (f"an {probe_config.get('head', 'linear')} probe of "
+                f"{probe_config.get('depth_name') or 'depth ' + str(probe_config.get('depth'))}")
+        raise TransferError(f"the probe in {str(probe_dir)!r} is {what}, not a linear probe of the pooled bottleneck; "
+                            "LP-FT needs a probe exported with --layers pooled and a linear --probe")
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(probe_dir)  # label storage differs per model type (timm: label_names)
