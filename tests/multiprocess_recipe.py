@@ -24,18 +24,21 @@ RANK = int(os.environ.get("RANK", "0"))
 seen: dict = {"metric_samples": []}
 
 
-def weights(model, prefix: str) -> dict:
-    return {f"{prefix}/{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+def weights(trainer, prefix: str, gather: bool = False) -> dict:
+    # ZeRO-3 and FSDP hold shards: gather them as the save does (every process calls it; the first gets them all)
+    engine_held = gather and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if engine_held else trainer.model.state_dict()
+    return {f"{prefix}/{k}": v.detach().cpu().clone().contiguous() for k, v in (state or {}).items()}
 
 
 train = trainer_module.TransferTrainer.train
 
 
 def recording_train(self, *args, **kwargs):
-    initial = weights(self.model, "initial")
+    initial = weights(self, "initial")
     result = train(self, *args, **kwargs)
     trainable = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
-    save_file({**initial, **weights(self.model, "final")}, RECORD / f"rank{RANK}.safetensors",
+    save_file({**initial, **weights(self, "final", gather=True)}, RECORD / f"rank{RANK}.safetensors",
               metadata={"trainable": ",".join(trainable)})
     seen["processes"] = self.accelerator.num_processes
     seen["groups"] = [{"name": g["name"], "lr": g["initial_lr"], "weight_decay": g.get("held_weight_decay", g["weight_decay"]),
