@@ -37,9 +37,9 @@ ENGINES = {
 }
 
 DDP_TEST = "tests/test_multiprocess.py::test_two_process_finetune_recipe"
-FSDP_TEST = "tests/test_engines.py::test_plan_through_torch_fsdp"
-ZERO_TEST = "tests/test_engines.py::test_zero_filled_gradients_leave_pending_groups_untouched"
-NO_DEEPSPEED = "not run: no GPU or deepspeed here"
+FSDP_TEST = "tests/test_engines.py::test_plan_through_torch_fsdp (torch FSDP on CPU, one process)"
+ZERO_TEST = "tests/test_engines.py::test_zero_filled_gradients_leave_pending_groups_untouched (ZeRO's zero gradients emulated)"
+NO_DEEPSPEED = "not run here (no GPU, no deepspeed): bench/gpu_check.sh checks it"
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,16 @@ SUPPORT: dict[tuple[str, str], Support] = {
     ("ddp", "layer_rates"): Support(True, "the plan's parameter groups", DDP_TEST),
     ("zero1_2", "freeze"): Support(True, "frozen before `deepspeed.initialize`: outside the ZeRO optimizer", NO_DEEPSPEED),
     ("zero1_2", "unfreeze"): Support(True, "ZeRO fills missing gradients with zeros: a pending group's weight decay is held "
-                                           "at 0 until its epoch, then its optimizer state starts afresh", ZERO_TEST + " (emulated)"),
+                                           "at 0 until its epoch, then its optimizer state starts afresh", ZERO_TEST),
     ("zero1_2", "bn_policy"): Support(True, "forward pre-hook, as one process", NO_DEEPSPEED),
     ("zero1_2", "layer_rates"): Support(True, "the plan's groups go to DeepSpeed as a client optimizer (no `optimizer` / "
-                                              "`scheduler` section allowed)", "tests/test_engines.py::test_deepspeed_config_checks"),
+                                              "`scheduler` section allowed)", "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"),
     ("zero3", "freeze"): Support(True, "frozen before `deepspeed.initialize`", NO_DEEPSPEED),
     ("zero3", "unfreeze"): Support(False, "ZeRO-3 partitions the trainable parameters once, when it starts, and cannot "
                                           "add the ones that unfreeze later; use recipes/accelerate/deepspeed_zero2.yaml or "
                                           "multi_gpu.yaml, or a fixed --freeze"),
     ("zero3", "bn_policy"): Support(True, "forward pre-hook; BatchNorm buffers are not partitioned", NO_DEEPSPEED),
-    ("zero3", "layer_rates"): Support(True, "as ZeRO-1/2", "tests/test_engines.py::test_deepspeed_config_checks"),
+    ("zero3", "layer_rates"): Support(True, "as ZeRO-1/2", "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"),
     ("fsdp1", "freeze"): Support(True, "per original parameter (`use_orig_params`); wrapper prefixes stripped", FSDP_TEST),
     ("fsdp1", "unfreeze"): Support(True, "FSDP drops the gradient of an original parameter with requires_grad=False", FSDP_TEST),
     ("fsdp1", "bn_policy"): Support(True, "forward pre-hook on the wrapped model", FSDP_TEST),
@@ -284,8 +284,9 @@ def support_table() -> str:
         for feature in FEATURES:
             support = SUPPORT[(key, feature)]
             if support.works:
-                evidence = f"`{support.evidence}`" if support.evidence.startswith("tests/") else support.evidence
-                cells.append(f"works: {support.how} ({evidence})")
+                test, _, note = support.evidence.partition(" (")
+                evidence = f"`{test}`" + (f" ({note}" if note else "") if test.startswith("tests/") else support.evidence
+                cells.append(f"works: {support.how}; {evidence}")
             else:
                 cells.append(f"**refused**: `{support.how.split(';')[0]}`")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
