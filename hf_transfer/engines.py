@@ -36,9 +36,12 @@ ENGINES = {
     "fsdp2": "FSDP v2 (`fully_shard`)",
 }
 
+PLAN_TESTS = "tests/test_plan.py::"
 DDP_TEST = "tests/test_multiprocess.py::test_two_process_finetune_recipe"
 FSDP_TEST = "tests/test_engines.py::test_plan_through_torch_fsdp (torch FSDP on CPU, one process)"
-ZERO_TEST = "tests/test_engines.py::test_zero_filled_gradients_leave_pending_groups_untouched (ZeRO's zero gradients emulated)"
+ZERO_TEST = ("tests/test_engines.py::test_zero_filled_gradients_leave_pending_groups_untouched "
+             "(ZeRO's zero gradients emulated)")
+DEEPSPEED_CONFIG_TEST = "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"
 NO_DEEPSPEED = "not run here (no GPU, no deepspeed): bench/gpu_check.sh checks it"
 
 
@@ -52,10 +55,13 @@ class Support:
 
 
 SUPPORT: dict[tuple[str, str], Support] = {
-    ("single", "freeze"): Support(True, "requires_grad=False, not in the optimizer", "tests/test_plan.py::test_exact_trainable_set_for_each_freeze_rule"),
-    ("single", "unfreeze"): Support(True, "requires_grad per phase; fixed optimizer groups", "tests/test_plan.py::test_resume_in_the_middle_of_gradual_unfreezing"),
-    ("single", "bn_policy"): Support(True, "forward pre-hook keeps chosen BatchNorm in eval", "tests/test_plan.py::test_frozen_batchnorm_statistics_are_bit_identical"),
-    ("single", "layer_rates"): Support(True, "the plan's parameter groups", "tests/test_plan.py::test_group_lrs_follow_the_formula"),
+    ("single", "freeze"): Support(True, "requires_grad=False, not in the optimizer",
+                                  PLAN_TESTS + "test_exact_trainable_set_for_each_freeze_rule"),
+    ("single", "unfreeze"): Support(True, "requires_grad per phase; fixed optimizer groups",
+                                    PLAN_TESTS + "test_resume_in_the_middle_of_gradual_unfreezing"),
+    ("single", "bn_policy"): Support(True, "forward pre-hook keeps chosen BatchNorm in eval",
+                                     PLAN_TESTS + "test_frozen_batchnorm_statistics_are_bit_identical"),
+    ("single", "layer_rates"): Support(True, "the plan's parameter groups", PLAN_TESTS + "test_group_lrs_follow_the_formula"),
     ("ddp", "freeze"): Support(True, "frozen before DDP wraps the model", DDP_TEST),
     ("ddp", "unfreeze"): Support(True, "everything that ever trains is in DDP; phases applied after wrapping", DDP_TEST),
     ("ddp", "bn_policy"): Support(True, "as one process; buffers end as rank 0's", DDP_TEST),
@@ -65,19 +71,21 @@ SUPPORT: dict[tuple[str, str], Support] = {
                                            "at 0 until its epoch, then its optimizer state starts afresh", ZERO_TEST),
     ("zero1_2", "bn_policy"): Support(True, "forward pre-hook, as one process", NO_DEEPSPEED),
     ("zero1_2", "layer_rates"): Support(True, "the plan's groups go to DeepSpeed as a client optimizer (no `optimizer` / "
-                                              "`scheduler` section allowed)", "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"),
+                                              "`scheduler` section allowed)", DEEPSPEED_CONFIG_TEST),
     ("zero3", "freeze"): Support(True, "frozen before `deepspeed.initialize`", NO_DEEPSPEED),
     ("zero3", "unfreeze"): Support(False, "ZeRO-3 partitions the trainable parameters once, when it starts, and cannot "
                                           "add the ones that unfreeze later; use recipes/accelerate/deepspeed_zero2.yaml or "
                                           "multi_gpu.yaml, or a fixed --freeze"),
     ("zero3", "bn_policy"): Support(True, "forward pre-hook; BatchNorm buffers are not partitioned", NO_DEEPSPEED),
-    ("zero3", "layer_rates"): Support(True, "as ZeRO-1/2", "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"),
+    ("zero3", "layer_rates"): Support(True, "as ZeRO-1/2", DEEPSPEED_CONFIG_TEST),
     ("fsdp1", "freeze"): Support(True, "per original parameter (`use_orig_params`); wrapper prefixes stripped", FSDP_TEST),
-    ("fsdp1", "unfreeze"): Support(True, "FSDP drops the gradient of an original parameter with requires_grad=False", FSDP_TEST),
+    ("fsdp1", "unfreeze"): Support(True, "FSDP drops the gradient of an original parameter with requires_grad=False",
+                                   FSDP_TEST),
     ("fsdp1", "bn_policy"): Support(True, "forward pre-hook on the wrapped model", FSDP_TEST),
     ("fsdp1", "layer_rates"): Support(True, "groups over the original parameters", FSDP_TEST),
     ("fsdp2", "freeze"): Support(True, "per parameter (DTensor shards keep their names)", FSDP_TEST),
-    ("fsdp2", "unfreeze"): Support(True, "fully_shard copies requires_grad to the gathered parameter at every unshard", FSDP_TEST),
+    ("fsdp2", "unfreeze"): Support(True, "fully_shard copies requires_grad to the gathered parameter at every unshard",
+                                   FSDP_TEST),
     ("fsdp2", "bn_policy"): Support(True, "forward pre-hook", FSDP_TEST),
     ("fsdp2", "layer_rates"): Support(True, "groups over the sharded parameters", FSDP_TEST),
 }
@@ -130,11 +138,6 @@ class Engine:
         if self.kind == "fsdp":
             return f"fsdp{self.fsdp_version or 1}"
         return self.kind
-
-    @property
-    def sharded(self) -> bool:
-        """Whether the weights must be gathered from the engine to be saved (or are kept in another dtype by it)."""
-        return self.kind in ("deepspeed", "fsdp")
 
     def describe(self) -> str:
         name = {"single": "one process", "ddp": "DDP", "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}",

@@ -157,9 +157,7 @@ def trained_weights(trainer):
     and DDP: ``(model, None)``, the model's own weights as they are.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
-    engine = getattr(trainer, "engine", None)
-    if not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
-            or (engine is not None and engine.sharded)):
+    if not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)):
         return model, None
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if state_dict:  # the main process: frozen weights exactly as they were, not DeepSpeed's 16-bit copies
