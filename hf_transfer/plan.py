@@ -341,7 +341,7 @@ class TransferPlan:
     def apply_freeze(self, model: torch.nn.Module, epoch: int | None) -> set[str]:
         """requires_grad for the phase at ``epoch``; ``None`` means 'every parameter that ever trains' (for DDP wrap)."""
         trainable = self.ever_trained if epoch is None else self.trainable_at(epoch)
-        for n, p in model.named_parameters():
+        for n, p in plan_named_parameters(model):
             p.requires_grad_(n in trainable)
         return trainable
 
@@ -351,7 +351,7 @@ class TransferPlan:
             return []
         trainable = self.trainable_at(epoch)
         chosen = []
-        for name, module in model.named_modules():
+        for name, module in plan_named_modules(model):
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 params = [f"{name}.{p}" for p, _ in module.named_parameters()]
                 if self.config.bn_policy == "eval" or (params and not any(p in trainable for p in params)):
@@ -361,16 +361,18 @@ class TransferPlan:
     def frozen_batchnorm_names(self, model: torch.nn.Module) -> list[str]:
         """BatchNorm modules whose statistics never update in this run."""
         keep = {id(m) for m in self.frozen_batchnorm(model, max(self.change_epochs(), default=0))}
-        return [n for n, m in model.named_modules() if id(m) in keep]
+        return [n for n, m in plan_named_modules(model) if id(m) in keep]
 
     def optimizer_groups(self, model: torch.nn.Module) -> list[dict]:
         """Parameter groups for torch optimizers: every parameter that trains at some point, frozen ones never."""
-        params = dict(model.named_parameters())
+        params = dict(plan_named_parameters(model))
         missing = [n for g in self.groups for n in g.params if n not in params]
         if missing:
             raise TransferError(f"the plan does not fit this model (no parameter {missing[0]!r}); build the plan from the model you train")
+        # trains_from_epoch: the trainer holds a group's weight decay until then (engines that zero-fill gradients)
         return [
-            {"params": [params[n] for n in g.params], "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
+            {"params": [params[n] for n in g.params], "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name,
+             "trains_from_epoch": g.trains_from_epoch}
             for g in self.groups if not g.frozen
         ]
 
@@ -441,6 +443,27 @@ class TransferPlan:
         if not diffs and mine["groups"] != theirs["groups"]:
             diffs.append("parameter groups differ (another model or layer map)")
         return diffs
+
+
+# Modules that wrap a model for an engine put their own name into every parameter path: FSDP v1
+# (`_fsdp_wrapped_module.`), activation checkpointing (`_checkpoint_wrapped_module.`), torch.compile (`_orig_mod.`).
+WRAPPER_NAME_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
+
+def plan_name(name: str) -> str:
+    """A parameter or module path as the plan knows it: without the parts engine wrappers insert."""
+    if not any(part in name for part in WRAPPER_NAME_PARTS):
+        return name
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAME_PARTS)
+
+
+def plan_named_parameters(model: torch.nn.Module):
+    """``model.named_parameters()`` under the plan's names, for a bare model or one an engine wrapped (FSDP v1)."""
+    return ((plan_name(n), p) for n, p in model.named_parameters())
+
+
+def plan_named_modules(model: torch.nn.Module):
+    return ((plan_name(n), m) for n, m in model.named_modules())
 
 
 def _start_epochs(config: TransferConfig, layer_map: LayerMap, frozen: set[str], new: set[str]) -> dict[str, int | None]:

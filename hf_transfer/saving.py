@@ -124,18 +124,60 @@ def staged_output(output_dir: str | os.PathLike, last: tuple[str, ...] = (COMPLE
 TIMM_WRAPPER_PREFIX = "timm_model."
 
 
-def save_model_folder(model, folder: str | os.PathLike, image_size: int | None = None, timm_layout: bool = False) -> None:
+def save_model_folder(model, folder: str | os.PathLike, image_size: int | None = None, timm_layout: bool = False,
+                      state_dict: dict | None = None) -> None:
     """`save_pretrained` (safetensors) plus the image processor, so `pipeline(model=folder)` works offline.
 
     ``timm_layout``: a TimmWrapper model's weights are written under timm's own names (no ``timm_model.`` prefix),
     as timm Hub checkpoints are, so ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads the folder too;
     transformers adds the prefix back on load. (A wrapper built in memory, not by from_pretrained, would otherwise
-    keep the prefix.)
+    keep the prefix.) ``state_dict``: the weights to write instead of the model's own (gathered from an engine that
+    shards them, see `trained_weights`).
     """
     from .backbones import adapter_for
 
-    state_dict = adapter_for(model).native_state_dict() if timm_layout else None
-    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+    if timm_layout:
+        state_dict = adapter_for(model).native_state_dict(state_dict)
+    saved_dtype = next((t.dtype for t in (state_dict or {}).values() if t.is_floating_point()), None)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)  # (it may empty state_dict)
+    if saved_dtype is not None and saved_dtype != model.dtype:
+        _record_weights_dtype(folder, saved_dtype)
     processor = image_processor_for(model, image_size)
     if processor is not None:
         processor.save_pretrained(folder)
+
+
+def trained_weights(trainer):
+    """The trained model (unwrapped) and its full weights, on every process, for `save_model_folder`.
+
+    Under DeepSpeed ZeRO-3 and FSDP each process holds a shard: ``trainer.model`` would save partitioned (empty)
+    weights, so the weights are gathered with accelerate, as `Trainer.save_model` does (a collective call: every
+    process must make it; the main process gets them all). DeepSpeed keeps 16-bit copies under bf16/fp16: they go
+    back to the dtype the model had before training, and what the plan never trains gets its exact values back (a
+    16-bit copy would round frozen pretrained weights), so the folder is the same whatever the engine. One process
+    and DDP: ``(model, None)``, the model's own weights as they are.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)):
+        return model, None
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if state_dict:  # the main process: frozen weights exactly as they were, not DeepSpeed's 16-bit copies
+        state_dict.update({k: v for k, v in getattr(trainer, "untrained_weights", {}).items() if k in state_dict})
+    return model, with_dtype(state_dict, getattr(trainer, "weights_dtype", None))
+
+
+def with_dtype(state_dict: dict | None, dtype) -> dict | None:
+    """Floating-point tensors in ``dtype`` (None: unchanged), on the CPU, contiguous (safetensors needs that)."""
+    if state_dict is None:
+        return None
+    return {name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
+            for name, t in state_dict.items()}
+
+
+def _record_weights_dtype(folder, dtype) -> None:
+    """save_pretrained writes the in-memory model's dtype into config.json (DeepSpeed: 16-bit), and transformers
+    loads in that dtype: write the dtype of the weights actually saved."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

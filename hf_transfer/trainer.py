@@ -34,7 +34,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .errors import TransferError
-from .plan import PLAN_FILE, TransferConfig, TransferPlan, default_learning_rate
+from .engines import check_engine, detect_engine
+from .plan import PLAN_FILE, TransferConfig, TransferPlan, default_learning_rate, plan_named_parameters
 from .runtime import say
 
 
@@ -82,16 +83,19 @@ class TransferPlanCallback(TrainerCallback):
             self.batchnorm_policy = BatchNormPolicy(model)
             self.batchnorm_policy.set(self.plan.frozen_batchnorm(model, 0))
 
-    def apply(self, model, state, reason: str) -> None:
+    def apply(self, model, state, reason: str, optimizer=None) -> None:
         plan = self.plan
         self.prepare(model)
         epoch = current_epoch(state)
         trainable = plan.apply_freeze(model, epoch)
         self.batchnorm_policy.set(plan.frozen_batchnorm(model, epoch))
+        if optimizer is not None:
+            hold_pending_groups(optimizer, epoch)
         phase = frozenset(trainable)
         if phase != self.applied_epoch_phase:
             self.applied_epoch_phase = phase
-            count = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+            # ds_numel: a DeepSpeed ZeRO-3 parameter holds only its shard
+            count = sum(getattr(p, "ds_numel", p.numel()) for n, p in plan_named_parameters(model) if n in trainable)
             say(f"{reason}: {len(trainable)} parameter tensors ({count / 1e6:.3f}M values) train at epoch {epoch}\n"
                 + plan.table(epoch))
 
@@ -104,10 +108,10 @@ class TransferPlanCallback(TrainerCallback):
         if optimizer is not None and not any("name" in g for g in optimizer.param_groups):
             say("the optimizer was not built from the transfer plan: its freeze applies, its learning rates do not "
                 "(use TransferTrainer, or optimizers=(plan_optimizer(plan, args, model), None))")
-        self.apply(model, state, "transfer plan")
+        self.apply(model, state, "transfer plan", optimizer)
 
-    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
-        self.apply(model, state, "transfer plan changed")
+    def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.apply(model, state, "transfer plan changed", optimizer)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         # DDP broadcasts buffers from rank 0 at the start of each forward, so after the last step every rank holds
@@ -121,6 +125,36 @@ class TransferPlanCallback(TrainerCallback):
             folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if os.path.isdir(folder):
                 self.plan.save(folder, model)
+
+
+def hold_pending_groups(optimizer, epoch: int) -> None:
+    """Keep parameters that have not unfrozen yet exactly as they are, even where an engine gives them a gradient.
+
+    One process, DDP and FSDP leave their gradient None, so the optimizer skips them. DeepSpeed ZeRO-1/2 fills
+    missing gradients with zeros: AdamW would still decay those weights and count steps for them, so their group's
+    weight decay is held at 0 until its epoch (zero gradients then move nothing), and its optimizer state is dropped
+    when it starts to train (fresh moments and step count, as if it had just joined). The hold is a key of the group,
+    so it is saved in checkpoints and a resumed run releases it the same way.
+    """
+    state = optimizer.state
+    for group in optimizer.param_groups:
+        start = group.get("trains_from_epoch")
+        if start is None:
+            continue
+        if start > epoch and "held_weight_decay" not in group:
+            group["held_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
+        elif start <= epoch and "held_weight_decay" in group:
+            group["weight_decay"] = group.pop("held_weight_decay")
+            for param in group["params"]:
+                state.pop(param, None)
+
+
+def untrained_weights(plan: TransferPlan, model) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters the plan never trains and of the BatchNorm statistics it never updates."""
+    never = {n for g in plan.groups if g.frozen for n in g.params}
+    frozen_bn = set(plan.frozen_batchnorm_names(model))
+    never |= {n for n, _ in model.named_buffers() if n.rpartition(".")[0] in frozen_bn}
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items() if name in never}
 
 
 def plan_optimizer(plan: TransferPlan, args, model):
@@ -148,6 +182,13 @@ class TransferTrainer(Trainer):
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)
         optimizer_for(args, model)  # an optimizer that cannot take the plan's groups fails here, not after loading data
+        self.engine = detect_engine(args)
+        check_engine(self.engine, plan.config)  # engine x plan combinations that would train another model
+        # The dtype the weights had before an engine took them (DeepSpeed keeps 16-bit copies): saved weights get it
+        # back, and what never trains (frozen layers, frozen BatchNorm statistics) gets back its exact values.
+        self.weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        sixteen_bit = self.engine.kind == "deepspeed" and self.engine.mixed_precision in ("bf16", "fp16")
+        self.untrained_weights = untrained_weights(plan, model) if sixteen_bit else {}
         self.plan = plan
         if args.learning_rate is None:
             args.learning_rate = plan.config.learning_rate  # the plan's groups carry the real rates

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .engines import deepspeed_install_problem
+from .errors import TransferError
 from .saving import mark_default_output_dir
 
 
@@ -56,4 +58,7 @@ class TransferTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         mark_default_output_dir(self)
+        problem = deepspeed_install_problem(self)  # else a packaging traceback from TrainingArguments
+        if problem:
+            raise TransferError(problem)
         super().__post_init__()

@@ -29,6 +29,10 @@ def test_timm_architecture_wrapped_with_user_labels(arch, tmp_path):
     assert reloaded.config.id2label == model.config.id2label
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=x).logits, logits)
+    # Reloaded with other classes, the saved folder names the new ones (TimmWrapper keeps label_names too).
+    relabeled = load_backbone(str(tmp_path), labels=["x", "y"])
+    relabeled.save_pretrained(tmp_path / "relabeled")
+    assert load_backbone(str(tmp_path / "relabeled")).config.id2label == {0: "x", 1: "y"}
 
 
 def test_timm_folder_saved_by_timm_itself(tmp_path):

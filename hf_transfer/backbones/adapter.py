@@ -226,9 +226,10 @@ class BackboneAdapter:
         """Preprocessing that lives in config.json rather than a processor file ({} when a processor file does)."""
         return {}
 
-    def native_state_dict(self) -> dict | None:
-        """The weights under the source library's own names, for a folder that library loads too (None: as they are)."""
-        return None
+    def native_state_dict(self, state_dict: dict | None = None) -> dict | None:
+        """The weights (``state_dict``, or the model's own) under the source library's own names, for a folder that
+        library loads too (None: the model's own, as they are)."""
+        return state_dict
 
     def bind_copy(self, model) -> "BackboneAdapter":
         """The adapter of a copy of this model (deepcopy for export), with what loading taught this one."""

@@ -172,12 +172,13 @@ class TimmAdapter(BackboneAdapter):
     def image_processor(self, image_size: int | None = None):
         return None  # timm keeps its preprocessing in config.json (pretrained_cfg)
 
-    def native_state_dict(self) -> dict | None:
+    def native_state_dict(self, state_dict: dict | None = None) -> dict | None:
         # timm Hub checkpoints have no `timm_model.` prefix: timm's local-dir loader reads such a folder, and
         # transformers adds the prefix back on load.
         if not self.wrapped:
-            return None
-        return {name.removeprefix(self.prefix): tensor for name, tensor in self.model.state_dict().items()}
+            return state_dict
+        weights = self.model.state_dict() if state_dict is None else state_dict
+        return {name.removeprefix(self.prefix): tensor for name, tensor in weights.items()}
 
     def config_preprocessing(self) -> dict:
         if not self.wrapped:

@@ -11,11 +11,13 @@ import torch
 
 from ..arguments import DataArguments, ModelArguments, TransferArguments
 from ..backbones import adapter_for
+from ..engines import check_engine, detect_engine
 from ..errors import TransferError
 from ..hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
 from ..metrics import ClassificationMetrics
 from ..runtime import configure_cpu_threads, is_main_process, say
-from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, save_model_folder, staged_output, write_json
+from ..saving import (COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, save_model_folder, staged_output,
+                      trained_weights, write_json)
 from ..transforms import resolve_augmentation
 from .common import prepare
 
@@ -45,6 +47,8 @@ def run_finetune(
     config.validate()
     if not training_args.max_steps or training_args.max_steps <= 0:
         config.check_run_length(training_args.num_train_epochs)
+    engine = detect_engine(training_args)
+    check_engine(engine, config)  # an engine x plan combination that would train another model than the plan says
     push_to = take_push_request(training_args)  # hub.py: Trainer must not create the repo; we push at the end
     resolve_output_dir(training_args, "finetune", model_args, data_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
@@ -76,6 +80,7 @@ def run_finetune(
     )
     for note in data.notes:
         say(note)
+    say(f"engine: {engine.describe()}")
     adapter = adapter_for(model)
     channels_last = adapter.prefers_channels_last()
     if channels_last:
@@ -99,10 +104,11 @@ def run_finetune(
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
     # The trained model is written before evaluation: a failing validation or test split must not cost the training.
+    trained, weights = trained_weights(trainer)  # every process: ZeRO-3 and FSDP gather the sharded weights
     if trainer.is_world_process_zero():
         with staged_output(training_args.output_dir) as staging:
-            save_model_folder(trainer.model, staging, image_size=image_size, timm_layout=True)  # timm loads it too
-            plan.save(staging, trainer.model)
+            save_model_folder(trained, staging, image_size=image_size, timm_layout=True, state_dict=weights)  # timm loads it too
+            plan.save(staging, trained)
             data.write_bad_images(staging)  # what --on_bad_image skip left out, if anything
     validation = trainer.predict(splits["validation"], metric_key_prefix="eval")  # predictions: the confusion matrix
     metrics.update(validation.metrics)

@@ -1,0 +1,303 @@
+"""Which engine runs the job (one process, DDP, DeepSpeed ZeRO, FSDP) and which transfer-plan features it supports.
+
+`accelerate launch --config_file X recipes/finetune.py` chooses the engine; nothing in the job changes with it.
+The engines differ in what they allow a transfer plan to do once they hold the model, so the support of every
+engine x feature pair is written down ONCE, in `SUPPORT`: `check_engine` refuses an unsupported combination in one
+line before any data or model is loaded, and `support_table()` renders the same table for the README.
+
+The engine is read from what accelerate itself reads: the `TrainingArguments` (``--deepspeed``, ``--fsdp`` /
+``--fsdp_config``, ``--bf16`` / ``--fp16``) and the variables `accelerate launch` exports (``ACCELERATE_USE_DEEPSPEED``,
+``ACCELERATE_DEEPSPEED_*``, ``ACCELERATE_USE_FSDP``, ``FSDP_*``, ``ACCELERATE_MIXED_PRECISION``, ``WORLD_SIZE``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import TransferError
+
+# --------------------------------------------------------------------------------------------- the support table
+FEATURES = {
+    "freeze": "frozen layers (`--freeze`, `--strategy linear_probe` / `partial`)",
+    "unfreeze": "gradual unfreezing, LP-FT (the trainable set grows during the run)",
+    "bn_policy": "BatchNorm policy (`--bn_policy frozen` / `eval`)",
+    "layer_rates": "layer-wise rates (backbone multiplier, `--layer_decay`, `--lr_multipliers`, no decay on norms)",
+}
+
+ENGINES = {
+    "single": "one process (CPU, or one GPU, fp32 / bf16 / fp16)",
+    "ddp": "DDP (several processes: CPU, GPUs, nodes)",
+    "zero1_2": "DeepSpeed ZeRO-1 / ZeRO-2",
+    "zero3": "DeepSpeed ZeRO-3",
+    "fsdp1": "FSDP v1 (`use_orig_params: true`)",
+    "fsdp2": "FSDP v2 (`fully_shard`)",
+}
+
+PLAN_TESTS = "tests/test_plan.py::"
+DDP_TEST = "tests/test_multiprocess.py::test_two_process_finetune_recipe"
+FSDP_TEST = "tests/test_engines.py::test_plan_through_torch_fsdp (torch FSDP on CPU, one process)"
+ZERO_TEST = ("tests/test_engines.py::test_zero_filled_gradients_leave_pending_groups_untouched "
+             "(ZeRO's zero gradients emulated)")
+DEEPSPEED_CONFIG_TEST = "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"
+NO_DEEPSPEED = "not run here (no GPU, no deepspeed): bench/gpu_check.sh checks it"
+
+
+@dataclass(frozen=True)
+class Support:
+    """How one engine handles one plan feature: ``works`` (how, and the test or 'not run') or ``refused`` (the line)."""
+
+    works: bool
+    how: str
+    evidence: str = ""  # the test that shows it, or why it has not run
+
+
+SUPPORT: dict[tuple[str, str], Support] = {
+    ("single", "freeze"): Support(True, "requires_grad=False, not in the optimizer",
+                                  PLAN_TESTS + "test_exact_trainable_set_for_each_freeze_rule"),
+    ("single", "unfreeze"): Support(True, "requires_grad per phase; fixed optimizer groups",
+                                    PLAN_TESTS + "test_resume_in_the_middle_of_gradual_unfreezing"),
+    ("single", "bn_policy"): Support(True, "forward pre-hook keeps chosen BatchNorm in eval",
+                                     PLAN_TESTS + "test_frozen_batchnorm_statistics_are_bit_identical"),
+    ("single", "layer_rates"): Support(True, "the plan's parameter groups", PLAN_TESTS + "test_group_lrs_follow_the_formula"),
+    ("ddp", "freeze"): Support(True, "frozen before DDP wraps the model", DDP_TEST),
+    ("ddp", "unfreeze"): Support(True, "everything that ever trains is in DDP; phases applied after wrapping", DDP_TEST),
+    ("ddp", "bn_policy"): Support(True, "as one process; buffers end as rank 0's", DDP_TEST),
+    ("ddp", "layer_rates"): Support(True, "the plan's parameter groups", DDP_TEST),
+    ("zero1_2", "freeze"): Support(True, "frozen before `deepspeed.initialize`: outside the ZeRO optimizer", NO_DEEPSPEED),
+    ("zero1_2", "unfreeze"): Support(True, "ZeRO fills missing gradients with zeros: a pending group's weight decay is held "
+                                           "at 0 until its epoch, then its optimizer state starts afresh", ZERO_TEST),
+    ("zero1_2", "bn_policy"): Support(True, "forward pre-hook, as one process", NO_DEEPSPEED),
+    ("zero1_2", "layer_rates"): Support(True, "the plan's groups go to DeepSpeed as a client optimizer (no `optimizer` / "
+                                              "`scheduler` section allowed)", DEEPSPEED_CONFIG_TEST),
+    ("zero3", "freeze"): Support(True, "frozen before `deepspeed.initialize`", NO_DEEPSPEED),
+    ("zero3", "unfreeze"): Support(False, "ZeRO-3 partitions the trainable parameters once, when it starts, and cannot "
+                                          "add the ones that unfreeze later; use recipes/accelerate/deepspeed_zero2.yaml or "
+                                          "multi_gpu.yaml, or a fixed --freeze"),
+    ("zero3", "bn_policy"): Support(True, "forward pre-hook; BatchNorm buffers are not partitioned", NO_DEEPSPEED),
+    ("zero3", "layer_rates"): Support(True, "as ZeRO-1/2", DEEPSPEED_CONFIG_TEST),
+    ("fsdp1", "freeze"): Support(True, "per original parameter (`use_orig_params`); wrapper prefixes stripped", FSDP_TEST),
+    ("fsdp1", "unfreeze"): Support(True, "FSDP drops the gradient of an original parameter with requires_grad=False",
+                                   FSDP_TEST),
+    ("fsdp1", "bn_policy"): Support(True, "forward pre-hook on the wrapped model", FSDP_TEST),
+    ("fsdp1", "layer_rates"): Support(True, "groups over the original parameters", FSDP_TEST),
+    ("fsdp2", "freeze"): Support(True, "per parameter (DTensor shards keep their names)", FSDP_TEST),
+    ("fsdp2", "unfreeze"): Support(True, "fully_shard copies requires_grad to the gathered parameter at every unshard",
+                                   FSDP_TEST),
+    ("fsdp2", "bn_policy"): Support(True, "forward pre-hook", FSDP_TEST),
+    ("fsdp2", "layer_rates"): Support(True, "groups over the sharded parameters", FSDP_TEST),
+}
+
+# Settings refused whatever the plan, with the line each gets (checked in `check_engine`; listed in the README).
+SETTING_REFUSALS = {
+    "deepspeed_optimizer": "the DeepSpeed config has an 'optimizer' section: DeepSpeed would build its own optimizer over "
+                           "all parameters and drop the transfer plan's frozen layers and per-layer learning rates; "
+                           "delete the section (hf_transfer builds the optimizer from the plan: choose it with --optim)",
+    "deepspeed_scheduler": "the DeepSpeed config has a 'scheduler' section: DeepSpeed's schedulers give every parameter "
+                           "group one learning rate, flattening the plan's per-layer rates; delete the section and "
+                           "choose the schedule with --lr_scheduler_type",
+    "zero3_init": "DeepSpeed ZeRO-3 with zero3_init_flag (or --deepspeed with a stage-3 config, which turns it on) "
+                  "loads the model already partitioned, but the transfer plan needs whole weights to re-initialize, "
+                  "resize and count them; launch with recipes/accelerate/deepspeed_zero3.yaml (zero3_init_flag: false)",
+    "zero3_gather": "DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save cannot gather the trained "
+                    "weights into the output folder; set zero3_save_16bit_model: true (as "
+                    "recipes/accelerate/deepspeed_zero3.yaml does)",
+    "zero_unused": "DeepSpeed with ignore_unused_parameters: false stops at the first step, because parameters that "
+                   "have not unfrozen yet get no gradient; remove that setting (its default, true, is what gradual "
+                   "unfreezing needs)",
+    "fsdp1_flat": "FSDP v1 without use_orig_params flattens each wrapped module's parameters into one tensor, which "
+                  "the plan's per-layer freezing and learning rates cannot reach; set fsdp_use_orig_params: true, or "
+                  "use FSDP v2 (recipes/accelerate/fsdp2.yaml)",
+    "fsdp_ram_efficient": "fsdp_cpu_ram_efficient_loading loads the weights on the first process only, but every "
+                          "process builds the transfer plan (re-init, input size) from whole weights; set it to false",
+}
+
+
+# ------------------------------------------------------------------------------------------------- the engine
+@dataclass(frozen=True)
+class Engine:
+    """What runs the job: ``kind`` one of single, ddp, deepspeed, fsdp, with the settings that matter to the plan."""
+
+    kind: str = "single"
+    processes: int = 1
+    mixed_precision: str = "no"
+    zero_stage: int | None = None
+    zero3_init: bool = False
+    deepspeed_config: dict = field(default_factory=dict, compare=False, repr=False)
+    fsdp_version: int | None = None
+    use_orig_params: bool = True
+    cpu_ram_efficient_loading: bool = False
+
+    @property
+    def key(self) -> str:
+        """The row of `SUPPORT`."""
+        if self.kind == "deepspeed":
+            return "zero3" if self.zero_stage == 3 else "zero1_2"
+        if self.kind == "fsdp":
+            return f"fsdp{self.fsdp_version or 1}"
+        return self.kind
+
+    def describe(self) -> str:
+        name = {"single": "one process", "ddp": "DDP", "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}",
+                "fsdp": f"FSDP v{self.fsdp_version}"}[self.kind]
+        parts = [name] + ([f"{self.processes} processes"] if self.processes > 1 else [])
+        parts.append("fp32" if self.mixed_precision in ("no", "", None) else self.mixed_precision)
+        return ", ".join(parts)
+
+
+def _true(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")
+
+
+def _read_json(source) -> dict:
+    if isinstance(source, Mapping):
+        return dict(source)
+    try:
+        with open(source) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise TransferError(f"cannot read the DeepSpeed config {source!r} ({err}); pass a JSON file") from None
+
+
+def _deepspeed_engine(args, env: Mapping[str, str]) -> tuple[dict, bool] | None:
+    """(the DeepSpeed config, whether ZeRO-3 init is on), or None when DeepSpeed is not in use."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    given = getattr(args, "deepspeed", None)
+    if plugin is not None:  # TrainingArguments built it from --deepspeed or from accelerate's variables
+        config = dict(plugin.deepspeed_config)
+        stage = (config.get("zero_optimization") or {}).get("stage")
+        # --deepspeed makes transformers load every model under zero.Init when the stage is 3
+        return config, bool(plugin.zero3_init_flag) or (bool(given) and stage == 3)
+    if given:
+        config = _read_json(given)
+        return config, (config.get("zero_optimization") or {}).get("stage") == 3
+    if not _true(env.get("ACCELERATE_USE_DEEPSPEED", "false")):
+        return None
+    path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    config = _read_json(path) if path and path != "none" else {}
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage") in (None, "auto"):
+        zero["stage"] = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
+    gather = "stage3_gather_16bit_weights_on_model_save"
+    if zero.get(gather) in (None, "auto"):
+        zero[gather] = _true(env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false"))
+    zero3_init = _true(env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", str(zero["stage"] == 3)))  # accelerate's default
+    return config, zero3_init and zero["stage"] == 3
+
+
+def detect_engine(args=None, env: Mapping[str, str] | None = None) -> Engine:
+    """The engine `Trainer` will build from ``args`` (TrainingArguments) and the launcher's variables ``env``."""
+    env = os.environ if env is None else env
+    processes = int(env.get("WORLD_SIZE", "1") or 1)
+    precision = str(getattr(args, "mixed_precision", None) or env.get("ACCELERATE_MIXED_PRECISION", "no"))
+    if args is not None and (getattr(args, "bf16", False) or getattr(args, "fp16", False)):
+        precision = "bf16" if args.bf16 else "fp16"
+    common = {"processes": processes, "mixed_precision": precision}
+    deepspeed = _deepspeed_engine(args, env)
+    if deepspeed is not None:
+        config, zero3_init = deepspeed
+        stage = int((config.get("zero_optimization") or {}).get("stage", 0) or 0)
+        return Engine("deepspeed", zero_stage=stage, zero3_init=zero3_init, deepspeed_config=config, **common)
+    plugin_args = getattr(args, "fsdp_plugin_args", None)
+    if plugin_args:
+        return Engine("fsdp", fsdp_version=int(plugin_args.get("fsdp_version", 2)),
+                      use_orig_params=bool(plugin_args.get("use_orig_params", True)),
+                      cpu_ram_efficient_loading=bool(plugin_args.get("cpu_ram_efficient_loading", False)), **common)
+    if _true(env.get("ACCELERATE_USE_FSDP", "false")):
+        return Engine("fsdp", fsdp_version=int(env.get("FSDP_VERSION", "1")),
+                      use_orig_params=_true(env.get("FSDP_USE_ORIG_PARAMS", "false")),
+                      cpu_ram_efficient_loading=_true(env.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")), **common)
+    return Engine("ddp" if processes > 1 else "single", **common)
+
+
+# -------------------------------------------------------------------------------------------------- the check
+def features_used(config) -> list[str]:
+    """The plan features a `TransferConfig` asks for (known before the model loads)."""
+    used = ["layer_rates", "bn_policy"]  # every plan has groups (head vs. pretrained) and a BatchNorm policy
+    if config.freeze not in (None, "", "none") or config.strategy in ("linear_probe", "partial"):
+        used.append("freeze")
+    if config.strategy == "lp_ft" and config.lp_epochs > 0 or config.gradual_unfreeze_epochs > 0:
+        used.append("unfreeze")
+    return used
+
+
+def setting_refusals(engine: Engine, config=None) -> list[str]:
+    """Keys of `SETTING_REFUSALS` that apply to this engine (and plan)."""
+    found = []
+    if engine.kind == "deepspeed":
+        ds = engine.deepspeed_config
+        zero = ds.get("zero_optimization") or {}
+        if "optimizer" in ds:
+            found.append("deepspeed_optimizer")
+        if "scheduler" in ds:
+            found.append("deepspeed_scheduler")
+        if engine.zero_stage == 3 and engine.zero3_init:
+            found.append("zero3_init")
+        if engine.zero_stage == 3 and not _true(zero.get("stage3_gather_16bit_weights_on_model_save", False)):
+            found.append("zero3_gather")
+        unfreezes = config is not None and "unfreeze" in features_used(config)
+        if unfreezes and engine.zero_stage != 3 and str(zero.get("ignore_unused_parameters", True)).lower() == "false":
+            found.append("zero_unused")
+    if engine.kind == "fsdp":
+        if engine.fsdp_version == 1 and not engine.use_orig_params:
+            found.append("fsdp1_flat")
+        if engine.cpu_ram_efficient_loading:
+            found.append("fsdp_ram_efficient")
+    return found
+
+
+def check_engine(engine: Engine, config) -> None:
+    """Refuse, in one line, an engine setting or an engine x plan feature pair that would train a different model
+    than the plan says (call before loading data or the model)."""
+    for key in setting_refusals(engine, config):
+        raise TransferError(SETTING_REFUSALS[key])
+    for feature in features_used(config):
+        support = SUPPORT[(engine.key, feature)]
+        if not support.works:
+            flags = {"unfreeze": "--strategy lp_ft" if config.strategy == "lp_ft" else "--gradual_unfreeze_epochs"}.get(feature, feature)
+            raise TransferError(f"{flags} under {ENGINES[engine.key]}: {support.how}")
+
+
+def deepspeed_install_problem(args, env: Mapping[str, str] | None = None) -> str | None:
+    """DeepSpeed asked for without the package: TrainingArguments would fail with a packaging traceback."""
+    import importlib.util
+
+    env = os.environ if env is None else env
+    if getattr(args, "deepspeed", None):
+        asked, instead = "--deepspeed", "leave --deepspeed out"
+    elif _true(env.get("ACCELERATE_USE_DEEPSPEED", "false")):
+        asked, instead = "a DeepSpeed accelerate config", "launch with another config"
+    else:
+        return None
+    if importlib.util.find_spec("deepspeed") is not None:
+        return None
+    return (f"{asked} needs the deepspeed package: pip install -e '.[deepspeed]' (built from source on a machine with "
+            f"a CUDA toolkit), or {instead}")
+
+
+# ------------------------------------------------------------------------------------------------ for the README
+def support_table() -> str:
+    """The engine x feature table (markdown), rendered from `SUPPORT`."""
+    rows = ["| engine | " + " | ".join(FEATURES[f].split(" (")[0] for f in FEATURES) + " |",
+            "|---" * (len(FEATURES) + 1) + "|"]
+    for key, name in ENGINES.items():
+        cells = []
+        for feature in FEATURES:
+            support = SUPPORT[(key, feature)]
+            if support.works:
+                test, _, note = support.evidence.partition(" (")
+                evidence = f"`{test}`" + (f" ({note}" if note else "") if test.startswith("tests/") else support.evidence
+                cells.append(f"works: {support.how}; {evidence}")
+            else:
+                cells.append(f"**refused**: `{support.how.split(';')[0]}`")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def refusal_table() -> str:
+    """The engine settings refused whatever the plan (markdown)."""
+    rows = ["| setting | refused with |", "|---|---|"]
+    rows += [f"| `{key}` | {line} |" for key, line in SETTING_REFUSALS.items()]
+    return "\n".join(rows)
