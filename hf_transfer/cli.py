@@ -2,6 +2,7 @@
 
     hf-transfer finetune [flags of recipes/finetune.py]
     hf-transfer probe    [flags of recipes/linear_probe.py]
+    hf-transfer advise   [flags of recipes/advise.py]
     hf-transfer list                       # embedded backbones and datasets
 """
 
@@ -30,6 +31,15 @@ def _probe(argv: list[str]) -> None:
         run_linear_probe(*parse_args(probe_argument_types(), argv, prog=prog))
 
 
+def _advise(argv: list[str]) -> None:
+    from .arguments import parse_args
+    from .jobs.advise import advise_argument_types, run_advise
+
+    prog = "hf-transfer advise"
+    with exit_on_user_error(prog):
+        run_advise(*parse_args(advise_argument_types(), argv, prog=prog))
+
+
 def _list(argv: list[str]) -> None:
     from .backbones import EMBEDDED_BACKBONES, EMBEDDED_PREFIX
     from .data import EMBEDDED_DATASETS
@@ -45,6 +55,7 @@ def _list(argv: list[str]) -> None:
 COMMANDS = {
     "finetune": (_finetune, "fine-tune a backbone (the flags of recipes/finetune.py)"),
     "probe": (_probe, "linear/SVM probes on cached frozen features, per depth (the flags of recipes/linear_probe.py)"),
+    "advise": (_advise, "measure data and backbones, choose the transfer strategy, write a plan (recipes/advise.py)"),
     "list": (_list, "list the embedded backbones and datasets"),
 }
 
