@@ -237,6 +237,8 @@ def _load_transformers(name: str, labels: Sequence[str] | None, pretrained: bool
         if isinstance(err, ValueError) and "Unrecognized" not in str(err):
             raise
         raise _hub_error(name, err) from None
+    if labels is not None and getattr(model.config, "label_names", None) is not None:
+        model.config.label_names = [str(label) for label in labels]  # a timm folder's config kept the old names
     adapter_for(model, image_processor=_image_processor_or_none(name, trust_remote_code, hub_kwargs))
     return model
 
