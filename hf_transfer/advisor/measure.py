@@ -235,19 +235,19 @@ def concat_probe(features: dict[str, np.ndarray], labels: np.ndarray, layers: li
             "dim": int(X.shape[1])}
 
 
-def batchnorm_shift(model: torch.nn.Module, dataset, layer_map: LayerMap, *, max_images: int = 256,
-                    batch_size: int = 64) -> dict[int, float]:
+def batchnorm_shift(model: torch.nn.Module, dataset, layer_map: LayerMap, *, max_images: int = 128,
+                    batch_size: int = 64, timing: dict | None = None, channels_last: bool = False) -> dict[int, float]:
     """depth -> mean over that depth group's BatchNorm layers of the per-channel KL divergence
     KL(N(data mean, data var) || N(running mean, running var)) at the BatchNorm's input, averaged over channels.
 
     The data's statistics are taken in eval mode (every layer sees what the frozen network would give it), over
     batch, height and width. Zero when the data's statistics equal the stored ones; it grows with the shift of the
     means (in units of the running standard deviation) and with the log ratio of the variances. {} without BatchNorm.
+    The same eval-mode forward is timed: ``timing["forward_ms_per_image"]`` when a dict is given (batches after the
+    first, which pays for allocations).
     """
     norms = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and m.running_mean is not None}
-    if not norms:
-        return {}
     sums: dict[str, list] = {name: [0.0, 0.0, 0] for name in norms}
 
     def hook_for(name):
@@ -263,19 +263,31 @@ def batchnorm_shift(model: torch.nn.Module, dataset, layer_map: LayerMap, *, max
     handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in norms.items()]
     was_training = model.training
     model.eval()
-    seen = 0
+    call = _caller(model)
+    seen, timed_images, timed_seconds = 0, 0, 0.0
     try:
         with torch.inference_mode():
             for pixels, _ in iter_batches(dataset, batch_size):
                 pixels = pixels[: max_images - seen]
-                model(pixel_values=pixels) if _takes_pixel_values(model) else model(pixels)
+                if channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                start = time.perf_counter()
+                call(pixels)
+                if seen:  # the first batch warms up
+                    timed_images, timed_seconds = timed_images + len(pixels), timed_seconds + time.perf_counter() - start
                 seen += len(pixels)
                 if seen >= max_images:
                     break
+            if timing is not None and not timed_images:  # one batch only: time it again
+                start = time.perf_counter()
+                call(pixels)
+                timed_images, timed_seconds = len(pixels), time.perf_counter() - start
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    if timing is not None:
+        timing["forward_ms_per_image"] = 1000 * timed_seconds / max(1, timed_images)
     per_depth: dict[int, list[float]] = {}
     for name, module in norms.items():
         total, total_sq, count = sums[name]
@@ -303,48 +315,41 @@ def _depth_of_module(name: str, module: torch.nn.Module, layer_map: LayerMap) ->
     return None
 
 
-def _takes_pixel_values(model) -> bool:
-    return hasattr(model, "config")  # a PreTrainedModel (every loaded backbone) takes pixel_values=
+def _caller(model):
+    """pixels -> logits, for a PreTrainedModel (every loaded backbone: pixel_values=) or a bare module."""
+    if hasattr(model, "config"):
+        return lambda x: model(pixel_values=x).logits
+    return model
 
 
 # ------------------------------------------------------------------------------------------------------ cost
-def time_steps(model: torch.nn.Module, dataset, *, batch_size: int = 32, channels_last: bool = False,
-               repeats: int = 2) -> tuple[float, float]:
-    """(forward ms per image, seconds of one full forward + backward step) on a real batch of ``dataset``.
+def time_train_step(model: torch.nn.Module, dataset, *, batch_size: int = 32, channels_last: bool = False) -> float:
+    """Seconds of one full forward + backward step on a real batch of ``dataset`` (the second of two: the first
+    allocates), scaled to ``batch_size`` when the data has fewer images.
 
     The backward runs in eval mode with every parameter trainable and no optimizer step: BatchNorm statistics and
     weights are untouched, gradients are dropped afterwards, ``requires_grad`` flags restored.
     """
     pixels, labels = next(iter_batches(dataset, batch_size))
-    if channels_last:
+    if channels_last:  # batches in the layout the fine-tune feeds (CNNs: channels_last)
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-    call = (lambda x: model(pixel_values=x).logits) if _takes_pixel_values(model) else model
+    call = _caller(model)
     was_training = model.training
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.eval()
     try:
-        with torch.inference_mode():
-            call(pixels)  # warm-up: first calls allocate
-            start = time.perf_counter()
-            for _ in range(repeats):
-                call(pixels)
-            forward = (time.perf_counter() - start) / repeats
         for p in model.parameters():
             p.requires_grad_(True)
-        step = None
-        for i in range(repeats + 1):  # the first step warms up the autograd buffers
+        for _ in range(2):
             begin = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(call(pixels), labels)
-            loss.backward()
+            torch.nn.functional.cross_entropy(call(pixels), labels).backward()
             took = time.perf_counter() - begin
-            if i:
-                step = took if step is None else min(step, took)
     finally:
         for n, p in model.named_parameters():
             p.grad = None
             p.requires_grad_(flags[n])
         model.train(was_training)
-    return 1000 * forward / len(pixels), float(step) * batch_size / len(pixels)
+    return float(took) * batch_size / len(pixels)
 
 
 # -------------------------------------------------------------------------------------------------- together
@@ -370,14 +375,17 @@ class BackboneMeasurement:
 
 def measure_similarity(model, subsample, layers: list[FeatureLayer], layer_map: LayerMap, *, cache: FeatureCache,
                        transform_key: str, image_size: int, cv_folds: int = 3, seed: int = 42, batch_size: int = 64,
-                       bn_images: int = 256) -> tuple[SimilarityStats, bool]:
-    """The per-depth curves on ``subsample`` (a train subset carrying the eval transform) -> (stats, from cache)."""
+                       bn_images: int = 128, timing: dict | None = None,
+                       channels_last: bool = False) -> tuple[SimilarityStats, bool]:
+    """The per-depth curves on ``subsample`` (a train subset carrying the eval transform) -> (stats, from cache);
+    ``timing`` (a dict) receives the forward milliseconds per image of the BatchNorm pass."""
     feature_set = compute_features(model, {"train": subsample}, layers, layer_map=layer_map, cache=cache,
                                    transform_key=transform_key, image_size=image_size, batch_size=batch_size)
     features, labels = feature_set.features["train"], feature_set.labels["train"]
     score_cache = cache if cache.enabled else None
     curve = probe_curve(features, labels, layers, cv_folds=cv_folds, seed=seed, score_cache=score_cache)
-    shifts = batchnorm_shift(model, subsample, layer_map, max_images=bn_images, batch_size=batch_size)
+    shifts = batchnorm_shift(model, subsample, layer_map, max_images=bn_images, batch_size=batch_size, timing=timing,
+                             channels_last=channels_last)
     depths, scores = [], {}
     for layer in layers:
         X = features[layer.key]
@@ -402,5 +410,5 @@ __all__ = [
     "gaussian_kl",
     "measure_similarity",
     "probe_curve",
-    "time_steps",
+    "time_train_step",
 ]

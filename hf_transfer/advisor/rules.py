@@ -67,6 +67,7 @@ class Thresholds:
     severe_imbalance_ratio: float = 10.0
     # Schedule.
     target_steps: int = 600  # optimizer steps a fine-tuning plan aims at (then capped by the budget)
+    min_epochs: int = 3  # a fine-tune sees the data at least this often, when the budget allows
     max_epochs: int = 10
     min_finetune_epochs: float = 1.0  # fewer fit in the time budget: a linear probe instead
     lp_ft_min_epochs: int = 3  # LP-FT spends one epoch on the head: worth it only in longer runs
@@ -146,7 +147,7 @@ def probe_layers(m: BackboneMeasurement, similar: bool, t: Thresholds) -> tuple[
 
 def epochs_for(n_train: int, batch_size: int, t: Thresholds) -> int:
     steps_per_epoch = max(1, math.ceil(n_train / max(1, batch_size)))
-    return int(min(t.max_epochs, max(1, round(t.target_steps / steps_per_epoch))))
+    return int(min(t.max_epochs, max(t.min_epochs, round(t.target_steps / steps_per_epoch))))
 
 
 def epoch_seconds(m: BackboneMeasurement, trainable_share: float, batch_size: int) -> float:
@@ -213,7 +214,8 @@ def _make_finetune(d: Decision, m: BackboneMeasurement, band: str, similar: bool
     if similar and d.strategy in ("full", "lp_ft"):
         d.layer_decay = t.similar_layer_decay
     epochs = epochs_for(m.size.n_train, batch_size, t)
-    reason = f"{epochs} epoch(s): about {t.target_steps} steps at batch {batch_size} (at most {t.max_epochs})"
+    reason = (f"{epochs} epoch(s): about {t.target_steps} steps at batch {batch_size}, at least {t.min_epochs} and at "
+              f"most {t.max_epochs} epochs")
     per_epoch = epoch_seconds(m, trainable_share, batch_size)
     if time_budget is not None:
         fits = (time_budget - t.fixed_overhead_seconds) / per_epoch
