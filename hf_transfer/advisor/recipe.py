@@ -37,7 +37,12 @@ def plan_config(decision: Decision, *, backbone: str, image_size: int, data_args
                 batch_size: int = 32, time_budget: float | None = None, seed: int | None = None) -> dict:
     """The flags of the chosen recipe, as a mapping (data flags: those the user gave the advisor)."""
     config: dict = {"model_name_or_path": backbone, "image_size": int(image_size)}
-    config.update(_given(data_args, skip=("augmentation",)))
+    given = _given(data_args, skip=("augmentation",))
+    if not any(key in given for key in ("dataset_name", "train_dir")):
+        from ..data import DEFAULT_DATASET
+
+        config["dataset_name"] = DEFAULT_DATASET  # written out: the plan must not depend on a default that may change
+    config.update(given)
     if decision.job == "probe":
         config.update({"layers": str(decision.layers or "pooled"), "probe": "logreg", "export": "auto"})
         if decision.class_weighting:

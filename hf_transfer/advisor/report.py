@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .measure import SimilarityStats, SizeStats
 from .rank import ranking_table
 from .rules import SCENARIOS, Decision
-
-if TYPE_CHECKING:
-    from .advice import Advice
 
 
 def size_table(size: SizeStats) -> str:
@@ -61,17 +57,25 @@ def scenario_name(decision: Decision) -> str:
     """'small, similar'; a medium-sized set is named as such and sits in the 'large' row of the 2x2."""
     similarity = "similar" if decision.similar else "dissimilar"
     if decision.size_band == "medium":
-        return f"medium, {similarity} (the large-data row, with half the body frozen)"
+        return f"medium, {similarity} (the large-data row of the 2x2)"
     return f"{decision.size_band}, {similarity}"
 
 
+MEDIUM = "medium-sized data: fine-tune with the first half of the body frozen (less when the probe curve peaks early)"
+
+
+def scenario_text(decision: Decision) -> str:
+    return MEDIUM if decision.size_band == "medium" and decision.job == "finetune" else SCENARIOS[decision.scenario]
+
+
 def decision_text(decision: Decision) -> str:
-    lines = [f"scenario: {scenario_name(decision)}: {SCENARIOS[decision.scenario]}"]
+    lines = [f"scenario: {scenario_name(decision)}: {scenario_text(decision)}"]
     lines += [f"  - {reason}" for reason in decision.reasons]
     return "\n".join(lines)
 
 
-def markdown(advice: Advice) -> str:
+def markdown(advice) -> str:
+    """advice.md for an `Advice` (advice.py)."""
     m, d = advice.chosen, advice.decision
     out = [f"# Transfer advice: {advice.data_source}", ""]
     out += [f"Backbone{'s' if len(advice.ranked) > 1 else ''} measured: "
@@ -84,7 +88,7 @@ def markdown(advice: Advice) -> str:
             "```", similarity_table(m.similarity, d), "```", "", "![probe accuracy and similarity per depth](advice.png)", ""]
     if len(advice.ranked) > 1:
         out += ["## Backbone ranking (before any fine-tuning)", "", "```", ranking_table(advice.ranked), "```", ""]
-    out += ["## Scenario", "", f"**{scenario_name(d)}**: {SCENARIOS[d.scenario]}.", ""]
+    out += ["## Scenario", "", f"**{scenario_name(d)}**: {scenario_text(d)}.", ""]
     out += [f"- {reason}" for reason in d.reasons] + [""]
     out += ["## Plan", "", f"Run it: `python {advice.recipe} {advice.plan_path_hint}`", "", "```yaml", advice.plan_yaml_body(), "```", ""]
     if d.estimated_seconds is not None:
@@ -94,7 +98,7 @@ def markdown(advice: Advice) -> str:
     return "\n".join(out)
 
 
-def plot(advice: Advice, path: str | Path) -> Path:
+def plot(advice, path: str | Path) -> Path:
     """Top: probe accuracy per depth (left axis) and LogME (right axis); bottom: BN shift per depth. The chosen point
     is marked: the probed depth(s) with a star, or the frozen depths shaded for a partial fine-tune."""
     from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global state
