@@ -99,6 +99,11 @@ def test_epochs_follow_the_data_then_the_time_budget():
     # one that fits under one epoch falls back to the probe on the features already measured
     d = decide(m, time_budget=t.fixed_overhead_seconds + 0.5 * per_epoch)
     assert (d.job, d.strategy, d.layers) == ("probe", "linear_probe", "pooled")
+    # so does one whose epochs hold too few steps: 3 epochs of 1,500 images are 141 steps, 2 are 94
+    m = measured(n_train=1500, classes=3, pooled=0.9, step_seconds=0.05)
+    per_epoch = epoch_seconds(m, 0.5, 32)
+    assert decide(m, time_budget=t.fixed_overhead_seconds + 3.2 * per_epoch).num_train_epochs == 3
+    assert decide(m, time_budget=t.fixed_overhead_seconds + 2.2 * per_epoch).job == "probe"
 
 
 def test_medium_sets_freeze_half_or_up_to_the_peak_when_dissimilar():
