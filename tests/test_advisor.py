@@ -402,3 +402,21 @@ def test_strategy_auto_fine_tunes_the_plan_it_chose(tiny_pretrained, tmp_path, m
     assert metrics["stopped_by_time_budget"] is False and (out / "all_results.json").is_file()
     plan = yaml.safe_load((out / "plan.yaml").read_text())
     assert plan["strategy"] == "partial" and plan["time_budget"] == 600.0 and plan["num_train_epochs"] == 1
+
+
+def test_bad_advisor_requests_are_one_line_errors(tmp_path):
+    from hf_transfer.jobs.advise import advise_argument_types, run_advise
+    from hf_transfer.jobs.finetune import run_finetune
+
+    with pytest.raises(TransferError, match="nothing to measure") as info:
+        run_advise(*parse_args(advise_argument_types(), ["--no_pretrained", "--output_dir", str(tmp_path / "a")]))
+    assert "\n" not in str(info.value)
+    with pytest.raises(TransferError, match="resume with the plan's flags"):
+        run_finetune(*parse_args(finetune_argument_types(), ["--strategy", "auto", "--resume_from_checkpoint", "True",
+                                                             "--output_dir", str(tmp_path / "b")]))
+    with pytest.raises(TransferError, match="positive number of seconds"):
+        run_finetune(*parse_args(finetune_argument_types(), ["--strategy", "auto", "--time_budget", "-5",
+                                                             "--output_dir", str(tmp_path / "c")]))
+    with pytest.raises(TransferError, match="positive number of seconds"):  # any strategy, before loading
+        run_finetune(*parse_args(finetune_argument_types(), ["--time_budget", "0", "--output_dir", str(tmp_path / "d")]))
+    assert not any((tmp_path / name).exists() for name in "bcd")

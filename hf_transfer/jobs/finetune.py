@@ -49,6 +49,8 @@ def run_finetune(
     # data or model is loaded.
     config = transfer_args.to_config(training_args)
     config.validate()
+    if transfer_args.time_budget is not None and transfer_args.time_budget <= 0:
+        raise TransferError(f"--time_budget {transfer_args.time_budget:g} must be a positive number of seconds")
     if not training_args.max_steps or training_args.max_steps <= 0:
         config.check_run_length(training_args.num_train_epochs)
     push_to = take_push_request(training_args)  # hub.py: Trainer must not create the repo; we push at the end
