@@ -254,11 +254,17 @@ def summarize(report: dict) -> None:
         pair = {b: cells.get(f"{case}/{b}") for b in BACKBONES}
         if not all(p and p.get("advisor") and "full" in p["runs"] and "auto" in p["runs"] for p in pair.values()):
             continue
-        by_probe = sorted(pair, key=lambda b: -pair[b]["advisor"]["best_probe_cv"])
+        from hf_transfer.advisor.rank import RANK_TIE
+
+        probe_cv = {b: pair[b]["advisor"]["best_probe_cv"] for b in pair}
         by_logme = sorted(pair, key=lambda b: -pair[b]["advisor"]["logme_best"])
+        # the advisor's order (rank.py): best probe accuracy; within RANK_TIE, LogME
+        tied = abs(probe_cv["lite0"] - probe_cv["lite1"]) <= RANK_TIE
+        by_probe = by_logme if tied else sorted(pair, key=lambda b: -probe_cv[b])
         best_tuned = {b: max(r["eval_accuracy"] for k, r in pair[b]["runs"].items() if "eval_accuracy" in r) for b in pair}
         by_tuned = sorted(pair, key=lambda b: -best_tuned[b])
-        ranking[case] = {"advisor_order": by_probe, "logme_order": by_logme, "best_result_order": by_tuned,
+        ranking[case] = {"advisor_order": by_probe, "probe_tie_broken_by_logme": tied, "best_probe_cv": probe_cv,
+                         "logme_order": by_logme, "best_result_order": by_tuned,
                          "best_result": best_tuned, "advisor_agrees": by_probe == by_tuned,
                          "tie": abs(best_tuned["lite0"] - best_tuned["lite1"]) < 0.005}
     if ranking:
