@@ -404,13 +404,16 @@ def test_strategy_auto_fine_tunes_the_plan_it_chose(tiny_pretrained, tmp_path, m
     assert plan["strategy"] == "partial" and plan["time_budget"] == 600.0 and plan["num_train_epochs"] == 1
 
 
-def test_bad_advisor_requests_are_one_line_errors(tmp_path):
-    from hf_transfer.jobs.advise import advise_argument_types, run_advise
+def test_bad_advisor_requests_are_one_line_errors(tmp_path, capsys):
+    from hf_transfer.cli import main
     from hf_transfer.jobs.finetune import run_finetune
 
-    with pytest.raises(TransferError, match="nothing to measure") as info:
-        run_advise(*parse_args(advise_argument_types(), ["--no_pretrained", "--output_dir", str(tmp_path / "a")]))
-    assert "\n" not in str(info.value)
+    with pytest.raises(SystemExit) as exit_info:  # `hf-transfer advise`: the same job, the same one-line errors
+        main(["advise", "--no_pretrained", "--output_dir", str(tmp_path / "a")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "hf-transfer advise: error: the advisor measures pretrained features; --no_pretrained leaves nothing to measure "
+        "(drop it, or use recipes/finetune.py --strategy scratch)"]
     with pytest.raises(TransferError, match="resume with the plan's flags"):
         run_finetune(*parse_args(finetune_argument_types(), ["--strategy", "auto", "--resume_from_checkpoint", "True",
                                                              "--output_dir", str(tmp_path / "b")]))
