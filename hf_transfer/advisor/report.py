@@ -65,7 +65,10 @@ MEDIUM = "medium-sized data: fine-tune with the first half of the body frozen (l
 
 
 def scenario_text(decision: Decision) -> str:
-    return MEDIUM if decision.size_band == "medium" and decision.job == "finetune" else SCENARIOS[decision.scenario]
+    base = MEDIUM if decision.size_band == "medium" else SCENARIOS[decision.scenario]
+    if decision.size_band != "small" and decision.job == "probe":
+        return f"{base}; but the time budget leaves too few steps for that: a linear probe instead"
+    return base
 
 
 def decision_text(decision: Decision) -> str:
