@@ -1,7 +1,6 @@
 """The strategy advisor: its rules on constructed measurements, LogME, the BatchNorm shift, the plan files, and
 end-to-end runs of `recipes/advise.py` and `recipes/finetune.py --strategy auto` on a tiny model and real digits."""
 
-import dataclasses
 import functools
 import json
 import time
