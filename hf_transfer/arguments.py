@@ -102,7 +102,8 @@ class TransferArguments:
     strategy: str = field(
         default="full",
         metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
-                          "all) | scratch (random init)."},
+                          "all) | scratch (random init) | auto (the advisor measures the data and backbone and picks "
+                          "the plan; a linear-probe plan runs the probe job)."},
     )
     freeze: str = field(
         default="none",
@@ -132,6 +133,10 @@ class TransferArguments:
     lp_epochs: int = field(default=0, metadata={"help": "Head-only epochs before full fine-tuning (--strategy lp_ft)."})
     layer_regex: str | None = field(
         default=None, metadata={"help": "Regex with one (\\d+) group numbering the blocks, for architectures the layer map does not know."}
+    )
+    time_budget: float | None = field(
+        default=None, metadata={"help": "Seconds for the whole run: training stops cleanly (then evaluates and saves) "
+                                        "before the budget ends; with --strategy auto the plan's epochs are fitted to it."}
     )
     head_init_from: str | None = field(
         default=None, metadata={"help": "Output folder of recipes/linear_probe.py (pooled probe of the same backbone): "

@@ -3,6 +3,7 @@
     hf-transfer finetune [flags of recipes/finetune.py]
     hf-transfer probe    [flags of recipes/linear_probe.py]
     hf-transfer cv       [flags of recipes/cross_validate.py]
+    hf-transfer advise   [flags of recipes/advise.py]
     hf-transfer list                       # embedded backbones and datasets
 """
 
@@ -39,6 +40,15 @@ def _cv(argv: list[str]) -> None:
         run_cross_validation(argv, prog=prog)
 
 
+def _advise(argv: list[str]) -> None:
+    from .arguments import parse_args
+    from .jobs.advise import advise_argument_types, run_advise
+
+    prog = "hf-transfer advise"
+    with exit_on_user_error(prog):
+        run_advise(*parse_args(advise_argument_types(), argv, prog=prog))
+
+
 def _list(argv: list[str]) -> None:
     from .backbones import EMBEDDED_BACKBONES, EMBEDDED_PREFIX
     from .data import EMBEDDED_DATASETS
@@ -55,6 +65,7 @@ COMMANDS = {
     "finetune": (_finetune, "fine-tune a backbone (the flags of recipes/finetune.py)"),
     "probe": (_probe, "linear/SVM probes on cached frozen features, per depth (the flags of recipes/linear_probe.py)"),
     "cv": (_cv, "cross-validate a fine-tune or probe over stratified folds of train; --search compares settings"),
+    "advise": (_advise, "measure data and backbones, choose the transfer strategy, write a plan (recipes/advise.py)"),
     "list": (_list, "list the embedded backbones and datasets"),
 }
 

@@ -108,3 +108,15 @@ def test_bad_model_names_give_one_line_errors(name, message):
     with pytest.raises(TransferError, match=message) as info:
         load_backbone(name, labels=["a", "b"])
     assert "\n" not in str(info.value)
+
+
+def test_a_saved_timm_folder_reloaded_with_new_classes_names_them_everywhere(tmp_path):
+    """A timm config keeps `label_names` beside id2label: reloading an earlier run's folder for other classes must
+    replace both (the stale two names made the confusion matrix of a ten-class fine-tune fail)."""
+    from hf_transfer.hub import label_names
+    from hf_transfer.saving import save_model_folder
+
+    model = load_backbone("test_resnet", labels=["cat", "dog"], pretrained=False)
+    save_model_folder(model, tmp_path)
+    reloaded = load_backbone(str(tmp_path), labels=list("abc"))
+    assert label_names(reloaded.config.to_dict()) == ["a", "b", "c"] and reloaded.config.num_labels == 3

@@ -240,7 +240,7 @@ def _load_transformers(name: str, labels: Sequence[str] | None, pretrained: bool
     if labels is not None and getattr(model.config, "label_names", None) is not None:
         # A TimmWrapper folder keeps its class names as label_names, which to_dict() prefers over the new id2label:
         # left alone, the saved folder would name the old classes.
-        model.config.label_names = list(labels)
+        model.config.label_names = [str(label) for label in labels]
     adapter_for(model, image_processor=_image_processor_or_none(name, trust_remote_code, hub_kwargs))
     return model
 

@@ -39,12 +39,20 @@ def run_finetune(
 
     start = time.perf_counter()
     transfer_args = transfer_args or TransferArguments()
+    if transfer_args.strategy == "auto":  # jobs/advise.py: measure, decide, fill the flags; a probe plan runs the probe job
+        from .advise import resolve_auto_strategy, run_advised_probe
+
+        advice = resolve_auto_strategy(model_args, data_args, training_args, transfer_args, start)
+        if advice.decision.job == "probe":
+            return run_advised_probe(advice, model_args, data_args, training_args)
     if model_args.no_pretrained and transfer_args.strategy == "full":
         transfer_args.strategy = "scratch"  # random weights: nothing is pretrained, so no backbone lr multiplier
     # Bad flags, an impossible schedule, a bad checkpoint path or an occupied output folder fail here, before any
     # data or model is loaded.
     config = transfer_args.to_config(training_args)
     config.validate()
+    if transfer_args.time_budget is not None and transfer_args.time_budget <= 0:
+        raise TransferError(f"--time_budget {transfer_args.time_budget:g} must be a positive number of seconds")
     if not training_args.max_steps or training_args.max_steps <= 0:
         config.check_run_length(training_args.num_train_epochs)
     engine = detect_engine(training_args)
@@ -101,8 +109,15 @@ def run_finetune(
         compute_metrics=ClassificationMetrics(labels=data.labels),
         data_collator=collator,
     )
+    if transfer_args.time_budget:  # budget.py: stop cleanly before the deadline, keeping time to evaluate and save
+        from ..budget import TimeBudgetCallback, budget_reserve
+
+        budget = TimeBudgetCallback.from_budget(transfer_args.time_budget, start, budget_reserve(transfer_args.time_budget))
+        trainer.add_callback(budget)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+    if transfer_args.time_budget:
+        metrics["stopped_by_time_budget"] = budget.stopped_at_step is not None
     # The trained model is written before evaluation: a failing validation or test split must not cost the training.
     trained, weights = trained_weights(trainer)  # every process: ZeRO-3 and FSDP gather the sharded weights
     if trainer.is_world_process_zero():
