@@ -294,6 +294,8 @@ def fold_metrics(results: dict) -> dict[str, float]:
                if key.startswith("eval_") and isinstance(value, (int, float)) and not key.startswith("eval_samples")}
     for label, value in (results.get("eval_per_class_recall") or {}).items():
         metrics.setdefault(f"recall/{label}", float(value))
+    if isinstance(results.get("train_runtime"), (int, float)):
+        metrics["train_runtime"] = float(results["train_runtime"])  # where a fold's time went
     return metrics
 
 

@@ -71,7 +71,9 @@ def test_each_run_gets_its_fold_and_the_scores_are_summarized(digits):
 def test_fold_metrics_read_both_recall_shapes():
     from hf_transfer.cv import fold_metrics
 
-    flat = fold_metrics({"eval_accuracy": 0.5, "eval_macro_f1": 0.4, "eval_recall/a": 1.0, "eval_samples": 9, "train_loss": 2})
+    flat = fold_metrics({"eval_accuracy": 0.5, "eval_macro_f1": 0.4, "eval_recall/a": 1.0, "eval_samples": 9, "train_loss": 2,
+                         "train_runtime": 3})
+    assert flat.pop("train_runtime") == 3.0
     nested = fold_metrics({"eval_accuracy": 0.5, "eval_macro_f1": 0.4, "eval_per_class_recall": {"a": 1.0}})  # probe job
     assert flat == nested == {"accuracy": 0.5, "macro_f1": 0.4, "recall/a": 1.0}
 
