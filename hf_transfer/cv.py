@@ -141,9 +141,16 @@ class SettingResult:
     def std(self) -> dict[str, float]:
         return {m: _mean_std(v)[1] for m, v in self.per_fold.items()}
 
+    @property
+    def class_recall(self) -> dict[str, float]:
+        """Mean recall of each class over the folds (where the job reported it): which class the setting misses."""
+        labels = dict.fromkeys(k for f in self.folds for k in f.metrics if k.startswith("recall/"))
+        return {k.split("/", 1)[1]: _mean_std([f.metrics.get(k, float("nan")) for f in self.folds])[0] for k in labels}
+
     def to_dict(self) -> dict:
         return {"setting": self.setting, "name": self.name, "mean": self.mean, "std": self.std,
-                "per_fold": self.per_fold, "folds": [dataclasses.asdict(f) for f in self.folds]}
+                "per_fold": self.per_fold, "class_recall_mean": self.class_recall,
+                "folds": [dataclasses.asdict(f) for f in self.folds]}
 
 
 @dataclass
@@ -217,6 +224,11 @@ class CVResult:
                 lines.append(f"| {result.name}{mark} | " + " | ".join(cells)
                              + f" | {_num(result.mean[metric])} ± {_num(result.std[metric])} |")
             lines.append("")
+        recall = chosen.class_recall
+        if recall:
+            lowest = sorted(recall, key=recall.get)[:5]
+            lines += [f"Lowest mean class recall ({chosen.name}): " + ", ".join(f"{c} {_num(recall[c])}" for c in lowest)
+                      + ".", ""]
         if self.refit:
             lines += [f"Refit of {chosen.name} on the whole train split, holdout accuracy "
                       f"{_num(self.refit.get('eval_accuracy'))}, macro-F1 {_num(self.refit.get('eval_macro_f1'))}.", ""]
@@ -276,9 +288,15 @@ def _num(value) -> str:
 
 
 def fold_metrics(results: dict) -> dict[str, float]:
-    """A job's results on the fold's validation rows (``eval_*``) without the prefix: accuracy, macro_f1, recall/..."""
-    return {key[len("eval_"):]: float(value) for key, value in results.items()
-            if key.startswith("eval_") and isinstance(value, (int, float)) and not key.startswith("eval_samples")}
+    """A job's results on the fold's validation rows (``eval_*``) without the prefix: accuracy, macro_f1, and
+    ``recall/<label>`` (the fine-tune reports them flat, the probe job as an ``eval_per_class_recall`` mapping)."""
+    metrics = {key[len("eval_"):]: float(value) for key, value in results.items()
+               if key.startswith("eval_") and isinstance(value, (int, float)) and not key.startswith("eval_samples")}
+    for label, value in (results.get("eval_per_class_recall") or {}).items():
+        metrics.setdefault(f"recall/{label}", float(value))
+    if isinstance(results.get("train_runtime"), (int, float)):
+        metrics["train_runtime"] = float(results["train_runtime"])  # where a fold's time went
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------- the loop

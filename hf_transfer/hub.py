@@ -341,7 +341,8 @@ def _imbalance_section(record: FolderRecord) -> list[str]:
     if r.get("class_weighting", "none") == "none" and r.get("sampler", "random") == "random":
         return []
     if r.get("class_weighting") not in (None, "none"):
-        what = "Trained with class-weighted cross-entropy (weight of a class proportional to 1 / its training images, mean 1)"
+        what = ("Trained with class-weighted cross-entropy (given weights)" if r["class_weighting"] == "custom" else
+                "Trained with class-weighted cross-entropy (weight of a class proportional to 1 / its training images, mean 1)")
         values = r.get("class_weights") or {}
     else:
         what = "Trained with a class-balanced sampler (images drawn with replacement, every class equally likely)"

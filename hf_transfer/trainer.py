@@ -240,8 +240,9 @@ class TransferTrainer(Trainer):
             return {}
         id2label = self.model.config.id2label
         name = lambda k: str(id2label.get(k, k))  # noqa: E731
-        summary = {"class_weighting": config.class_weighting if self.class_weights is not None else "none",
-                   "sampler": config.sampler}
+        weighting = "none" if self.class_weights is None else (
+            "custom" if config.class_weighting == "none" else config.class_weighting)  # custom: class_weights= given
+        summary = {"class_weighting": weighting, "sampler": config.sampler}
         if self.class_counts is not None:
             summary["train_class_counts"] = {name(k): int(n) for k, n in enumerate(self.class_counts)}
         if self.class_weights is not None:

@@ -68,6 +68,16 @@ def test_each_run_gets_its_fold_and_the_scores_are_summarized(digits):
     assert [f.validation_samples for f in a.folds] == [len(v) for _, v in expected]
 
 
+def test_fold_metrics_read_both_recall_shapes():
+    from hf_transfer.cv import fold_metrics
+
+    flat = fold_metrics({"eval_accuracy": 0.5, "eval_macro_f1": 0.4, "eval_recall/a": 1.0, "eval_samples": 9, "train_loss": 2,
+                         "train_runtime": 3})
+    assert flat.pop("train_runtime") == 3.0
+    nested = fold_metrics({"eval_accuracy": 0.5, "eval_macro_f1": 0.4, "eval_per_class_recall": {"a": 1.0}})  # probe job
+    assert flat == nested == {"accuracy": 0.5, "macro_f1": 0.4, "recall/a": 1.0}
+
+
 def test_ties_go_to_accuracy_then_to_the_first_setting():
     def setting(name, acc, f1):
         return SettingResult({"x": name}, [FoldResult(0, 2, 1, {"accuracy": acc, "macro_f1": f1}, 0.0)])
@@ -146,6 +156,10 @@ def test_cv_folder_reports_every_fold_and_mean_std(finetune_cv):
     table = (out / "cv_results.md").read_text()
     assert "mean ± std" in table and f"{best['mean']['accuracy']:.4f} ± {best['std']['accuracy']:.4f}" in table
     assert CVResult.read(out).chosen.setting == result.chosen.setting
+    recall = saved["chosen"]["class_recall_mean"]
+    assert set(recall) == {"d0", "d1", "d2"}
+    assert recall["d1"] == pytest.approx(np.mean([f["metrics"]["recall/d1"] for f in saved["chosen"]["folds"]]))
+    assert "Lowest mean class recall" in table
 
 
 @pytest.mark.slow

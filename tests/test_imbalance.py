@@ -171,3 +171,26 @@ def test_a_resume_with_another_imbalance_setting_is_refused():
     weighted = TransferPlan.build(model, TransferConfig(strategy="scratch", class_weighting="balanced"))
     assert weighted.differences(plain) == ["config.class_weighting: 'none' -> 'balanced'"]
     assert TransferPlan.from_dict(weighted.to_dict()).config.class_weighting == "balanced"
+
+
+def test_given_class_weights_are_used_and_recorded(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_transfer.backbones import load_backbone
+    from hf_transfer.trainer import TransferTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
+    trainer = TransferTrainer(model=load_backbone("test_resnet", labels=LABELS, pretrained=False), args=args,
+                              transfer_config=TransferConfig(strategy="scratch"), class_weights=[1.0, 3.0, 0.5, 2.0])
+    batch = {"pixel_values": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
+             "labels": torch.tensor([0, 1, 2, 3])}
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        per_sample = torch.nn.functional.cross_entropy(model(pixel_values=batch["pixel_values"]).logits, batch["labels"],
+                                                       reduction="none")
+    assert loss.item() == pytest.approx((torch.tensor([1.0, 3.0, 0.5, 2.0]) * per_sample).sum().item() / 6.5, rel=1e-5)
+    assert trainer.imbalance_summary() == {"class_weighting": "custom", "sampler": "random",
+                                           "class_weights": {"cat": 1.0, "dog": 3.0, "fox": 0.5, "owl": 2.0}}
+    with pytest.raises(TransferError, match="4 classes"):
+        TransferTrainer(model=model, args=args, transfer_config=TransferConfig(strategy="scratch"), class_weights=[1.0, 2.0])
