@@ -103,7 +103,8 @@ class TransferArguments:
         default="full",
         metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
                           "all) | scratch (random init) | auto (the advisor measures the data and backbone and picks "
-                          "the plan; a linear-probe plan runs the probe job)."},
+                          "the plan; a linear-probe plan runs the probe job) | lora (LoRA adapters + the head; needs "
+                          "peft)."},
     )
     freeze: str = field(
         default="none",
@@ -149,6 +150,19 @@ class TransferArguments:
         default="random", metadata={"help": "random (default) | balanced: draw every class equally often."}
     )
 
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--strategy lora)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Modules that get LoRA: comma-separated names or name endings ('qkv', "
+                                        "'q_proj,v_proj') or regex:PATTERN; default per family: attention projections for "
+                                        "ViTs, the dense layers after the stem for CNNs. --freeze keeps LoRA out of frozen layers."}
+    )
+    lora_merge: bool = field(
+        default=True, metadata={"help": "Also write the merged model (LoRA folded into the weights, loads in pipeline()) "
+                                        "beside adapter/; false: the adapter alone."}
+    )
+
     def to_config(self, training_args, learning_rate: float | None = None):
         from .plan import TransferConfig
 
@@ -159,6 +173,8 @@ class TransferArguments:
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
             head_init_from=self.head_init_from, class_weighting=self.class_weighting, sampler=self.sampler,
+            lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout, lora_target_modules=self.lora_target_modules,
         )
 
 
