@@ -158,6 +158,9 @@ class TransferArguments:
                                         "'q_proj,v_proj') or regex:PATTERN; default per family: attention projections for "
                                         "ViTs, the dense layers after the stem for CNNs. --freeze keeps LoRA out of frozen layers."}
     )
+    lora_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the LoRA weights (default 3e-3; the head keeps --learning_rate)."}
+    )
     lora_merge: bool = field(
         default=True, metadata={"help": "Also write the merged model (LoRA folded into the weights, loads in pipeline()) "
                                         "beside adapter/; false: the adapter alone."}
@@ -175,6 +178,7 @@ class TransferArguments:
             head_init_from=self.head_init_from, class_weighting=self.class_weighting, sampler=self.sampler,
             lora_r=self.lora_r, lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout, lora_target_modules=self.lora_target_modules,
+            **({"lora_learning_rate": self.lora_learning_rate} if self.lora_learning_rate is not None else {}),
         )
 
 

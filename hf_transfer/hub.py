@@ -382,8 +382,9 @@ def _plan_section(plan: dict) -> list[str]:
         "## Transfer plan",
         "",
         f"Strategy `{c['strategy']}`, freeze rule `{c['freeze']}`, head learning rate {c['learning_rate']:g}, "
-        + (f"LoRA rank {c.get('lora_r')}, alpha {c.get('lora_alpha'):g} (LoRA weights at the head's rate, pretrained "
-           "weights frozen)" if c["strategy"] == "lora" else f"pretrained layers x{c['backbone_lr_multiplier']:g}")
+        + (f"LoRA rank {c.get('lora_r')}, alpha {c.get('lora_alpha'):g}, LoRA learning rate "
+           f"{c.get('lora_learning_rate', c['learning_rate']):g} (pretrained weights frozen)" if c["strategy"] == "lora"
+           else f"pretrained layers x{c['backbone_lr_multiplier']:g}")
         + f", layer decay {c['layer_decay']:g}"
         + (f", lr multipliers `{c['lr_multipliers']}`" if c.get("lr_multipliers") else "")
         + (f", LP-FT: head alone for {c['lp_epochs']} epoch(s)" if c.get("lp_epochs") else "")

@@ -1,8 +1,9 @@
 """LoRA (``--strategy lora``): choose the layers, wrap the backbone with peft, write the adapter and the merged model.
 
 In the fine-tuning job: `wrap_with_lora(model, config, source)` after loading (and after ``--head_init_from``),
-before the plan is built. The plan (`plan.py`) then trains exactly the LoRA weights, at the head's learning rate,
-and peft's copy of the head (``modules_to_save``); every pretrained weight is frozen, BatchNorm statistics included
+before the plan is built. The plan (`plan.py`) then trains exactly the LoRA weights, at ``--lora_learning_rate``,
+and peft's copy of the head (``modules_to_save``) at the head's rate; every pretrained weight is frozen, BatchNorm
+statistics included
 (the adapter holds no BatchNorm state, so a reloaded adapter predicts exactly like the trained model).
 `save_lora_output` writes ``adapter/`` (adapter_config.json, adapter_model.safetensors and what is needed to rebuild
 the base) and, by default, the merged model in the layout of a normal fine-tune; `load_lora` rebuilds the trained
@@ -138,8 +139,9 @@ def wrap_with_lora(model: torch.nn.Module, config: TransferConfig, source: str |
     _check_wrapped(wrapped, targets, set(layer_map.head.param_names))
     _check_forward(wrapped, rule)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    say(f"LoRA r={config.lora_r} alpha={config.lora_alpha:g} dropout={config.lora_dropout:g} on {len(targets)} modules: "
-        f"{rule}; head trained in full ({', '.join(head_modules)})"
+    say(f"LoRA r={config.lora_r} alpha={config.lora_alpha:g} dropout={config.lora_dropout:g} lr={config.lora_learning_rate:g} "
+        f"on {len(targets)} modules: {rule}; head trained in full ({', '.join(head_modules)}) at lr "
+        f"{config.learning_rate:g}"
         + ("; BatchNorm keeps its pretrained statistics (the adapter holds no BatchNorm state)" if has_bn else ""))
     return wrapped
 

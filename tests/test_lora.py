@@ -32,7 +32,7 @@ def _hf_vit():
 def _wrap(model, **flags):
     from hf_transfer.lora import wrap_with_lora
 
-    config = TransferConfig(strategy="lora", learning_rate=1e-2, **flags)
+    config = TransferConfig(strategy="lora", learning_rate=1e-2, lora_learning_rate=2e-3, **flags)
     return wrap_with_lora(model, config), config
 
 
@@ -105,7 +105,7 @@ def test_lora_flags_without_lora_and_missing_peft(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- the plan on peft names
-def test_plan_trains_exactly_lora_and_the_head_copy_at_the_head_rate():
+def test_plan_trains_exactly_lora_and_the_head_copy_at_their_rates():
     wrapped, config = _wrap(_timm("test_efficientnet"))
     plan = TransferPlan.build(wrapped, config)
     names = [n for n, _ in wrapped.named_parameters()]
@@ -114,10 +114,13 @@ def test_plan_trains_exactly_lora_and_the_head_copy_at_the_head_rate():
     assert plan.ever_trained == lora | head_copy and plan.trainable_at(0) == lora | head_copy
     assert head_copy == {"base_model.model.timm_model.classifier.modules_to_save.default.weight",
                          "base_model.model.timm_model.classifier.modules_to_save.default.bias"}
-    for group in plan.groups:  # every trained group at the head's rate; LoRA placed in its module's depth group
+    for group in plan.groups:  # LoRA at its own rate, the head's copy at the head's; LoRA in its module's depth group
         if not group.frozen:
-            assert group.lr == 1e-2 and group.trains_from_epoch == 0
-            assert group.name.endswith(("/lora", "/lora/no_decay")) or group.name.startswith("head")
+            assert group.trains_from_epoch == 0
+            if group.name.startswith("head"):
+                assert group.lr == 1e-2 and set(group.params) <= head_copy
+            else:
+                assert group.name.endswith("/lora") and group.lr == 2e-3 and set(group.params) <= lora
     depth = {g.name: g.depth for g in plan.groups}
     assert depth["blocks.3/lora"] == depth["blocks.3"] == 4
     # every BatchNorm keeps its statistics: none of their parameters train
@@ -140,9 +143,18 @@ def test_lora_combines_with_freezing_and_a_head_first_epoch():
         if group.frozen:
             continue
         if "/lora" in group.name:
-            assert group.trains_from_epoch == 1 and group.lr == pytest.approx(1e-2 * 0.5 ** (head - group.depth))
+            assert group.trains_from_epoch == 1 and group.lr == pytest.approx(2e-3 * 0.5 ** (head - group.depth))
         else:
             assert group.name.startswith("head") and group.trains_from_epoch == 0 and group.lr == 1e-2
+
+
+def test_gradual_unfreezing_releases_lora_groups_from_the_top():
+    wrapped, config = _wrap(_timm("test_vit"), gradual_unfreeze_epochs=2)
+    plan = TransferPlan.build(wrapped, config)
+    start = {g.depth: g.trains_from_epoch for g in plan.groups if "/lora" in g.name}
+    head = plan.groups[-1].depth
+    assert start == {depth: 2 * (head - depth) for depth in range(1, head)}  # blocks.5 at epoch 2 … blocks.0 at 12
+    assert all(g.trains_from_epoch == 0 for g in plan.groups if g.name.startswith("head") and not g.frozen)
 
 
 def test_a_head_outside_modules_to_save_is_refused():
@@ -186,6 +198,12 @@ def test_vit_adapter_round_trip_after_a_size_change(tmp_path):
         merged = AutoModelForImageClassification.from_pretrained(out).eval()
         torch.testing.assert_close(merged(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-5)
     assert merged.config.id2label == {0: "a", 1: "b", 2: "c"}
+    # --lora_merge false: the adapter, the config (labels, preprocessing) and no weights of its own
+    save_lora_output(wrapped, tmp_path / "adapter_only", image_size=32, merge=False, source=str(source))
+    files = {p.name for p in (tmp_path / "adapter_only").iterdir()}
+    assert "config.json" in files and "adapter" in files and "model.safetensors" not in files
+    with torch.no_grad():
+        assert torch.equal(adapter_for(load_lora(tmp_path / "adapter_only")).run(x).logits, expected)
 
 
 @pytest.fixture(scope="module")
