@@ -268,6 +268,10 @@ def test_lora_job_writes_adapter_and_merged_model(lora_run):
 
         auto = AutoModelForImageClassification.from_pretrained(out).eval()
         torch.testing.assert_close(auto(pixel_values=x).logits, expected, rtol=1e-4, atol=1e-5)
+        import timm
+
+        torch.testing.assert_close(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(x), expected,
+                                   rtol=1e-4, atol=1e-5)
     import numpy as np
     from PIL import Image
     from transformers import pipeline
@@ -275,3 +279,29 @@ def test_lora_job_writes_adapter_and_merged_model(lora_run):
     labels = pipeline("image-classification", model=str(out))(Image.fromarray(np.zeros((8, 8), np.uint8)))
     assert {item["label"] for item in labels} <= {str(i) for i in range(10)}
     assert "load_lora" in (out / "README.md").read_text()
+
+
+def test_resuming_a_lora_checkpoint_continues_the_same_run(tmp_path, random_images):
+    """A LoRA checkpoint (adapter + optimizer + transfer_plan.json) resumes into exactly the uninterrupted run."""
+    from transformers import TrainingArguments
+
+    from hf_transfer.trainer import TransferTrainer
+
+    def run(out, resume=None):
+        model = _timm("test_vit", classes=2)
+        model.timm_model.set_input_size(img_size=32)
+        wrapped, config = _wrap(model)
+        args = TrainingArguments(output_dir=str(out), use_cpu=True, max_steps=4, per_device_train_batch_size=4,
+                                 report_to=[], save_strategy="steps", save_steps=2, logging_strategy="no",
+                                 remove_unused_columns=False, disable_tqdm=True, learning_rate=1e-2, seed=0)
+        trainer = TransferTrainer(model=wrapped, args=args, plan=TransferPlan.build(wrapped, config),
+                                  train_dataset=random_images(n=16, size=32, classes=2))
+        trainer.train(resume_from_checkpoint=resume)
+        return dict(wrapped.named_parameters())
+
+    whole = run(tmp_path / "a")
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    assert {"adapter_model.safetensors", "transfer_plan.json"} <= {p.name for p in checkpoint.iterdir()}
+    resumed = run(tmp_path / "b", resume=str(checkpoint))
+    assert all(torch.equal(whole[n], resumed[n]) for n in whole)
+    assert all(whole[n].abs().sum() > 0 for n in whole if ".lora_B." in n)  # LoRA B starts at zero: it trained
