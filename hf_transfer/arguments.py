@@ -103,8 +103,7 @@ class TransferArguments:
         default="full",
         metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
                           "all) | scratch (random init) | auto (the advisor measures the data and backbone and picks "
-                          "the plan; a linear-probe plan runs the probe job) | lora (LoRA adapters + the head; needs "
-                          "peft)."},
+                          "the plan; a linear-probe plan runs the probe job) | lora (peft; --lora_* flags: --help_all)."},
     )
     freeze: str = field(
         default="none",
@@ -161,9 +160,9 @@ class TransferArguments:
     lora_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the LoRA weights (default 3e-3; the head keeps --learning_rate)."}
     )
-    lora_merge: bool = field(
-        default=True, metadata={"help": "Also write the merged model (LoRA folded into the weights, loads in pipeline()) "
-                                        "beside adapter/; false: the adapter alone."}
+    lora_adapter_only: bool = field(
+        default=False, metadata={"help": "Write adapter/ alone, without the merged model (LoRA folded into the weights, "
+                                         "which pipeline() loads)."}
     )
 
     def to_config(self, training_args, learning_rate: float | None = None):

@@ -198,7 +198,7 @@ def test_vit_adapter_round_trip_after_a_size_change(tmp_path):
         merged = AutoModelForImageClassification.from_pretrained(out).eval()
         torch.testing.assert_close(merged(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-5)
     assert merged.config.id2label == {0: "a", 1: "b", 2: "c"}
-    # --lora_merge false: the adapter, the config (labels, preprocessing) and no weights of its own
+    # --lora_adapter_only: the adapter, the config (labels, preprocessing) and no weights of its own
     save_lora_output(wrapped, tmp_path / "adapter_only", image_size=32, merge=False, source=str(source))
     files = {p.name for p in (tmp_path / "adapter_only").iterdir()}
     assert "config.json" in files and "adapter" in files and "model.safetensors" not in files

@@ -132,7 +132,7 @@ def run_finetune(
             if transfer_args.strategy == "lora":  # adapter/ + the merged model (lora.py)
                 from ..lora import save_lora_output
 
-                save_lora_output(trained, staging, image_size=image_size, merge=transfer_args.lora_merge,
+                save_lora_output(trained, staging, image_size=image_size, merge=not transfer_args.lora_adapter_only,
                                  source=model_args.model_name_or_path)
             else:
                 save_model_folder(trained, staging, image_size=image_size, timm_layout=True, state_dict=weights)  # timm loads it too
