@@ -50,10 +50,13 @@ def run(name: str, flags: list[str], epochs: float, seed: int, scratch: Path) ->
     if result.returncode:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     results = json.loads((out / "all_results.json").read_text())
+    plan = json.loads((out / "transfer_plan.json").read_text())["config"]
     record = {"flags": " ".join(flags) or "(defaults)", "eval_accuracy": round(results["eval_accuracy"], 4),
               "eval_macro_f1": round(results["eval_macro_f1"], 4), "train_runtime_s": round(float(results["train_runtime"]), 1),
               "wall_s": round(wall, 1), "epochs": epochs, "seed": seed,
-              "learning_rate": json.loads((out / "transfer_plan.json").read_text())["config"]["learning_rate"]}
+              "learning_rate": plan["learning_rate"]}
+    if plan["strategy"] == "lora":
+        record["lora_learning_rate"] = plan["lora_learning_rate"]
     lora = TRAINABLE_LORA.search(result.stdout)
     if lora:
         record.update(trainable_values=int(lora.group(1).replace(",", "")), trainable_share_pct=float(lora.group(2)))
