@@ -35,7 +35,7 @@ COMMON_TRAINING_FLAGS = {
     "push_to_hub": "Upload the model to the Hub when it is saved.", "hub_model_id": "Hub repository for --push_to_hub.",
 }
 
-# Flags of one strategy (--strategy lora): `--help` leaves them to `--help_all`, and --strategy's help points there.
+# Flags of one strategy (--strategy lora): `--help` leaves them to `--help_all`, so the common flags stay on screen.
 HELP_ALL_ONLY_PREFIXES = ("lora_",)
 
 # A step interval given without its strategy turns the strategy on: `--save_steps 200` alone would otherwise save

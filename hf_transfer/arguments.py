@@ -103,7 +103,7 @@ class TransferArguments:
         default="full",
         metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
                           "all) | scratch (random init) | auto (the advisor measures the data and backbone and picks "
-                          "the plan; a linear-probe plan runs the probe job) | lora (peft; --lora_* flags: --help_all)."},
+                          "the plan; a linear-probe plan runs the probe job) | lora (peft)."},
     )
     freeze: str = field(
         default="none",

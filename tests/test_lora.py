@@ -93,6 +93,16 @@ def test_what_does_not_combine_with_lora_is_refused_before_loading(flags, messag
         TransferConfig(strategy="lora", **flags).validate()
 
 
+def test_engines_that_shard_the_model_are_refused_for_lora():
+    from hf_transfer.engines import Engine, check_engine
+
+    config = TransferConfig(strategy="lora", lp_epochs=1)
+    check_engine(Engine(kind="ddp", processes=2), config)
+    for engine in (Engine(kind="deepspeed", zero_stage=2), Engine(kind="fsdp", fsdp_version=2)):
+        with pytest.raises(TransferError, match="--strategy lora under .*use DDP"):
+            check_engine(engine, config)
+
+
 def test_lora_flags_without_lora_and_missing_peft(monkeypatch):
     with pytest.raises(TransferError, match="only applies to --strategy lora"):
         TransferConfig(lora_target_modules="qkv").validate()
