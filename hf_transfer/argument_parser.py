@@ -35,6 +35,9 @@ COMMON_TRAINING_FLAGS = {
     "push_to_hub": "Upload the model to the Hub when it is saved.", "hub_model_id": "Hub repository for --push_to_hub.",
 }
 
+# Flags of one strategy (--strategy lora): `--help` leaves them to `--help_all`, so the common flags stay on screen.
+HELP_ALL_ONLY_PREFIXES = ("lora_",)
+
 # A step interval given without its strategy turns the strategy on: `--save_steps 200` alone would otherwise save
 # nothing (TransferTrainingArguments defaults to save_strategy="no").
 STRATEGY_OF_STEPS = {"save_steps": "save_strategy", "eval_steps": "eval_strategy"}
@@ -287,6 +290,8 @@ class RecipeArgumentParser(HfArgumentParser):
             names = {f.name for f in dataclasses.fields(dtype) if f.init}
             actions = [action for action in self._actions if action.dest in names]
             if dtype is not self.training_type:
+                if not full:
+                    actions = [a for a in actions if not a.dest.startswith(HELP_ALL_ONLY_PREFIXES)]
                 sections.append((dtype.__name__.removesuffix("Arguments").lower(), actions))
                 continue
             order = list(COMMON_TRAINING_FLAGS)

@@ -103,7 +103,7 @@ class TransferArguments:
         default="full",
         metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
                           "all) | scratch (random init) | auto (the advisor measures the data and backbone and picks "
-                          "the plan; a linear-probe plan runs the probe job)."},
+                          "the plan; a linear-probe plan runs the probe job) | lora (peft)."},
     )
     freeze: str = field(
         default="none",
@@ -149,6 +149,22 @@ class TransferArguments:
         default="random", metadata={"help": "random (default) | balanced: draw every class equally often."}
     )
 
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--strategy lora)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Modules that get LoRA: comma-separated names or name endings ('qkv', "
+                                        "'q_proj,v_proj') or regex:PATTERN; default per family: attention projections for "
+                                        "ViTs, the dense layers after the stem for CNNs. --freeze keeps LoRA out of frozen layers."}
+    )
+    lora_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the LoRA weights (default 3e-3; the head keeps --learning_rate)."}
+    )
+    lora_adapter_only: bool = field(
+        default=False, metadata={"help": "Write adapter/ alone, without the merged model (LoRA folded into the weights, "
+                                         "which pipeline() loads)."}
+    )
+
     def to_config(self, training_args, learning_rate: float | None = None):
         from .plan import TransferConfig
 
@@ -159,6 +175,9 @@ class TransferArguments:
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
             head_init_from=self.head_init_from, class_weighting=self.class_weighting, sampler=self.sampler,
+            lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout, lora_target_modules=self.lora_target_modules,
+            **({"lora_learning_rate": self.lora_learning_rate} if self.lora_learning_rate is not None else {}),
         )
 
 

@@ -25,6 +25,7 @@ FEATURES = {
     "unfreeze": "gradual unfreezing, LP-FT (the trainable set grows during the run)",
     "bn_policy": "BatchNorm policy (`--bn_policy frozen` / `eval`)",
     "layer_rates": "layer-wise rates (backbone multiplier, `--layer_decay`, `--lr_multipliers`, no decay on norms)",
+    "lora": "LoRA (`--strategy lora`: peft adapters + the head, saved as adapter and merged model)",
 }
 
 ENGINES = {
@@ -43,6 +44,9 @@ ZERO_TEST = ("tests/test_engines.py::test_zero_filled_gradients_leave_pending_gr
              "(ZeRO's zero gradients emulated)")
 DEEPSPEED_CONFIG_TEST = "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"
 NO_DEEPSPEED = "not run here (no GPU, no deepspeed): bench/gpu_check.sh checks it"
+LORA_SHARDED = ("a LoRA run is saved (adapter + merged model) from the whole peft model in one process, not yet through "
+                "DeepSpeed's or FSDP's sharded or 16-bit weights; use DDP (recipes/accelerate/multi_gpu.yaml): LoRA "
+                "trains few weights and rarely needs sharding")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,14 @@ SUPPORT: dict[tuple[str, str], Support] = {
                                    FSDP_TEST),
     ("fsdp2", "bn_policy"): Support(True, "forward pre-hook", FSDP_TEST),
     ("fsdp2", "layer_rates"): Support(True, "groups over the sharded parameters", FSDP_TEST),
+    ("single", "lora"): Support(True, "peft wraps the model before the plan is built; saved from the peft model",
+                                "tests/test_lora.py::test_lora_job_writes_adapter_and_merged_model"),
+    ("ddp", "lora"): Support(True, "the peft model is what DDP wraps; rank 0 saves the unwrapped one",
+                             "run by hand: 2 CPU processes, tests/multiprocess_recipe.py --strategy lora (notes/lora.md)"),
+    ("zero1_2", "lora"): Support(False, LORA_SHARDED),
+    ("zero3", "lora"): Support(False, LORA_SHARDED),
+    ("fsdp1", "lora"): Support(False, LORA_SHARDED),
+    ("fsdp2", "lora"): Support(False, LORA_SHARDED),
 }
 
 # Settings refused whatever the plan, with the line each gets (checked in `check_engine`; listed in the README).
@@ -216,10 +228,12 @@ def detect_engine(args=None, env: Mapping[str, str] | None = None) -> Engine:
 def features_used(config) -> list[str]:
     """The plan features a `TransferConfig` asks for (known before the model loads)."""
     used = ["layer_rates", "bn_policy"]  # every plan has groups (head vs. pretrained) and a BatchNorm policy
-    if config.freeze not in (None, "", "none") or config.strategy in ("linear_probe", "partial"):
+    if config.freeze not in (None, "", "none") or config.strategy in ("linear_probe", "partial", "lora"):
         used.append("freeze")
-    if config.strategy == "lp_ft" and config.lp_epochs > 0 or config.gradual_unfreeze_epochs > 0:
+    if config.strategy in ("lp_ft", "lora") and config.lp_epochs > 0 or config.gradual_unfreeze_epochs > 0:
         used.append("unfreeze")
+    if config.strategy == "lora":
+        used.append("lora")
     return used
 
 
@@ -256,7 +270,8 @@ def check_engine(engine: Engine, config) -> None:
     for feature in features_used(config):
         support = SUPPORT[(engine.key, feature)]
         if not support.works:
-            flags = {"unfreeze": "--strategy lp_ft" if config.strategy == "lp_ft" else "--gradual_unfreeze_epochs"}.get(feature, feature)
+            flags = {"unfreeze": "--strategy lp_ft" if config.strategy == "lp_ft" else "--gradual_unfreeze_epochs",
+                     "lora": "--strategy lora"}.get(feature, feature)
             raise TransferError(f"{flags} under {ENGINES[engine.key]}: {support.how}")
 
 

@@ -382,8 +382,11 @@ def _plan_section(plan: dict) -> list[str]:
     lines = [
         "## Transfer plan",
         "",
-        f"Strategy `{c['strategy']}`, freeze rule `{c['freeze']}`, head learning rate {c['learning_rate']:g}, pretrained "
-        f"layers x{c['backbone_lr_multiplier']:g}, layer decay {c['layer_decay']:g}"
+        f"Strategy `{c['strategy']}`, freeze rule `{c['freeze']}`, head learning rate {c['learning_rate']:g}, "
+        + (f"LoRA rank {c.get('lora_r')}, alpha {c.get('lora_alpha'):g}, LoRA learning rate "
+           f"{c.get('lora_learning_rate', c['learning_rate']):g} (pretrained weights frozen)" if c["strategy"] == "lora"
+           else f"pretrained layers x{c['backbone_lr_multiplier']:g}")
+        + f", layer decay {c['layer_decay']:g}"
         + (f", lr multipliers `{c['lr_multipliers']}`" if c.get("lr_multipliers") else "")
         + (f", LP-FT: head alone for {c['lp_epochs']} epoch(s)" if c.get("lp_epochs") else "")
         + (f", gradual unfreezing every {c['gradual_unfreeze_epochs']} epoch(s)" if c.get("gradual_unfreeze_epochs") else "")
@@ -480,6 +483,10 @@ def _usage_section(record: FolderRecord, model_ref: str) -> list[str]:
             "```",
             "",
         ]
+    if (record.folder / "adapter" / "adapter_config.json").is_file():
+        lines += ["The LoRA adapter alone is in `adapter/` (peft); the base model rebuilt with it predicts exactly like "
+                  "the trained model:", "", "```python", "from hf_transfer.lora import load_lora", "",
+                  f'model = load_lora("{model_ref}")  # a peft model in eval mode', "```", ""]
     if not record.is_probe:
         lines += ["To keep training, pass the folder as `--model_name_or_path` to hf_transfer's `recipes/finetune.py` or "
                   "transformers' `run_image_classification.py`.", ""]

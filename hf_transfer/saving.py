@@ -52,7 +52,7 @@ RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safet
              "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
              "test_results.json", "trainer_state.json", "training_args.bin", "training_args.json", "training_curves.png",
              "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png",
-             "cv_results.json", "cv_results.md", "cv_results.png")
+             "cv_results.json", "cv_results.md", "cv_results.png", "adapter")
 CHECKPOINT_PATTERN = "checkpoint-*"
 
 

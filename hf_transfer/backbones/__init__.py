@@ -9,6 +9,7 @@ Everything else in hf_transfer asks the adapter and never checks which library a
 
 from .adapter import ADAPTERS, BackboneAdapter, adapter_for, build_layer_map, register_adapter
 from . import timm_adapters, transformers_adapters  # noqa: E402,F401 - register the families (generic first)
+from . import peft_adapter  # noqa: E402,F401 - a peft wrapper is matched before the family it wraps
 from .loading import (
     DEFAULT_BACKBONE,
     EMBEDDED_BACKBONES,

@@ -250,6 +250,74 @@ class BackboneAdapter:
         has_attention = any("attention" in type(m).__name__.lower() or type(m).__name__ == "Attention" for m in modules)
         return has_conv and not has_attention
 
+    # ------------------------------------------------------------------------------------------------ LoRA
+    def lora_targets(self) -> tuple[list[str], str]:
+        """The modules that get LoRA by default (full names) and the rule that chose them. The generic adapter does not
+        know the family, so it names none rather than guess."""
+        raise TransferError(f"hf_transfer has no default LoRA targets for {type(self.model).__name__} (an architecture "
+                            "no adapter knows); pass --lora_target_modules, e.g. 'qkv' or 'regex:blocks\\.\\d+\\.conv'")
+
+
+# Attention input projections that take LoRA, per naming scheme (fused first): timm, transformers 5, older code.
+ATTENTION_PROJECTIONS = (("qkv",), ("q_proj", "v_proj"), ("query", "value"), ("q", "v"))
+_ATTENTION_CLASS = re.compile(r"attention|attn", re.IGNORECASE)
+
+
+def structural_lora_targets(model: torch.nn.Module, layer_map: LayerMap) -> tuple[list[str], str]:
+    """Default LoRA targets read from the model's structure (timm and transformers families).
+
+    * Models with attention: the query and value projections of every attention module (a fused ``qkv`` whole), as
+      in the LoRA paper; ``qkv`` in timm, ``q_proj`` / ``v_proj`` in transformers 5.
+    * CNNs: every dense layer of the body after the stem: linear layers and convolutions with ``groups == 1``
+      (pointwise convolutions in EfficientNet / MobileNet blocks, ``mlp.fc1/fc2`` in ConvNeXt, every convolution of a
+      ResNet block). Depthwise convolutions hold few weights and are left alone. A convolution that pads in its
+      forward (timm ``Conv2dSame``) is taken only when it is 1x1 with stride 1, where LoRA's plain branch matches it.
+    """
+    head = set(layer_map.head.param_names)
+    stem = set(layer_map.groups[0].param_names) if len(layer_map.body) > 1 else set()
+    modules = dict(model.named_modules())
+
+    def in_body(name: str, module: torch.nn.Module) -> bool:
+        own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+        return bool(own) and not any(p in head for p in own)
+
+    attention: dict[str, list[str]] = {}  # attention module -> its linear children (leaf names)
+    for name, module in modules.items():
+        parent = name.rpartition(".")[0]
+        if isinstance(module, torch.nn.Linear) and in_body(name, module) and _ATTENTION_CLASS.search(type(modules[parent]).__name__):
+            attention.setdefault(parent, []).append(name.rpartition(".")[2])
+    if attention:
+        chosen, schemes = [], []
+        for parent, leaves in attention.items():
+            scheme = next((s for s in ATTENTION_PROJECTIONS if set(s) <= set(leaves)), None)
+            if scheme:
+                chosen += [f"{parent}.{leaf}" for leaf in scheme]
+                schemes.append("/".join(scheme))
+        if not chosen:
+            some = next(iter(attention.items()))
+            raise TransferError(f"cannot tell the query/value projections of {type(model).__name__}'s attention "
+                                f"({some[0]} has {', '.join(some[1])}); pass --lora_target_modules with their names")
+        return chosen, f"attention projections ({', '.join(dict.fromkeys(schemes))})"
+    chosen, kinds = [], {"pointwise conv": 0, "kxk conv": 0, "linear": 0}
+    for name, module in modules.items():
+        if not name or not in_body(name, module) or any(f"{name}.{p}" in stem for p, _ in module.named_parameters(recurse=False)):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            kinds["linear"] += 1
+        elif isinstance(module, torch.nn.Conv2d) and module.groups == 1:
+            pointwise = module.kernel_size == (1, 1) and module.stride == (1, 1)
+            if not pointwise and type(module) is not torch.nn.Conv2d:
+                continue  # pads in its forward: LoRA's plain Conv2d branch would not match its output
+            kinds["pointwise conv" if module.kernel_size == (1, 1) else "kxk conv"] += 1
+        else:
+            continue
+        chosen.append(name)
+    if not chosen:
+        raise TransferError(f"{type(model).__name__} has no attention projection, dense convolution or linear layer in "
+                            "its body for LoRA; pass --lora_target_modules")
+    what = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in kinds.items() if n)
+    return chosen, f"dense layers after the stem ({what})"
+
 
 def name_some(names, strip: str = "") -> str:
     """'a.b' or 'a.b and 3 more': a report line names the first of many parameters."""

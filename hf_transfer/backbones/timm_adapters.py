@@ -13,7 +13,7 @@ import torch
 
 from ..errors import TransferError
 from ..layers import LayerMap, build_groups
-from .adapter import BackboneAdapter, name_some, register_adapter, trace_run_order
+from .adapter import BackboneAdapter, name_some, register_adapter, structural_lora_targets, trace_run_order
 
 
 def _grid(tokens: int, prefix_tokens: int) -> str:
@@ -97,6 +97,10 @@ class TimmAdapter(BackboneAdapter):
         if fmt is None:
             return self.nhwc_default
         return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
+
+    def lora_targets(self) -> tuple[list[str], str]:
+        """``qkv`` of every attention block for ViTs, the body's dense layers for CNNs (`structural_lora_targets`)."""
+        return structural_lora_targets(self.model, self.layer_map())
 
     # ------------------------------------------------------------------------------------------ input size
     def change_input_size(self, image_size: int) -> str:

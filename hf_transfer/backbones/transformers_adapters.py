@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TransferError
-from .adapter import BackboneAdapter, name_some, register_adapter
+from .adapter import BackboneAdapter, name_some, register_adapter, structural_lora_targets
 
 
 def _is_pooled(tensor) -> bool:
@@ -76,6 +76,10 @@ class TransformersAdapter(BackboneAdapter):
                 raise TransferError(f"cannot find the classifier of {type(self.model).__name__}; pass a model with a "
                                     "classification head")
         return self._head_roots
+
+    def lora_targets(self) -> tuple[list[str], str]:
+        """``q_proj`` / ``v_proj`` (transformers 5 names) for ViT-style models, the body's dense layers for CNNs."""
+        return structural_lora_targets(self.model, self.layer_map())
 
     # ------------------------------------------------------------------------------------------ input size
     def change_input_size(self, image_size: int) -> str:

@@ -47,6 +47,9 @@ def run_finetune(
             return run_advised_probe(advice, model_args, data_args, training_args)
     if model_args.no_pretrained and transfer_args.strategy == "full":
         transfer_args.strategy = "scratch"  # random weights: nothing is pretrained, so no backbone lr multiplier
+    if model_args.no_pretrained and transfer_args.strategy == "lora":
+        raise TransferError("--strategy lora adapts pretrained weights, but --no_pretrained gives random ones; drop "
+                            "--no_pretrained, or train from scratch with --strategy scratch")
     # Bad flags, an impossible schedule, a bad checkpoint path or an occupied output folder fail here, before any
     # data or model is loaded.
     config = transfer_args.to_config(training_args)
@@ -79,6 +82,10 @@ def run_finetune(
         training_args.learning_rate = default_learning_rate(model)
         say(f"--learning_rate not given: {training_args.learning_rate:g} for the head (the default for "
             f"{'BatchNorm CNNs' if training_args.learning_rate > 1e-3 else 'this backbone family'})")
+    if transfer_args.strategy == "lora":  # peft wraps the model; the plan below reads peft's names
+        from ..lora import wrap_with_lora
+
+        model = wrap_with_lora(model, transfer_args.to_config(training_args), source=model_args.model_name_or_path)
     plan = TransferPlan.build(model, transfer_args.to_config(training_args))
     plan.reinitialize(model)
     say(
@@ -122,7 +129,13 @@ def run_finetune(
     trained, weights = trained_weights(trainer)  # every process: ZeRO-3 and FSDP gather the sharded weights
     if trainer.is_world_process_zero():
         with staged_output(training_args.output_dir) as staging:
-            save_model_folder(trained, staging, image_size=image_size, timm_layout=True, state_dict=weights)  # timm loads it too
+            if transfer_args.strategy == "lora":  # adapter/ + the merged model (lora.py)
+                from ..lora import save_lora_output
+
+                save_lora_output(trained, staging, image_size=image_size, merge=not transfer_args.lora_adapter_only,
+                                 source=model_args.model_name_or_path)
+            else:
+                save_model_folder(trained, staging, image_size=image_size, timm_layout=True, state_dict=weights)  # timm loads it too
             plan.save(staging, trained)
             data.write_bad_images(staging)  # what --on_bad_image skip left out, if anything
     validation = trainer.predict(splits["validation"], metric_key_prefix="eval")  # predictions: the confusion matrix
