@@ -101,19 +101,17 @@ class TransferArguments:
 
     strategy: str = field(
         default="full",
-        metadata={"help": "full | linear_probe (head only) | partial (use --freeze) | lp_ft (head for --lp_epochs, then "
-                          "all) | scratch (random init) | auto (the advisor measures the data and backbone and picks "
-                          "the plan; a linear-probe plan runs the probe job) | lora (peft)."},
+        metadata={"help": "full | linear_probe (head only) | partial (--freeze) | lp_ft (head for --lp_epochs, then all) | "
+                          "scratch | auto (the advisor measures and picks) | lora (peft; --help_all)."},
     )
     freeze: str = field(
         default="none",
-        metadata={"help": "none | backbone | depth:K (first K depth groups) | fraction:F (first F of the depth groups) "
-                          "| regex:PATTERN (matching parameter names). Frozen for the whole run."},
+        metadata={"help": "none | backbone | depth:K | fraction:F (the first K, or share F, of the depth groups) | "
+                          "regex:PATTERN. Frozen for the whole run."},
     )
     bn_policy: str = field(
         default="frozen",
-        metadata={"help": "frozen: BatchNorm in frozen parts keeps weights and running statistics; eval: every "
-                          "BatchNorm uses running statistics; train: statistics update everywhere."},
+        metadata={"help": "frozen: BatchNorm in frozen parts keeps its statistics | eval: everywhere | train: none does."},
     )
     backbone_lr_multiplier: float = field(
         default=0.1, metadata={"help": "Factor on --learning_rate for every pretrained parameter."}
@@ -128,19 +126,17 @@ class TransferArguments:
         default=None, metadata={"help": "Re-initialize modules whose name matches this regex (trained as new, at the head's lr)."}
     )
     gradual_unfreeze_epochs: int = field(
-        default=0, metadata={"help": "N > 0: start with the head only and unfreeze one more depth group from the top every N epochs."}
+        default=0, metadata={"help": "N > 0: head only first, then one more depth group from the top every N epochs."}
     )
     lp_epochs: int = field(default=0, metadata={"help": "Head-only epochs before full fine-tuning (--strategy lp_ft)."})
     layer_regex: str | None = field(
-        default=None, metadata={"help": "Regex with one (\\d+) group numbering the blocks, for architectures the layer map does not know."}
+        default=None, metadata={"help": "Regex with one (\\d+) group numbering the blocks (unknown architectures)."}
     )
     time_budget: float | None = field(
-        default=None, metadata={"help": "Seconds for the whole run: training stops cleanly (then evaluates and saves) "
-                                        "before the budget ends; with --strategy auto the plan's epochs are fitted to it."}
+        default=None, metadata={"help": "Seconds for the run: training stops cleanly in time to evaluate and save."}
     )
     head_init_from: str | None = field(
-        default=None, metadata={"help": "Output folder of recipes/linear_probe.py (pooled probe of the same backbone): "
-                                        "the head starts from the probe (LP-FT; with --strategy lp_ft, --lp_epochs may be 0)."}
+        default=None, metadata={"help": "A pooled linear_probe.py output of this backbone: the head starts from it (LP-FT)."}
     )
     class_weighting: str = field(
         default="none", metadata={"help": "none (default) | balanced: class weights 1/(train images) in the loss."}
