@@ -95,7 +95,7 @@ SUPPORT: dict[tuple[str, str], Support] = {
     ("single", "lora"): Support(True, "peft wraps the model before the plan is built; saved from the peft model",
                                 "tests/test_lora.py::test_lora_job_writes_adapter_and_merged_model"),
     ("ddp", "lora"): Support(True, "the peft model is what DDP wraps; rank 0 saves the unwrapped one",
-                             "run by hand: 2 CPU processes, tests/multiprocess_recipe.py --strategy lora (notes/lora.md)"),
+                             "run by hand: 2 CPU processes, tests/multiprocess_recipe.py --strategy lora (README, LoRA)"),
     ("zero1_2", "lora"): Support(False, LORA_SHARDED),
     ("zero3", "lora"): Support(False, LORA_SHARDED),
     ("fsdp1", "lora"): Support(False, LORA_SHARDED),
