@@ -106,13 +106,6 @@ class Decision:
     estimated_seconds: float | None = None
     reasons: list[str] = field(default_factory=list)
 
-    @property
-    def chosen_point(self) -> str:
-        """What the plot marks: the probed depth(s), or where fine-tuning starts training."""
-        if self.job == "probe":
-            return self.layers or "pooled"
-        return self.freeze if self.strategy == "partial" else "all depths"
-
     def as_dict(self) -> dict:
         return asdict(self)
 
