@@ -317,24 +317,17 @@ def tiny_pretrained(tmp_path_factory):
 
 
 DATA = ["--dataset_name", "embedded:digits", "--max_train_samples", "150", "--max_eval_samples", "50", "--image_size", "32"]
-NO_CONCAT = functools.partial(Thresholds, concat_min_gain=1.0)  # `--layers a+b` runs only with the probes work
 
 
 @pytest.fixture(scope="module")
 def advised(tiny_pretrained, tmp_path_factory):
-    from hf_transfer.advisor import advice as advice_module
     from hf_transfer.jobs.advise import advise_argument_types, run_advise
 
     root = tmp_path_factory.mktemp("advise")
-    patch = pytest.MonkeyPatch()
-    patch.setattr(advice_module, "Thresholds", NO_CONCAT)
-    try:
-        args = parse_args(advise_argument_types(), ["--model_name_or_path", tiny_pretrained, *DATA, "--max_probe_images", "100",
-                                                    "--cv_folds", "2", "--output_dir", str(root / "advice"),
-                                                    "--feature_cache_dir", str(root / "cache")])
-        advice = run_advise(*args)
-    finally:
-        patch.undo()
+    args = parse_args(advise_argument_types(), ["--model_name_or_path", tiny_pretrained, *DATA, "--max_probe_images", "100",
+                                                "--cv_folds", "2", "--output_dir", str(root / "advice"),
+                                                "--feature_cache_dir", str(root / "cache")])
+    advice = run_advise(*args)
     return advice, root
 
 
@@ -363,8 +356,9 @@ def test_the_advised_probe_plan_runs_unchanged(advised):
     advice, root = advised
     results = run_linear_probe(*parse_args(probe_argument_types(), [str(root / "advice" / "plan.yaml")]))
     layer = advice.decision.layers
-    assert results["exported"]["layer"] == ("pooled" if layer == "pooled" else results["exported"]["layer"])
-    assert results["exported"]["layer"].startswith("pooled" if layer == "pooled" else f"depth {layer} ")
+    # The probe recipe exports exactly the layer the advice chose: pooled, one depth, or a concatenation of depths.
+    expected = "pooled" if layer == "pooled" else f"concat {layer}" if "+" in layer else f"depth {layer} "
+    assert results["exported"]["layer"].startswith(expected), (results["exported"]["layer"], layer)
     assert (root / "advice" / "run" / "all_results.json").is_file()
 
 
