@@ -570,9 +570,7 @@ def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: st
                    label_names: Sequence[str] | None = None) -> dict[str, float]:
     """Accuracy and macro-F1 on a held-out split (the package's offline metrics), and per-class recall
     (``result.per_class_recall[prefix]``, keyed by label name when ``label_names`` is given)."""
-    from sklearn.metrics import recall_score
-
-    from ..metrics import load_metric
+    from ..metrics import load_metric, per_class_recall
 
     predictions = result.predict(X)
     metrics = {
@@ -580,15 +578,9 @@ def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: st
         f"{prefix}_macro_f1": load_metric("f1").compute(predictions=predictions, references=y, average="macro")["f1"],
     }
     result.eval_metrics.update({k: float(v) for k, v in metrics.items()})
-    classes = np.unique(np.concatenate([np.unique(y), np.unique(predictions)]))
-    if label_names is not None:
-        classes = np.arange(len(label_names))
-    recalls = recall_score(y, predictions, labels=classes, average=None, zero_division=0.0)
-    present = set(np.unique(y).tolist())
-    result.per_class_recall[prefix] = {
-        (str(label_names[c]) if label_names is not None else str(int(c))): float(r)
-        for c, r in zip(classes, recalls) if int(c) in present  # a class absent from the split has no recall
-    }
+    # The fine-tune's metric, so probes and fine-tunes report recall the same way (classes present in the split).
+    names = [str(name) for name in label_names] if label_names is not None else None
+    result.per_class_recall[prefix] = per_class_recall(predictions, y, names)
     return result.eval_metrics
 
 
