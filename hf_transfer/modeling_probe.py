@@ -8,8 +8,9 @@ replaced by the identity (``identity_modules``) and the norms between the pooled
 at export, so the backbone's logits *are* its pooled feature.
 
 Head: a linear layer with the standardization folded in, kept in float64 so that the logits reproduce
-scikit-learn's ``decision_function`` to ~1e-6; or `ProbeMLP` (standardization, one hidden layer), the very module
-the MLP probe was trained as.
+scikit-learn's ``decision_function`` to ~1e-6; `ProbeMLP` (standardization, one hidden layer), the very module
+the MLP probe was trained as; or `KernelProbe` (an RBF-SVM's support vectors, dual coefficients, intercept and
+gamma, or k-NN's training rows and labels, with the standardization), in float64.
 
 This file imports nothing from hf_transfer: an export copies it next to the weights and names it in the config's
 ``auto_map``, so the folder loads with ``trust_remote_code=True`` where hf_transfer is not installed. With
@@ -51,6 +52,9 @@ class HFTransferProbeConfig(PretrainedConfig):
         head: str = "linear",
         hidden_size: int | None = None,
         activation: str = "gelu",
+        num_support: int | None = None,
+        num_classes: int | None = None,
+        neighbours: int | None = None,
         **kwargs,
     ):
         if isinstance(backbone_config, dict):
@@ -73,6 +77,9 @@ class HFTransferProbeConfig(PretrainedConfig):
         self.head = head
         self.hidden_size = hidden_size
         self.activation = activation
+        self.num_support = num_support  # kernel heads: support rows, classes, k of k-NN
+        self.num_classes = num_classes
+        self.neighbours = neighbours
         super().__init__(**kwargs)
 
     def to_dict(self):
@@ -90,13 +97,23 @@ def module_is_nhwc(module: torch.nn.Module, default: bool = False) -> bool:
     return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
 
 
+def first_tensor(output) -> torch.Tensor:
+    """A module's output -> its first tensor, depth first: a transformers ModelOutput, a tuple, or nested tuples
+    (PvtV2's encoder layer returns ``((hidden_states,), height, width)``)."""
+    while not isinstance(output, torch.Tensor):
+        if hasattr(output, "to_tuple"):  # a transformers ModelOutput
+            output = output.to_tuple()
+        if not isinstance(output, (tuple, list)) or not output:
+            raise ValueError(f"cannot read features from a layer output of type {type(output).__name__}; choose "
+                             "another depth with --layers")
+        output = output[0]
+    return output
+
+
 def global_pool(output, nhwc: bool = False, pooling: str = "avg") -> torch.Tensor:
     """A depth group's output -> (N, C): mean over H×W (CNN maps) or over tokens (N, L, C); ``avgmax``: (N, 2C),
     the mean and the max side by side (a 2-D output is one position: its mean and max are itself)."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):  # a transformers ModelOutput
-        output = output.to_tuple()[0]
+    output = first_tensor(output)
     if pooling not in ("avg", "avgmax"):
         raise ValueError(f"unknown pooling {pooling!r}; use avg or avgmax")
     if output.ndim == 4:
@@ -132,6 +149,58 @@ class ProbeMLP(torch.nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.act(self.fc1((features - self.mean) / self.scale))))
+
+
+class KernelProbe(torch.nn.Module):
+    """A kernel probe on standardized features, in float64: an RBF-SVM's decision function, or k-NN's vote shares.
+
+    ``rbf_svm``: ``d = exp(-gamma |z - sv|^2) @ coef + intercept`` with ``z = (x - mean) / scale``, one column per
+    class pair (i, j), i < j (scikit-learn's one-vs-one). Binary: logits ``[0, d]``. More classes: scikit-learn's
+    ``decision_function_shape="ovr"`` transform, votes plus confidences squashed into (-1/3, 1/3), so the argmax is
+    the class with most pairwise wins, ties broken by confidence (``SVC(break_ties=True).predict``).
+    ``knn``: the share of each class among the ``k`` nearest support rows (``predict_proba``): logits in [0, 1].
+    These are decision values, not calibrated probabilities: softmax over them (what pipeline() shows) ranks the
+    classes as the probe does but its scores are not the chance of being right.
+    """
+
+    def __init__(self, kind: str, num_features: int, num_support: int, num_columns: int, num_classes: int,
+                 neighbours: int = 1):
+        super().__init__()
+        if kind not in ("rbf_svm", "knn"):
+            raise ValueError(f"unknown kernel probe {kind!r} (this modeling_probe.py knows rbf_svm and knn)")
+        self.kind, self.num_classes, self.neighbours = kind, num_classes, neighbours
+        double = torch.float64
+        self.register_buffer("mean", torch.zeros(num_features, dtype=double))
+        self.register_buffer("scale", torch.ones(num_features, dtype=double))
+        self.register_buffer("support", torch.zeros(num_support, num_features, dtype=double))
+        # rbf_svm: (support, pairs) dual coefficients; knn: (support, classes) one-hot labels
+        self.register_buffer("coef", torch.zeros(num_support, num_columns, dtype=double))
+        self.register_buffer("intercept", torch.zeros(num_columns, dtype=double))
+        self.register_buffer("gamma", torch.ones((), dtype=double))
+        pairs = [(i, j) for i in range(num_classes) for j in range(i + 1, num_classes)]
+        first, second = torch.zeros(len(pairs), num_classes, dtype=double), torch.zeros(len(pairs), num_classes, dtype=double)
+        for column, (i, j) in enumerate(pairs):
+            first[column, i], second[column, j] = 1.0, 1.0
+        # saved with the weights: transformers builds the model on the meta device and fills buffers from the file
+        self.register_buffer("pair_first", first)
+        self.register_buffer("pair_second", second)
+
+    def squared_distances(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features.to(torch.float64) - self.mean) / self.scale
+        # as libsvm computes it: |z|^2 + |sv|^2 - 2 z.sv, in float64
+        return (z.pow(2).sum(1, keepdim=True) + self.support.pow(2).sum(1) - 2 * z @ self.support.T).clamp_min(0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        distances = self.squared_distances(features)
+        if self.kind == "knn":
+            nearest = distances.topk(self.neighbours, dim=1, largest=False).indices
+            return self.coef[nearest].mean(1)
+        decision = torch.exp(-self.gamma * distances) @ self.coef + self.intercept
+        if self.num_classes == 2:
+            return torch.cat([torch.zeros_like(decision), decision], dim=1)
+        votes = (decision >= 0).to(decision.dtype) @ self.pair_first + (decision < 0).to(decision.dtype) @ self.pair_second
+        confidence = decision @ (self.pair_first - self.pair_second)
+        return votes + confidence / (3 * (confidence.abs() + 1))
 
 
 class _Pruned(torch.nn.Module):
@@ -170,8 +239,14 @@ class HFTransferProbeForImageClassification(PreTrainedModel):
             self.classifier = ProbeMLP(config.num_features, config.hidden_size, config.num_logits, config.activation)
         elif config.head == "linear":
             self.classifier = torch.nn.Linear(config.num_features, config.num_logits, dtype=torch.float64)
+        elif config.head in ("rbf_svm", "knn"):
+            classes = config.num_classes or config.num_logits
+            columns = classes if config.head == "knn" else max(1, classes * (classes - 1) // 2)
+            self.classifier = KernelProbe(config.head, config.num_features, config.num_support, columns, classes,
+                                          config.neighbours or 1)
         else:
-            raise ValueError(f"unknown probe head {config.head!r} (this modeling_probe.py knows linear and mlp)")
+            raise ValueError(f"unknown probe head {config.head!r} (this modeling_probe.py knows linear, mlp, rbf_svm "
+                             "and knn)")
         self.post_init()
 
     def _init_weights(self, module):
@@ -212,7 +287,7 @@ class HFTransferProbeForImageClassification(PreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None,
                 **kwargs):
         features = self.pooled_features(pixel_values)
-        head_dtype = next(self.classifier.parameters()).dtype
+        head_dtype = next(iter(self.classifier.state_dict().values())).dtype  # float64 for linear and kernel heads
         logits = self.classifier(features.to(head_dtype))
         loss = None
         if labels is not None:

@@ -194,15 +194,21 @@ def test_mlp_fit_and_cv_scores_come_back_from_the_cache(tmp_path):
     assert not other.from_cache  # another class weighting is another fit
 
 
-def test_report_names_a_better_probe_that_cannot_be_exported():
-    def fake(probe, cv):
-        return ProbeResult(probe, FeatureLayer("pooled"), cv, 0.0, "C", 1.0, None, cv_metrics={"accuracy": cv})
+def test_report_names_a_better_probe_too_large_to_export(monkeypatch):
+    from hf_transfer.probes import search
 
-    report = DepthProbeReport([fake("logreg", 0.80), fake("mlp", 0.85), fake("rbf_svm", 0.90)], "validation")
+    def fake(probe, cv, head_bytes=0):
+        kernel = SimpleNamespace(nbytes=head_bytes, module=SimpleNamespace(support=np.zeros((4, 2)))) if head_bytes else None
+        return ProbeResult(probe, FeatureLayer("pooled"), cv, 0.0, "C", 1.0, None, cv_metrics={"accuracy": cv},
+                           kernel=kernel)
+
+    monkeypatch.setattr(search, "MAX_HEAD_BYTES", 1000)
+    report = DepthProbeReport([fake("logreg", 0.80), fake("mlp", 0.85), fake("rbf_svm", 0.90, 2000)], "validation")
     assert report.best(exportable_only=True).probe == "mlp"
     assert report.better_non_exportable().probe == "rbf_svm"
     assert report.as_dict()["better_non_exportable"]["probe"] == "rbf_svm"
-    report = DepthProbeReport([fake("logreg", 0.95), fake("rbf_svm", 0.90)], "validation")
+    report = DepthProbeReport([fake("logreg", 0.80), fake("rbf_svm", 0.90, 500)], "validation")
+    assert report.best(exportable_only=True).probe == "rbf_svm"  # within the limit: a kernel probe exports
     assert report.better_non_exportable() is None and report.as_dict()["better_non_exportable"] is None
 
 
@@ -218,13 +224,13 @@ def test_probe_features_assembles_concatenations_from_a_plain_dict(setup):
                        ["logreg"], FAST)
 
 
-def test_probe_job_exports_auto_and_names_the_better_kernel_probe(setup, tmp_path, monkeypatch, capsys):
+def test_probe_job_exports_auto_the_cv_best_probe_a_kernel_one_included(setup, tmp_path, monkeypatch, capsys):
     import functools
 
     from hf_transfer.arguments import DataArguments, ModelArguments
     from hf_transfer.jobs import probe as job
 
-    # logreg crippled (C = 1e-6 predicts the majority): knn wins by CV, the job must export logreg and say so
+    # logreg crippled (C = 1e-6 predicts the majority): knn wins by CV, and --export auto exports it
     monkeypatch.setattr(job, "ProbeConfig", functools.partial(job.ProbeConfig, logreg_c=(1e-6,)))
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(setup.cache.dir))
     results = job.run_linear_probe(
@@ -232,16 +238,15 @@ def test_probe_job_exports_auto_and_names_the_better_kernel_probe(setup, tmp_pat
         DataArguments(dataset_name="embedded:digits", max_train_samples=60, max_eval_samples=20),
         job.ProbeArguments(layers="1+pooled", probe="logreg,knn", cv_folds=2, output_dir=str(tmp_path / "run")))
     out = capsys.readouterr().out
-    assert results["exported"]["probe"] == "logreg" and results["exported"]["layer_spec"] == "1+pooled"
-    assert results["better_non_exportable"]["probe"] == "knn"
-    note = next(line for line in out.splitlines() if "scored better by CV" in line)
-    assert "knn" in note and "cannot be exported" in note and "--probe mlp" in note
+    assert results["exported"]["probe"] == "knn" and results["exported"]["layer_spec"] == "1+pooled"
+    assert results["exported"]["head_bytes"] > 0 and results["better_non_exportable"] is None
+    assert "exported knn on concat 1+pooled" in out and "trust_remote_code=True" in out
     assert len(results["eval_per_class_recall"]) == 10
     assert results["eval_macro_f1"] == pytest.approx(results["exported"]["validation_macro_f1"], abs=1e-5)
     table = (tmp_path / "run" / "probe_table.txt").read_text()
-    assert "per-class validation recall of logreg on concat 1+pooled" in table
+    assert "per-class validation recall of knn on concat 1+pooled" in table
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "| class | recall |" in card and "cannot be exported as a model" in card
+    assert "| class | recall |" in card and "cannot be exported as a model" not in card
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "hf_transfer_probe"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
@@ -15,7 +16,6 @@ from ..probes import (
     EXPORTABLE_PROBES,
     PROBES,
     ProbeConfig,
-    ProbeResult,
     evaluate_probe,
     export_probe,
     probe_layers,
@@ -59,9 +59,9 @@ class ProbeArguments:
     )
     export: str = field(
         default="auto",
-        metadata={"help": "Which probe becomes the saved model: auto (the best exportable probe by CV), none, or an "
-                          f"exportable probe's name ({', '.join(EXPORTABLE_PROBES)}; its best layer). Kernel SVM and "
-                          "k-NN cannot be exported; auto says when one of them scored better."},
+        metadata={"help": "Which probe becomes the saved model: auto (the best probe by CV), none, or a probe's name "
+                          f"({', '.join(EXPORTABLE_PROBES)}; its best layer). Kernel probes (rbf_svm, knn) export with "
+                          "their support rows, refused above 200 MB (auto then takes the next best and says so)."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/linear_probe-<model>-<dataset>."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a previous run in --output_dir."})
@@ -82,14 +82,30 @@ def probe_argument_types() -> tuple:
 
 
 def _choose_export(report, export: str):
+    """The probe to export: the CV-best (auto) or the named probe's best layer. ``auto`` passes over a kernel probe
+    too large to export, and says so; a named one that is too large is refused by export_probe, with its size."""
     if export == "none":
         return None
     if export == "auto":
-        return report.best(exportable_only=True)
+        best = report.best()
+        if best is not None and not best.exportable:
+            fallback = report.best(exportable_only=True)
+            say(f"note: {best.export_problem()}; exporting the next best by CV"
+                + (f", {fallback.probe} on {fallback.layer.name}" if fallback else " (none)"))
+            return fallback
+        return best
     matching = [r for r in report.results if r.probe == export]
     if not matching:
         raise TransferError(f"--export {export} names a probe that was not run; add it to --probe or use --export auto")
     return max(matching, key=lambda r: r.cv_score)
+
+
+def check_pixels(split, count: int = 16):
+    """The first ``count`` images of a split as the model sees them: export checks its logits on these."""
+    import torch
+
+    batch = split[:min(count, len(split))]["pixel_values"]
+    return torch.stack(batch) if isinstance(batch, list) else batch
 
 
 def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe_args: ProbeArguments) -> dict:
@@ -104,8 +120,6 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     if probe_args.export not in ("auto", "none", *PROBES):
         raise TransferError(f"--export {probe_args.export!r} is not understood; use auto, none or one of "
                             f"{', '.join(EXPORTABLE_PROBES)}")
-    if probe_args.export in PROBES and probe_args.export not in EXPORTABLE_PROBES:
-        ProbeResult(probe_args.export, None, 0.0, 0.0, "", 0, None).folded_head()  # the one-line "comparison only" error
     if probe_args.pooling not in POOLINGS:  # before the data and the backbone load
         parse_layers("pooled", None, probe_args.pooling)
     probe_config = ProbeConfig(cv_folds=probe_args.cv_folds, seed=probe_args.seed,
@@ -139,8 +153,6 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     say(f"per-layer results (C / k chosen by cross-validated {probe_config.select_by} on train):\n" + report.table())
     best = report.best()
     chosen = _choose_export(report, probe_args.export)
-    if chosen is not None and not chosen.exportable:
-        chosen.folded_head()  # raises the one-line "evaluation only" error
     if "test" in splits and chosen is not None:
         evaluate_probe(chosen, feature_set.features["test"][chosen.layer.key], feature_set.labels["test"], prefix="test",
                        label_names=data.labels)
@@ -152,7 +164,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
 
     results = {
         **report.as_dict(),
-        "exported": chosen.summary() if chosen else None,
+        "exported": {**chosen.summary(), "head_bytes": chosen.head_bytes} if chosen else None,
         "eval_accuracy": (chosen or best).eval_metrics.get("validation_accuracy"),
         "eval_macro_f1": (chosen or best).eval_metrics.get("validation_macro_f1"),
         "eval_per_class_recall": (chosen or best).per_class_recall.get("validation"),
@@ -168,7 +180,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     }
     with staged_output(probe_args.output_dir) as staging:
         if chosen is not None:
-            export_probe(model, chosen, staging, layer_map=layer_map, image_size=image_size)
+            export_probe(model, chosen, staging, layer_map=layer_map, image_size=image_size,
+                         check_pixels=check_pixels(splits.get("validation") or splits["train"]))
         if len({r.layer.key for r in report.results}) > 1:
             report.plot(staging / "probe_accuracy_per_depth.png",
                         title=f"{model_args.model_name_or_path} on {data.source}: probe accuracy per depth",
@@ -181,18 +194,20 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     if chosen is not None:
         write_model_card(probe_args.output_dir)  # hub.py: README.md, read back from the finished folder
     if chosen is not None:
-        plain = chosen.layer.is_pooled and chosen.linear is not None
-        note = "" if plain else " (an hf_transfer_probe model: load it with trust_remote_code=True)"
-        say(f"exported {chosen.probe} on {chosen.layer.name}: validation accuracy "
+        import json
+
+        written = json.loads((Path(probe_args.output_dir) / "config.json").read_text()).get("model_type")
+        note = " (an hf_transfer_probe model: load it with trust_remote_code=True)" if written == "hf_transfer_probe" else ""
+        say(f"exported {chosen.probe} on {chosen.layer.name} (head {chosen.head_bytes / 2**20:.2f} MB): validation accuracy "
             f"{chosen.eval_metrics.get('validation_accuracy', float('nan')):.4f}, macro-F1 "
             f"{chosen.eval_metrics.get('validation_macro_f1', float('nan')):.4f} -> {probe_args.output_dir}{note}")
     metric = probe_config.select_by.replace("_", "-")
     if better is not None and chosen is not None:
         say(f"note: {better.probe} on {better.layer.name} scored better by CV ({metric} {better.cv_score:.4f} vs "
-            f"{chosen.cv_score:.4f} for the exported {chosen.probe} on {chosen.layer.name}) but cannot be exported"
-            + ("" if any(r.probe == "mlp" for r in report.results) else "; --probe mlp adds an exportable nonlinear probe"))
+            f"{chosen.cv_score:.4f} for the exported {chosen.probe} on {chosen.layer.name}) but is too large to "
+            f"export ({better.head_bytes / 2**20:.0f} MB)")
     elif chosen is None and probe_args.export == "auto":
-        say(f"nothing exported: no exportable probe was run ({', '.join(EXPORTABLE_PROBES)}); add one to --probe")
+        say("nothing exported: no probe could be exported; see the notes above")
     elif best is not None and best is not chosen:
         say(f"best by CV overall: {best.probe} on {best.layer.name} (cv {metric} {best.cv_score:.4f}; "
             f"{'not exportable, ' if not best.exportable else ''}validation {best.eval_metrics.get('validation_accuracy', float('nan')):.4f})")

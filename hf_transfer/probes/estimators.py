@@ -1,30 +1,27 @@
-"""Probe estimators on frozen features, and choosing their regularization by cross-validation.
+"""Probe estimators on frozen features: what is fitted, with which grid.
 
 Every probe standardizes its features (a scikit-learn pipeline ``StandardScaler -> classifier``; the MLP carries
 its own standardization); its regularization is chosen by stratified k-fold cross-validation on the training split
-(by CV accuracy, or macro-F1 with ``select_by``), and every probe is reported on the held-out split with accuracy,
-macro-F1 and per-class recall.
+(`search.fit_probe`), and every probe can be exported as a model (`export.export_probe`):
 
-* ``logreg``: multinomial logistic regression (lbfgs), C by CV.        exportable
-* ``linear_svm``: `LinearSVC` (one-vs-rest, squared hinge), C by CV.    exportable
-* ``torch_linear``: a linear head trained with AdamW on cached features (large datasets), C by CV.  exportable
-* ``mlp``: one hidden layer (GELU, dropout) trained with AdamW and early stopping, weight decay by CV.  exportable
-* ``rbf_svm``: kernel SVM; ``knn``: k nearest neighbours.   for comparison only: they cannot become a model head
-  (asking to export them is an error).
+* ``logreg``: multinomial logistic regression (lbfgs), C by CV.
+* ``linear_svm``: `LinearSVC` (one-vs-rest, squared hinge), C by CV.
+* ``torch_linear``: a linear head trained with AdamW on cached features (large datasets), C by CV.
+* ``mlp``: one hidden layer (GELU, dropout) trained with AdamW and early stopping, weight decay by CV.
+* ``rbf_svm``: kernel SVM (``gamma="scale"``, ties between classes broken by the decision values), C by CV.
+* ``knn``: k nearest neighbours, k by CV.
 
 ``class_weight="balanced"`` weighs each class by ``n / (classes * n_class)`` (scikit-learn's rule; the torch probes
 weigh their loss the same way); k-NN has no class weights.
 
 A linear probe exports with the standardization folded into the head, ``W' = coef / scale`` and
 ``b' = intercept - coef · (mean / scale)``; a binary probe gives two logits ``[0, d]``. The MLP exports as the very
-module it was trained as (`modeling_probe.ProbeMLP`).
+module it was trained as (`modeling_probe.ProbeMLP`), a kernel probe as `modeling_probe.KernelProbe`.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -33,14 +30,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import TransferError
-from ..features import FeatureLayer
 from ..modeling_probe import ProbeMLP
 
 LINEAR_PROBES = ("logreg", "linear_svm", "torch_linear")
 MLP_PROBES = ("mlp",)
-EXPORTABLE_PROBES = LINEAR_PROBES + MLP_PROBES
-COMPARISON_PROBES = ("rbf_svm", "knn")
-PROBES = EXPORTABLE_PROBES + COMPARISON_PROBES
+KERNEL_PROBES = ("rbf_svm", "knn")
+PROBES = LINEAR_PROBES + MLP_PROBES + KERNEL_PROBES
+EXPORTABLE_PROBES = PROBES  # every probe exports as a model head (kernel probes within a size limit)
+COMPARISON_PROBES = KERNEL_PROBES  # what `auto` adds on small sets (they scale with n^2)
+# A kernel probe's head holds its support rows: above this size export refuses it, with the numbers.
+MAX_HEAD_BYTES = 200 * 2**20
 CLASS_WEIGHTINGS = ("none", "balanced")
 SELECTION_METRICS = ("accuracy", "macro_f1")
 # Above this many training images scikit-learn's solvers get slow on CPU; `auto` switches to the torch head.
@@ -68,6 +67,17 @@ class ProbeConfig:
     max_iter: int = 100
     class_weight: str | None = None  # None or "balanced"
     select_by: str = "accuracy"  # the CV metric that picks hyper-parameters and the best probe: accuracy or macro_f1
+    n_jobs: int | None = None  # processes for the CV folds (joblib); None: as many as free cores allow
+
+    def jobs(self, tasks: int) -> int:
+        """Processes for ``tasks`` independent fits: ``n_jobs``, else one per core this process may use, never
+        more than the tasks (one: fits run in this process, no worker start-up)."""
+        if self.n_jobs is not None:
+            return max(1, min(self.n_jobs, tasks))
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(cores // 2, tasks))  # half the cores: the other half stays with torch and the machine
 
     def __post_init__(self):
         if self.class_weight == "none":
@@ -295,7 +305,8 @@ def _build_estimator(kind: str, value, config: ProbeConfig, blocks: tuple[int, .
         clf = LinearSVC(C=value, dual="auto", max_iter=config.max_iter * 3, tol=1e-3, random_state=config.seed,
                         class_weight=weight)
     elif kind == "rbf_svm":
-        clf = SVC(C=value, kernel="rbf", gamma="scale", class_weight=weight)
+        # break_ties: predict is the argmax of the decision values, which is what the exported model's logits are
+        clf = SVC(C=value, kernel="rbf", gamma="scale", class_weight=weight, break_ties=True)
     elif kind == "knn":
         clf = KNeighborsClassifier(n_neighbors=value)  # no class weights in k-NN
     elif kind == "torch_linear":
@@ -325,237 +336,6 @@ def _plain_params(estimator) -> dict:
     return {k: v for k, v in estimator.get_params(deep=True).items() if not isinstance(v, (BaseEstimator, list))}
 
 
-# ------------------------------------------------------------------------------------------------- fitting
-@dataclass
-class LinearHead:
-    """A fitted linear probe as plain arrays: ``((x - mean) / scale) @ coef.T + intercept``.
-
-    What every linear probe (logreg, linear SVM, torch head) reduces to: export folds it into one layer, and the
-    probe cache stores it as safetensors, so a rerun needs neither a refit nor an unpickled estimator.
-    """
-
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray  # (classes, features); one row for a binary probe, as in scikit-learn
-    intercept: np.ndarray
-    classes: np.ndarray
-
-    @classmethod
-    def from_pipeline(cls, pipeline) -> "LinearHead":
-        scaler, clf = pipeline[0], pipeline[-1]
-        return cls(*(np.asarray(a, dtype=np.float64) for a in (scaler.mean_, scaler.scale_)),
-                   np.atleast_2d(np.asarray(clf.coef_, dtype=np.float64)),
-                   np.atleast_1d(np.asarray(clf.intercept_, dtype=np.float64)), np.asarray(clf.classes_))
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "LinearHead":
-        return cls(**{name: arrays[name] for name in ("mean", "scale", "coef", "intercept", "classes")})
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return dict(vars(self))
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        scores = ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale) @ self.coef.T + self.intercept
-        return scores[:, 0] if self.coef.shape[0] == 1 else scores
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return _classes_of(self.decision_function(X), self.classes)
-
-    def folded(self) -> tuple[np.ndarray, np.ndarray]:
-        """(W', b') with the standardization folded in; a binary probe becomes two logits ``[0, d]``."""
-        weight = self.coef / self.scale
-        bias = self.intercept - self.coef @ (self.mean / self.scale)
-        if weight.shape[0] == 1:
-            weight = np.vstack([np.zeros_like(weight), weight])
-            bias = np.concatenate([[0.0], bias])
-        return weight, bias
-
-
-class MLPHead:
-    """A fitted MLP probe: the `ProbeMLP` module (standardization inside) and the classes its logits stand for.
-
-    The probe cache stores it as safetensors (the module's state and the classes), like a `LinearHead`.
-    """
-
-    def __init__(self, module: ProbeMLP, classes: np.ndarray, activation: str = "gelu"):
-        self.module = module.eval()
-        self.classes = np.asarray(classes)
-        self.activation = activation
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], activation: str = "gelu") -> "MLPHead":
-        hidden, features = arrays["fc1.weight"].shape
-        module = ProbeMLP(features, hidden, arrays["fc2.weight"].shape[0], activation)
-        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items() if k != "classes"})
-        return cls(module, arrays["classes"], activation)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {**{k: v.detach().numpy() for k, v in self.module.state_dict().items()}, "classes": self.classes}
-
-    @property
-    def hidden_size(self) -> int:
-        return self.module.fc1.out_features
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(torch.as_tensor(np.asarray(X, dtype=np.float32))).double().numpy()
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes[self.decision_function(X).argmax(1)]
-
-
-@dataclass
-class ProbeResult:
-    """One fitted probe on one layer: its CV scores, chosen hyper-parameter and held-out metrics.
-
-    ``cv_score`` / ``cv_std`` are the selection metric's (``selected_by``: accuracy or macro-F1); ``cv_metrics``
-    holds both. ``estimator`` is the fitted scikit-learn estimator, or None when the probe came from the cache;
-    ``linear`` is the `LinearHead` of every linear probe, ``mlp`` the `MLPHead` of an MLP probe.
-    """
-
-    probe: str
-    layer: FeatureLayer
-    cv_score: float
-    cv_std: float
-    param_name: str
-    param_value: float
-    estimator: object = field(repr=False)
-    fit_seconds: float = 0.0
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    linear: LinearHead | None = field(default=None, repr=False)
-    from_cache: bool = False
-    mlp: MLPHead | None = field(default=None, repr=False)
-    cv_metrics: dict[str, float] = field(default_factory=dict)
-    selected_by: str = "accuracy"
-    class_weight: str | None = None
-    per_class_recall: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> {label: recall}
-
-    @property
-    def exportable(self) -> bool:
-        return self.probe in EXPORTABLE_PROBES
-
-    @property
-    def _predictor(self):
-        return self.linear or self.mlp or self.estimator
-
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        return self._predictor.decision_function(features)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return self._predictor.predict(features)
-
-    def summary(self) -> dict:
-        summary = {
-            "probe": self.probe,
-            "layer": self.layer.name,
-            "layer_spec": self.layer.spec,
-            "cv_accuracy": round(self.cv_metrics.get("accuracy", self.cv_score), 5),
-            "cv_macro_f1": round(self.cv_metrics["macro_f1"], 5) if "macro_f1" in self.cv_metrics else None,
-            "cv_std": round(self.cv_std, 5),
-            "selected_by": self.selected_by,
-            self.param_name: self.param_value,
-            "class_weight": self.class_weight if self.probe != "knn" else None,
-            "fit_seconds": round(self.fit_seconds, 3),
-            "fit_from_cache": self.from_cache,
-            "exportable": self.exportable,
-            **{k: round(v, 5) for k, v in self.eval_metrics.items()},
-        }
-        if self.mlp is not None:
-            summary["hidden_size"] = self.mlp.hidden_size
-        for split, recalls in self.per_class_recall.items():
-            summary[f"{split}_per_class_recall"] = {k: round(v, 5) for k, v in recalls.items()}
-        return summary
-
-    def folded_head(self) -> tuple[np.ndarray, np.ndarray]:
-        """(W', b') in float64 with the scaler folded in; logits = x @ W'.T + b' equal the decision function."""
-        if not self.exportable:
-            raise TransferError(
-                f"a {self.probe} probe cannot be exported as a model: only linear probes "
-                f"({', '.join(LINEAR_PROBES)}) and the mlp probe become a model head; {self.probe} is for comparison "
-                "only (--export auto picks the best exportable probe)"
-            )
-        if self.linear is None:
-            raise TransferError(f"a {self.probe} probe has no linear head to fold; export it with export_probe")
-        return self.linear.folded()
-
-
-def _cv_folds(y: np.ndarray, requested: int) -> int:
-    smallest = min((int(c) for c in np.bincount(y) if c > 0), default=0)
-    folds = min(requested, smallest)
-    if folds < 2:
-        raise TransferError(
-            f"cross-validation needs at least 2 training images per class (the smallest class has {smallest}); "
-            "add images or drop that class"
-        )
-    return folds
-
-
-def fit_probe(kind: str, layer: FeatureLayer, X: np.ndarray, y: np.ndarray, config: ProbeConfig | None = None,
-              score_cache=None, blocks: Sequence[int] | None = None) -> ProbeResult:
-    """Choose the probe's hyper-parameter by stratified k-fold CV on (X, y), then refit on all of it.
-
-    Each value is scored by CV accuracy and macro-F1 (the same fits); ``config.select_by`` picks. With a
-    `FeatureCache` as ``score_cache``, what a rerun on the same features would recompute is kept beside the features:
-    the CV scores of each (features, labels, estimator settings, folds, seed) as JSON, and the final fit of a linear
-    or MLP probe as arrays in safetensors. Kernel SVM and k-NN are refitted (only a pickle could store them).
-    ``blocks``: the widths of a concatenation's parts, given an equal share of the variance (`BlockStandardScaler`).
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import StratifiedKFold, cross_validate
-    from threadpoolctl import threadpool_limits
-
-    config = config or ProbeConfig()
-    start = time.perf_counter()
-    blocks = tuple(int(b) for b in blocks) if blocks is not None and len(blocks) > 1 else None
-    block_factors(blocks, X.shape[1])  # the one-line error when the widths do not add up
-    name, values = _grid(kind, config)
-    if kind == "knn":
-        values = tuple(v for v in values if v < len(y) * (1 - 1 / max(2, config.cv_folds))) or (1,)
-    n_folds = _cv_folds(y, config.cv_folds)
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=config.seed)
-    data_digest = _digest(X, y) if score_cache is not None else ""
-
-    def cache_key(what: str, value) -> str | None:
-        if score_cache is None:
-            return None
-        return score_cache.key(kind=what, data=data_digest, probe=kind, folds=n_folds, seed=config.seed,
-                               params=_plain_params(_build_estimator(kind, value, config, blocks)))
-
-    scores = {}
-    # One BLAS/OpenMP thread: on these small problems, threads (worse: torch's and scikit-learn's OpenMP runtimes
-    # side by side on a busy CPU) made a logistic regression fit 20x slower (6.7s vs 0.27s, measured here).
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for value in values:
-            key = cache_key("cv_scores", value)
-            cached = score_cache.load_json(key) if key else None
-            if cached is None:
-                done = cross_validate(_estimator(kind, value, config, blocks), X, y, cv=folds,
-                                      scoring={"accuracy": "accuracy", "macro_f1": "f1_macro"})
-                cached = {metric: float(done[f"test_{metric}"].mean()) for metric in SELECTION_METRICS}
-                cached.update({f"{metric}_std": float(done[f"test_{metric}"].std()) for metric in SELECTION_METRICS})
-                if key:
-                    score_cache.save_json(key, cached)
-            scores[value] = cached
-        metric = config.select_by
-        # ties: the earlier (stronger-regularized) value
-        best = max(values, key=lambda v: (scores[v][metric], -values.index(v)))
-        fit_kind = "linear_head" if kind in LINEAR_PROBES else "mlp_head"
-        fit_key = cache_key(fit_kind, best) if kind in EXPORTABLE_PROBES else None
-        stored = score_cache.load_arrays(fit_key) if fit_key else None
-        estimator = None if stored is not None else _estimator(kind, best, config, blocks).fit(X, y)
-        linear = mlp = None
-        if kind in LINEAR_PROBES:
-            linear = LinearHead.from_arrays(stored) if stored is not None else LinearHead.from_pipeline(estimator)
-        elif kind in MLP_PROBES:
-            mlp = MLPHead.from_arrays(stored) if stored is not None else MLPHead(estimator.module_, estimator.classes_)
-        if fit_key and stored is None:
-            score_cache.save_arrays(fit_key, (linear or mlp).arrays())
-    return ProbeResult(kind, layer, scores[best][metric], scores[best][f"{metric}_std"], name, best, estimator,
-                       time.perf_counter() - start, linear=linear, from_cache=estimator is None, mlp=mlp,
-                       cv_metrics=dict(scores[best]), selected_by=metric, class_weight=config.class_weight)
-
-
 def _digest(X: np.ndarray, y: np.ndarray) -> str:
     import hashlib
 
@@ -566,39 +346,21 @@ def _digest(X: np.ndarray, y: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def evaluate_probe(result: ProbeResult, X: np.ndarray, y: np.ndarray, prefix: str = "eval",
-                   label_names: Sequence[str] | None = None) -> dict[str, float]:
-    """Accuracy and macro-F1 on a held-out split (the package's offline metrics), and per-class recall
-    (``result.per_class_recall[prefix]``, keyed by label name when ``label_names`` is given)."""
-    from ..metrics import load_metric, per_class_recall
-
-    predictions = result.predict(X)
-    metrics = {
-        f"{prefix}_accuracy": load_metric("accuracy").compute(predictions=predictions, references=y)["accuracy"],
-        f"{prefix}_macro_f1": load_metric("f1").compute(predictions=predictions, references=y, average="macro")["f1"],
-    }
-    result.eval_metrics.update({k: float(v) for k, v in metrics.items()})
-    # The fine-tune's metric, so probes and fine-tunes report recall the same way (classes present in the split).
-    names = [str(name) for name in label_names] if label_names is not None else None
-    result.per_class_recall[prefix] = per_class_recall(predictions, y, names)
-    return result.eval_metrics
-
 
 __all__ = [
     "CLASS_WEIGHTINGS",
     "COMPARISON_PROBES",
     "EXPORTABLE_PROBES",
+    "KERNEL_PROBES",
     "LINEAR_PROBES",
+    "MAX_HEAD_BYTES",
     "MLP_PROBES",
     "PROBES",
     "SELECTION_METRICS",
-    "LinearHead",
-    "MLPHead",
+    "BlockStandardScaler",
     "MLPProbeClassifier",
     "ProbeConfig",
-    "ProbeResult",
     "TorchLinearClassifier",
-    "evaluate_probe",
-    "fit_probe",
+    "class_weights",
     "resolve_probes",
 ]

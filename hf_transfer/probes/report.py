@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from ..features import FeatureLayer, concat_features
-from .estimators import ProbeConfig, ProbeResult, evaluate_probe, fit_probe
+from .estimators import ProbeConfig
+from .search import ProbeResult, evaluate_probe, fit_probe
 
 
 @dataclass
