@@ -169,11 +169,14 @@ def test_cache_hit_runs_no_forward_and_changes_invalidate(digits_data, tmp_path)
     changed = compute_features(model, splits_b, layers, cache=cache, transform_key=tkey_b, image_size=32)
     assert counter["n"] > 0 and not any(changed.from_cache.values())
 
-    # Other images (a different training subset) -> miss for train, hit for the unchanged validation split.
-    other = {"train": splits["train"].select(range(40)), "validation": splits["validation"]}
+    # Features are keyed by image: a reordered subset of cached images (a fold) is served from the cache, row by row.
+    order = [5, 3, 39, 0]
+    other = {"train": splits["train"].select(order), "validation": splits["validation"]}
     counter["n"] = 0
-    changed = compute_features(model, other, layers, cache=cache, transform_key=tkey, image_size=32)
-    assert not changed.from_cache["train/pooled"] and changed.from_cache["validation/pooled"]
+    subset = compute_features(model, other, layers, cache=cache, transform_key=tkey, image_size=32)
+    assert counter["n"] == 0 and subset.all_cached
+    np.testing.assert_array_equal(subset.features["train"][POOLED], first.features["train"][POOLED][order])
+    np.testing.assert_array_equal(subset.labels["train"], first.labels["train"][order])
 
     # Changed weights -> miss.
     with torch.no_grad():

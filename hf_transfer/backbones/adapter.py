@@ -130,7 +130,8 @@ class BackboneAdapter:
         try:
             self.run(pixel_values)
         except _StopForward:
-            pass
+            if "pooled" not in captured:  # a caller's hook (features.FeatureExtractor) stopped before the head
+                raise
         finally:
             for handle in handles:
                 handle.remove()
@@ -326,7 +327,8 @@ def name_some(names, strip: str = "") -> str:
 
 
 class _StopForward(Exception):
-    """Raised by a hook once what was asked for has been read: nothing after it is computed."""
+    """Raised by a hook once what was asked for has been read: nothing after it is computed (the one early stop of
+    the package: `features.FeatureExtractor` raises it too; the exported `modeling_probe` carries its own copy)."""
 
 
 def _make_identity(norm: torch.nn.Module) -> None:
