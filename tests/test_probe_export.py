@@ -182,3 +182,56 @@ def test_pvt_v2_depths_are_pooled_and_export(tmp_path):
         logits = exported(pixel_values=pixels[24:]).logits.double().numpy()
     np.testing.assert_allclose(logits, result.estimator.decision_function(features[concat.key].numpy()[24:]),
                                atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_distilled_deit_probe_predicts_in_pipeline_what_the_run_predicted(tmp_path):
+    """#18 case 10: a pooled probe of a distilled DeiT predicted 2 of 120 validation images differently in pipeline()
+    than in the run: the run resized uint8 tensors, the saved processor resizes PIL images. The probe path now makes
+    its pixels with the processor the export carries (`ProcessorImages`), so the two agree image by image."""
+    import skimage.data
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from PIL import Image
+
+    from hf_transfer.backbones import adapter_for
+    from hf_transfer.features import ProcessorImages, transform_fingerprint
+    from hf_transfer.probes import export_processor
+
+    rng = np.random.default_rng(0)
+    sources = [skimage.data.coffee(), skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.rocket()]
+    rows = {"train": [], "validation": []}
+    for split, count in (("train", 40), ("validation", 24)):
+        for i in range(count):
+            label = i % 2
+            source = sources[2 * label + (i // 2) % 2]
+            h, w = rng.integers(90, 200), rng.integers(90, 200)  # non-square, downscaled to 64 px
+            top, left = rng.integers(0, source.shape[0] - h), rng.integers(0, source.shape[1] - w)
+            path = tmp_path / f"{split}-{i}.png"
+            Image.fromarray(source[top:top + h, left:left + w]).save(path)
+            rows[split].append({"image": str(path), "label": label})
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["cat_or_coffee", "astronaut_or_rocket"])})
+    splits = {name: Dataset.from_list(items, features=features).cast_column("image", ImageFeature(decode=False))
+              for name, items in rows.items()}
+
+    torch.manual_seed(0)
+    model = load_backbone("deit_tiny_distilled_patch16_224", labels=["cat_or_coffee", "astronaut_or_rocket"],
+                          pretrained=False)
+    adapter = adapter_for(model)
+    adapter.change_input_size(64)
+    adapter.set_preprocessing(64)
+    layer_map = build_layer_map(model)
+    processor = export_processor(adapter, 64)
+    source = ProcessorImages(processor, "image", "label")
+    fs = compute_features(model, splits, parse_layers("pooled", layer_map), layer_map=layer_map,
+                          cache=FeatureCache(tmp_path / "cache"), image_size=64, source=source,
+                          transform_key=transform_fingerprint(processor.to_json_string(), None, 64))
+    first = next(iter(source(splits["validation"].select(range(4)), 4)))[0]
+    expected_pixels = processor(images=[Image.open(rows["validation"][i]["image"]).convert("RGB") for i in range(4)],
+                                return_tensors="pt")["pixel_values"]
+    assert torch.equal(first, expected_pixels)  # the processor's own pixels, bit for bit
+
+    result = fit_probe("logreg", fs.layers[0], fs.features["train"]["pooled"], fs.labels["train"], FAST)
+    export_probe(model, result, tmp_path / "probe", layer_map=layer_map, image_size=64, check_pixels=first)
+    run_labels = [model.config.id2label[int(i)] for i in result.predict(fs.features["validation"]["pooled"])]
+    images = [row["image"] for row in rows["validation"]]
+    assert run_pipeline_without_hf_transfer({"deit": tmp_path / "probe"}, images, tmp_path)["deit"] == run_labels

@@ -105,7 +105,7 @@ class ProcessorImages:
     def __call__(self, dataset, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         from ..transforms import _to_rgb, decode_image
 
-        raw = dataset.with_transform(None) if getattr(dataset, "format", {}).get("format_kwargs") else dataset
+        raw = dataset.with_format(None)  # the undecoded cells, without a transform that `with_transforms` attached
         for start in range(0, len(raw), batch_size):
             batch = raw[start:start + batch_size]
             images = [_to_rgb(decode_image(cell)) for cell in batch[self.image_column]]

@@ -11,19 +11,27 @@ from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
 from ..errors import TransferError
 from ..hub import run_summary, write_model_card
-from ..features import POOLINGS, FeatureCache, compute_features, describe_cache_use, parse_layers, transform_fingerprint
+from ..features import (
+    POOLINGS,
+    FeatureCache,
+    ProcessorImages,
+    compute_features,
+    describe_cache_use,
+    parse_layers,
+    transform_fingerprint,
+)
 from ..probes import (
     EXPORTABLE_PROBES,
     PROBES,
     ProbeConfig,
     evaluate_probe,
     export_probe,
+    export_processor,
     probe_layers,
     resolve_probes,
 )
 from ..runtime import configure_cpu_threads, say
 from ..saving import mark_default_output_dir, prepare_output_dir, resolve_output_dir, staged_output, write_json
-from ..transforms import build_transform
 from .common import prepare
 
 
@@ -100,12 +108,9 @@ def _choose_export(report, export: str):
     return max(matching, key=lambda r: r.cv_score)
 
 
-def check_pixels(split, count: int = 16):
+def check_pixels(source, split, count: int = 16):
     """The first ``count`` images of a split as the model sees them: export checks its logits on these."""
-    import torch
-
-    batch = split[:min(count, len(split))]["pixel_values"]
-    return torch.stack(batch) if isinstance(batch, list) else batch
+    return next(iter(source(split.select(range(min(count, len(split)))), count)))[0]
 
 
 def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe_args: ProbeArguments) -> dict:
@@ -139,11 +144,14 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     for note in data.notes:
         say(note)
 
-    cfg = adapter.data_config()
-    transform_key = transform_fingerprint(build_transform(cfg, image_size=image_size), cfg, image_size)
+    # The pixels come from the processor the exported folder carries: pipeline() then feeds the exported model the
+    # very pixels the probe was fitted and scored on, image by image.
+    processor = export_processor(adapter, image_size)
+    source = ProcessorImages(processor, data.image_column, data.label_column)
+    transform_key = transform_fingerprint(processor.to_json_string(), None, image_size)
     cache = FeatureCache(probe_args.feature_cache_dir, enabled=not probe_args.no_feature_cache)
     feature_set = compute_features(model, splits, layers, layer_map=layer_map, cache=cache, transform_key=transform_key,
-                                   image_size=image_size, batch_size=probe_args.batch_size)
+                                   image_size=image_size, batch_size=probe_args.batch_size, source=source)
     say(describe_cache_use(feature_set, cache) + f" [{feature_set.seconds:.1f}s]")
 
     probe_start = time.perf_counter()
@@ -181,7 +189,7 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     with staged_output(probe_args.output_dir) as staging:
         if chosen is not None:
             export_probe(model, chosen, staging, layer_map=layer_map, image_size=image_size,
-                         check_pixels=check_pixels(splits.get("validation") or splits["train"]))
+                         check_pixels=check_pixels(source, splits.get("validation") or splits["train"]))
         if len({r.layer.key for r in report.results}) > 1:
             report.plot(staging / "probe_accuracy_per_depth.png",
                         title=f"{model_args.model_name_or_path} on {data.source}: probe accuracy per depth",

@@ -15,7 +15,7 @@ from .estimators import (
     TorchLinearClassifier,
     resolve_probes,
 )
-from .export import export_probe, init_head_from_probe
+from .export import export_probe, export_processor, init_head_from_probe
 from .heads import KernelHead, LinearHead, MLPHead
 from .report import DepthProbeReport, probe_features, probe_layers
 from .search import ProbeResult, evaluate_probe, fit_probe
@@ -40,6 +40,7 @@ __all__ = [
     "TorchLinearClassifier",
     "evaluate_probe",
     "export_probe",
+    "export_processor",
     "fit_probe",
     "init_head_from_probe",
     "probe_features",

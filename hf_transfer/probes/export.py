@@ -233,6 +233,17 @@ def _logit_error(model, exported, result: ProbeResult, layer_map: LayerMap, pixe
     return error if np.isfinite(error) else float("nan")
 
 
+def export_processor(adapter, image_size: int | None):
+    """The image processor an exported folder carries, as pipeline() will load it: timm families keep their
+    preprocessing in config.json (``TimmWrapperImageProcessor``), the others save a processor file."""
+    carried = adapter.config_preprocessing()
+    if carried:
+        from transformers import TimmWrapperImageProcessor
+
+        return TimmWrapperImageProcessor(pretrained_cfg=dict(carried["pretrained_cfg"]))
+    return adapter.image_processor(image_size)
+
+
 def _write_processor(adapter, folder: Path, image_size: int | None) -> None:
     """preprocessor_config.json, which AutoImageProcessor / pipeline() need to preprocess raw images."""
     import json
