@@ -188,11 +188,15 @@ def block_factors(blocks: Sequence[int] | None, n_features: int) -> np.ndarray |
 
 
 def class_weights(targets: torch.Tensor, n_classes: int, class_weight: str | None) -> torch.Tensor | None:
-    """scikit-learn's ``balanced`` weights, ``n / (classes * n_class)``, for a weighted loss (None: unweighted)."""
+    """``balanced`` weights for the torch probes' weighted loss (None: unweighted): the fine-tune's own
+    `imbalance.balanced_class_weights`, proportional to ``1 / n_class``. torch's weighted mean cross-entropy
+    divides by the summed weights, so only the ratios count: scikit-learn's ``n / (classes * n_class)`` gives the
+    same loss and the same fit (tests/test_probe_variants.py checks the predictions are identical)."""
     if class_weight is None:
         return None
-    counts = torch.bincount(targets, minlength=n_classes).double()
-    return (len(targets) / (n_classes * counts.clamp(min=1))).float()
+    from ..imbalance import balanced_class_weights
+
+    return balanced_class_weights(torch.bincount(targets, minlength=n_classes).tolist())
 
 
 class MLPProbeClassifier(ClassifierMixin, BaseEstimator):

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Today's probe path against the new one, side by side in one run: bench/results/probe_speed.json.
+
+1. ``recipes/linear_probe.py`` with its defaults (embedded: EfficientNet-Lite0 on MNIST-5k at 96 px) and on the 8x8
+   digits, run by a git worktree of main at the start commit ("today") and by this tree ("new"), each with an empty
+   feature cache, then once more on its warm cache. Wall time of the whole process and validation accuracy.
+   The two sides alternate per dataset so that a neighbour's burst on the shared CPU does not land on one side only.
+2. Feature extraction (`compute_features` with the export's processor, hooks, cache writes) against a bare batched
+   loop over the same images that decodes each once, preprocesses with the same processor and runs the forward.
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_probe_speed.py [--start 9035cf2] [--only digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {"embedded default (MNIST-5k, Lite0, 96 px)": [], "digits (8x8, Lite0)": ["--dataset_name", "embedded:digits"]}
+
+
+def start_worktree(commit: str) -> Path:
+    """A detached git worktree of the start commit (today's code), made once."""
+    path = Path(tempfile.gettempdir()) / f"hf_transfer_probe_bench_{commit}"
+    if not (path / "recipes" / "linear_probe.py").exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
+                       capture_output=True)
+    return path
+
+
+def run_recipe(root: Path, flags: list[str], cache: Path, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "HF_TRANSFER_CACHE": str(cache)}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(root / "recipes" / "linear_probe.py"), *flags, "--output_dir", str(out),
+                           "--overwrite_output_dir"], capture_output=True, text=True, env=env, cwd=root)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{root}: {done.stderr[-2000:]}")
+    results = json.loads((out / "all_results.json").read_text())
+    return {"wall_seconds": round(seconds, 1), "validation_accuracy": results.get("eval_accuracy"),
+            "exported": f"{results['exported']['probe']} on {results['exported']['layer']}",
+            "feature_seconds": results.get("feature_seconds"), "probe_seconds": results.get("probe_seconds"),
+            "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def recipe_comparison(today: Path, datasets: dict) -> dict:
+    out = {}
+    for i, (name, flags) in enumerate(datasets.items()):
+        sides = [("today", today), ("new", ROOT)]
+        if i % 2:
+            sides.reverse()
+        row = {}
+        for side, root in sides:
+            with tempfile.TemporaryDirectory() as tmp:
+                cache, folder = Path(tmp) / "cache", Path(tmp) / "run"
+                first = run_recipe(root, flags, cache, folder)
+                rerun = run_recipe(root, flags, cache, folder)
+            row[side] = {"first": first, "cached_rerun": rerun,
+                         "rerun_fraction": round(rerun["wall_seconds"] / first["wall_seconds"], 3)}
+            print(name, side, row[side], flush=True)
+        row["new_over_today_wall"] = round(row["new"]["first"]["wall_seconds"] / row["today"]["first"]["wall_seconds"], 3)
+        row["accuracy_today_new"] = [row["today"]["first"]["validation_accuracy"], row["new"]["first"]["validation_accuracy"]]
+        out[name] = row
+    return out
+
+
+def extraction_comparison(images: int = 1000, batch_size: int = 64) -> dict:
+    """compute_features (no cache) vs a bare decode-once loop, chunk by chunk, order alternating."""
+    import torch
+
+    from hf_transfer.backbones import adapter_for, build_layer_map, load_backbone
+    from hf_transfer.data import load_image_classification_data
+    from hf_transfer.features import FeatureCache, ProcessorImages, compute_features, parse_layers
+    from hf_transfer.probes import export_processor
+    from hf_transfer.transforms import _to_rgb, decode_image
+
+    data = load_image_classification_data("embedded:mnist", max_train_samples=images, max_eval_samples=10)
+    model = load_backbone("embedded:efficientnet_lite0", labels=data.labels).eval()
+    adapter = adapter_for(model)
+    adapter.set_preprocessing(96)
+    layer_map = build_layer_map(model)
+    layers = parse_layers("auto", layer_map)
+    processor = export_processor(adapter, 96)
+    source = ProcessorImages(processor, data.image_column, data.label_column)
+    from datasets import Image
+
+    train = data.splits["train"].cast_column(data.image_column, Image(decode=False))
+    model.to(memory_format=torch.channels_last)
+    inner = model.timm_model
+
+    def bare(part):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(part), batch_size):
+                cells = part[i:i + batch_size][data.image_column]
+                pixels = processor(images=[_to_rgb(decode_image(c)) for c in cells], return_tensors="pt")["pixel_values"]
+                inner.forward_head(inner.forward_features(pixels.contiguous(memory_format=torch.channels_last)),
+                                   pre_logits=True)
+        return time.perf_counter() - start
+
+    def ours(part):
+        start = time.perf_counter()
+        compute_features(model, {"train": part}, layers, layer_map=layer_map, cache=FeatureCache(enabled=False),
+                         transform_key="bench", image_size=96, batch_size=batch_size, source=source)
+        return time.perf_counter() - start
+
+    bare(train.select(range(batch_size)))  # warm-up
+    ours(train.select(range(batch_size)))
+    chunks = [train.select(range(i, min(i + 4 * batch_size, len(train)))) for i in range(0, len(train), 4 * batch_size)]
+    t_ours, t_bare = 0.0, 0.0
+    for i, part in enumerate(chunks):
+        for side in (("ours", "bare") if i % 2 == 0 else ("bare", "ours")):
+            if side == "ours":
+                t_ours += ours(part)
+            else:
+                t_bare += bare(part)
+    return {"images": len(train), "layers": [l.name for l in layers],
+            "compute_features_img_per_s": round(len(train) / t_ours, 1),
+            "bare_decode_once_loop_img_per_s (pooled only)": round(len(train) / t_bare, 1),
+            "ratio": round(t_bare / t_ours, 3), "target_ratio": 0.9, "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--start", default="9035cf2", help="the start commit: today's code")
+    parser.add_argument("--only", choices=["digits", "default"], default=None)
+    parser.add_argument("--skip_extraction", action="store_true")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "probe_speed.json"))
+    args = parser.parse_args()
+    datasets = dict(DATASETS)
+    if args.only:
+        datasets = {k: v for k, v in datasets.items() if (args.only == "digits") == ("digits" in k)}
+    today = start_worktree(args.start)
+    results = {"benchmark": "probe_speed", "start_commit": args.start, "cpu_count": os.cpu_count(),
+               "note": "shared, noisy 2-core CPU; both sides ran in this one process, alternating",
+               "command": "PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_probe_speed.py",
+               "recipe_default_flags": datasets, "load_at_start": os.getloadavg()}
+    results["recipes"] = recipe_comparison(today, datasets)
+    if not args.skip_extraction:
+        results["extraction"] = extraction_comparison()
+        print(results["extraction"], flush=True)
+    results["load_at_end"] = os.getloadavg()
+    Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
