@@ -52,7 +52,7 @@ class ProbeArguments:
     probe: str = field(
         default="auto",
         metadata={"help": f"{'|'.join(PROBES)}|all|auto or a comma list. auto: logreg (torch_linear above 50k images), "
-                          "plus rbf_svm and knn for comparison up to 2k images. mlp: one hidden layer, exportable."},
+                          "plus rbf_svm and knn up to 2k images. mlp: one hidden layer. Every probe exports."},
     )
     cv_folds: int = field(default=3, metadata={"help": "Stratified folds for choosing C / k on the training split."})
     class_weighting: str = field(
