@@ -234,13 +234,14 @@ def _logit_error(model, exported, result: ProbeResult, layer_map: LayerMap, pixe
 
 
 def export_processor(adapter, image_size: int | None):
-    """The image processor an exported folder carries, as pipeline() will load it: timm families keep their
-    preprocessing in config.json (``TimmWrapperImageProcessor``), the others save a processor file."""
-    carried = adapter.config_preprocessing()
+    """The image processor an exported folder carries, as pipeline() will load it: the processor type and settings
+    the adapter keeps in config.json (timm families), else the processor file it saves."""
+    carried = dict(adapter.config_preprocessing())
     if carried:
-        from transformers import TimmWrapperImageProcessor
+        from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
 
-        return TimmWrapperImageProcessor(pretrained_cfg=dict(carried["pretrained_cfg"]))
+        processor_class = get_image_processor_class_from_name(carried.pop("image_processor_type"))
+        return processor_class.from_dict(carried)
     return adapter.image_processor(image_size)
 
 
