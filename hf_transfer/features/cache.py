@@ -19,7 +19,6 @@ from .extract import extract_features
 from .fingerprints import (
     dataset_fingerprint,
     dataset_transform_fingerprint,
-    library_versions,
     model_config_fingerprint,
     model_fingerprint,
     row_keys,
@@ -44,7 +43,10 @@ class FeatureCache:
     def key(**parts) -> str:
         """Every entry's key holds the cache format and the versions of the libraries that compute features and fit
         probes: an upgrade (a changed kernel, a new solver default) misses instead of serving stale results."""
-        payload = json.dumps({"format": CACHE_FORMAT, "versions": library_versions(), **parts}, sort_keys=True, default=str)
+        from .. import features  # the package's name, so that `hf_transfer.features.library_versions` is the one read
+
+        payload = json.dumps({"format": CACHE_FORMAT, "versions": features.library_versions(), **parts}, sort_keys=True,
+                             default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
     def path(self, key: str) -> Path:
