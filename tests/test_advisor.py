@@ -285,23 +285,6 @@ def test_ranking_puts_the_best_probe_first_and_breaks_ties_by_logme():
     assert [m.backbone for m in rank_backbones([a, b, c])] == ["c", "b", "a"]
 
 
-def test_time_budget_callback_stops_training_cleanly():
-    from hf_transfer.budget import TimeBudgetCallback, budget_reserve
-
-    control = SimpleNamespace(should_training_stop=False)
-    state = SimpleNamespace(global_step=3, max_steps=10, epoch=0.3)
-    callback = TimeBudgetCallback.from_budget(100.0, time.perf_counter(), 5.0)
-    callback.on_step_begin(None, state, control)
-    callback.on_step_end(None, state, control)
-    assert not control.should_training_stop and callback.stopped_at_step is None
-    late = TimeBudgetCallback.from_budget(100.0, time.perf_counter() - 96.0, 5.0)
-    late.on_step_begin(None, state, control)
-    late.on_step_end(None, state, control)
-    assert control.should_training_stop and late.stopped_at_step == 3
-    assert budget_reserve(100.0) == 10.0 and budget_reserve(1000.0) == 30.0
-    assert budget_reserve(100.0, n_validation=500, forward_ms_per_image=10.0) == 10.0
-
-
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_pretrained(tmp_path_factory):
