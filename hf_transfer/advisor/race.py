@@ -179,6 +179,9 @@ class RaceRecord:
     rungs: list[dict] = field(default_factory=list)  # per rung: plan -> {steps, accuracy, se, seconds, dropped}
     verdict: dict | None = None
     soup: dict | None = None
+    # the last rung's 0/1 per held-out image of every plan still in the race: the verdict can be replayed at another
+    # decision threshold without training anything (the sensitivity lines in docs/advisor.md)
+    final_correct: dict | None = None
     holdout_images: int = 0
     seconds: float = 0.0
 

@@ -94,7 +94,7 @@ class Thresholds:
     # linear probe (the guide's "under about a thousand images, bottleneck features and a linear classifier").
     default_finetune_min_images: int = 1000
     # The race (jobs/race.py): its share of the time left after measuring, and the held-out part of train it scores on.
-    race_share: float = 0.4
+    race_share: float = 0.5  # the winner keeps its race weights, so its share of the race is not lost
     holdout_fraction: float = 0.15
     holdout_max_images: int = 400
 

@@ -202,8 +202,11 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
     from .race import run_race
 
     deadline = started + transfer_args.time_budget if transfer_args.time_budget is not None else None
+    from ..features import FeatureCache
+
     outcome = run_race(measurements[0], data, model_args, training_args, image_size=measurements[0].cost.image_size,
-                       deadline=deadline, output_dir=training_args.output_dir, thresholds=advice.thresholds)
+                       deadline=deadline, output_dir=training_args.output_dir, thresholds=advice.thresholds,
+                       probe_images=settings.max_probe_images, cache=FeatureCache(settings.feature_cache_dir))
     _adopt_race_winner(advice, outcome, measurements[0], data_args, training_args, deadline)
     if transfer_args.time_budget is not None:
         advice.plan["time_budget"] = float(transfer_args.time_budget)  # the plan file reruns the whole budgeted run
@@ -213,6 +216,7 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
                          "used": "all_results.json: time_budget_used_seconds (the whole run, measurement and race "
                                  "included)"}
     advice.plan_path_hint = str(Path(training_args.output_dir) / "plan.yaml")
+    advice.deadline = deadline
     say("--strategy auto:\n" + advice.summary())
     advice.write(training_args.output_dir)
     if advice.decision.job == "finetune":
@@ -282,6 +286,16 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
     from .probe import ProbeArguments, run_linear_probe
 
     decision = advice.decision
+    if advice.deadline is not None:  # the probe's forward pass over train must fit what the race left
+        m = advice.chosen
+        left = advice.deadline - time.perf_counter() - advice.thresholds.fixed_overhead_seconds
+        fits = int(left * 1000 / max(1e-3, m.cost.forward_ms_per_image)) - 2 * m.size.n_validation
+        if fits < m.size.n_train:
+            # the measurement's own subsample size (and seed) at least: its features are in the cache already
+            n = max(min(m.size.n_train, m.similarity.images), fits)
+            say(f"--time_budget: {max(0, int(left))}s left fit the probe's forward pass over about {max(0, fits)} "
+                f"training images: the probe trains on a stratified {n} of {m.size.n_train}")
+            data_args = dataclasses.replace(data_args, max_train_samples=n)
     probe_args = ProbeArguments(layers=decision.layers or "pooled", probe="logreg", export="auto",
                                 output_dir=training_args.output_dir,
                                 overwrite_output_dir=training_args.overwrite_output_dir, seed=training_args.seed)

@@ -47,7 +47,7 @@ def holdout_split(data, seed: int, t: Thresholds):
 
 class _Race:
     def __init__(self, measurement, data, model_args, training_args, image_size: int, t: Thresholds,
-                 output_dir: Path):
+                 output_dir: Path, probe_images: int, cache):
         from datasets import DatasetDict
 
         from ..backbones import load_backbone_with_adapter
@@ -57,10 +57,12 @@ class _Race:
         self.m, self.t, self.model_args, self.training_args = measurement, t, model_args, training_args
         self.output_dir = output_dir
         self.image_size = image_size
-        train, holdout = holdout_split(data, training_args.seed, t)
-        self.race_data = dataclasses.replace(data, splits=DatasetDict(train=train, validation=holdout), subset_store=None)
+        self.cache = cache
+        self.race_data = data
         self.pretrained, self.adapter = self._load()
         self.cfg = self.adapter.data_config()
+        train, holdout, self.probe_train = self._split(data, probe_images, training_args.seed)
+        self.race_data = dataclasses.replace(data, splits=DatasetDict(train=train, validation=holdout), subset_store=None)
         self.lazy = with_transforms(self.race_data.splits, self.race_data, self.cfg, image_size=image_size,
                                     augmentation="none")
         self.splits, self.collator, _ = prepare_splits(self.race_data, self.lazy, self.cfg, image_size=image_size,
@@ -69,6 +71,35 @@ class _Race:
         self.holdout_labels = np.asarray(holdout[data.label_column])
         self.models: dict[str, torch.nn.Module] = {}
         self.step_seconds: dict[str, float] = {}
+
+    def _split(self, data, probe_images: int, seed: int):
+        """(race train, held-out, the probes' training images). With more training images than the measurement's
+        subsample, the held-out images are drawn from outside that subsample and the probes train on it: its
+        features are in the cache already, so the probes cost one forward pass over the held-out images only."""
+        from sklearn.model_selection import train_test_split
+
+        from ..data import _stratified_subset
+        from ..transforms import with_transforms
+
+        full = data.splits["train"]
+        if len(full) > probe_images + self.t.holdout_max_images:
+            labels = np.asarray(full[data.label_column])
+            measured = _stratified_subset(full, data.label_column, probe_images, seed, "--max_probe_images")
+            _, inside = train_test_split(np.arange(len(full)), test_size=probe_images, random_state=seed, stratify=labels)
+            rest = np.setdiff1d(np.arange(len(full)), inside)
+            n = int(min(self.t.holdout_max_images, max(2 * len(data.labels), round(self.t.holdout_fraction * len(full)))))
+            try:
+                _, picked = train_test_split(rest, test_size=n, random_state=seed, stratify=labels[rest])
+            except ValueError:  # a class too rare outside the subsample: the plain split, probes on race train
+                picked = None
+            if picked is not None:
+                holdout = full.select(np.sort(picked))
+                train = full.select(np.setdiff1d(np.arange(len(full)), picked))
+                probe_train = with_transforms({"train": measured}, data, self.cfg, image_size=self.image_size,
+                                              augmentation="none")["train"]
+                return train, holdout, probe_train
+        train, holdout = holdout_split(data, seed, self.t)
+        return train, holdout, None
 
     def _load(self):
         from ..backbones import load_backbone_with_adapter
@@ -93,8 +124,13 @@ class _Race:
         layer_map = self.adapter.layer_map()
         layers = {p.name: parse_layers(p.layers, layer_map) for p in plans}
         every = list({layer.key: layer for group in layers.values() for layer in group}.values())
-        fs = compute_features(self.pretrained, {"train": self.lazy["train"], "validation": self.lazy["validation"]},
-                              every, layer_map=layer_map, image_size=self.image_size)
+        from ..features import transform_fingerprint
+        from ..transforms import build_transform
+
+        train = self.probe_train if self.probe_train is not None else self.lazy["train"]
+        key = transform_fingerprint(build_transform(self.cfg, image_size=self.image_size), self.cfg, self.image_size)
+        fs = compute_features(self.pretrained, {"train": train, "validation": self.lazy["validation"]}, every,
+                              layer_map=layer_map, cache=self.cache, transform_key=key, image_size=self.image_size)
         out = {}
         for name, group in layers.items():
             X = {split: np.concatenate([fs.features[split][layer.key] for layer in group], axis=1)
@@ -190,8 +226,40 @@ def greedy_soup(race: _Race, finalists: list[str], correct: dict[str, np.ndarray
     return record, (best_model, best) if len(ingredients) > 1 else None
 
 
+def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds, probe_images: int) -> list[CandidatePlan]:
+    """The plans whose first rung fits the race's time: the probes' forward pass first, then each fine-tune's
+    2 x MIN_RUNG_STEPS steps and set-up. When the default fine-tune does not fit, the pooled probe is the default."""
+    # the held-out images always; the race train too when the measurement's cached subsample is all of it
+    images = min(t.holdout_max_images, m.size.n_train) + (m.size.n_train if m.size.n_train <= probe_images + t.holdout_max_images else 0)
+    probe_cost = m.cost.forward_ms_per_image * images / 1000
+    left = race_seconds - (probe_cost if any(p.job == "probe" for p in plans) else 0.0)
+    kept = []
+    for plan in sorted(plans, key=lambda p: not p.is_default):  # the default is paid for first
+        if plan.job == "finetune":
+            cost = 2 * MIN_RUNG_STEPS * m.cost.step_seconds(plan.trainable_share) + 5.0
+            if cost > left:
+                say(f"race: {plan.name} left out: its shortest rung (~{cost:.0f}s) does not fit the {race_seconds:.0f}s "
+                    "of the race")
+                continue
+            left -= cost
+        kept.append(plan)
+    if not any(p.is_default for p in kept):
+        fallback = CandidatePlan("probe pooled", "probe", "linear_probe", "the default when the budget fits no "
+                                 "fine-tune: a linear probe on the pooled bottleneck", layers="pooled",
+                                 backbone_lr_multiplier=0.0, is_default=True)
+        kept = [fallback] + [p for p in kept if p.name != fallback.name]
+    return kept
+
+
+def final_probe_seconds(m, t: Thresholds) -> float:
+    """The probe job's run on the whole data: one forward over train, validation (and a test split of about the
+    validation's size), the fits, loading and saving."""
+    return m.cost.forward_ms_per_image * (m.size.n_train + 2 * m.size.n_validation) / 1000 + t.fixed_overhead_seconds
+
+
 def run_race(measurement, data, model_args, training_args, *, image_size: int, deadline: float | None,
-             output_dir: str | Path, thresholds: Thresholds | None = None) -> RaceOutcome:
+             output_dir: str | Path, thresholds: Thresholds | None = None, probe_images: int = 1000,
+             cache=None) -> RaceOutcome:
     """Race the candidate plans; ``deadline`` (`time.perf_counter()`, None: no budget) bounds the race to
     ``race_share`` of the time left."""
     import optuna
@@ -200,12 +268,14 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     began = time.perf_counter()
     output_dir = Path(output_dir)
     plans = candidate_plans(measurement, t)
+    race_seconds = None if deadline is None else t.race_share * max(0.0, deadline - began)
+    if race_seconds is not None:
+        plans = affordable(plans, measurement, race_seconds, t, probe_images)
     by_name = {p.name: p for p in plans}
     default = next(p.name for p in plans if p.is_default)
-    race_seconds = None if deadline is None else t.race_share * max(0.0, deadline - began)
     say(f"race: {len(plans)} candidate plans ({', '.join(plans_names := [p.name for p in plans])}); default "
         f"{default!r}" + (f"; {race_seconds:.0f}s for the race" if race_seconds is not None else ""))
-    race = _Race(measurement, data, model_args, training_args, image_size, t, output_dir)
+    race = _Race(measurement, data, model_args, training_args, image_size, t, output_dir, probe_images, cache)
     record = RaceRecord([p.as_dict() for p in plans], holdout_images=len(race.holdout_labels))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -225,13 +295,36 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     correct.update(race.score_probes([by_name[n] for n in alive if by_name[n].job == "probe"]))
     probe_seconds = time.perf_counter() - probe_began
     overhead = 3.0  # seconds a fine-tune rung costs beyond its steps (trainer set-up, the held-out prediction)
-    for rung in range(n_rungs):
+    last_steps: dict[str, int] = {}
+    rung = 0
+    while True:
         rung_began = time.perf_counter()
         live_finetunes = [n for n in alive if by_name[n].job == "finetune"]
-        if rung > 0 and race_end is not None:  # out of race time: judge on the last complete rung
-            per_plan = (race_end - rung_began) / (n_rungs - rung) / max(1, len(live_finetunes)) - overhead
-            if any(per_plan < MIN_RUNG_STEPS * race.estimated_step_seconds(by_name[n]) for n in live_finetunes):
-                say(f"race: no time for rung {rung} ({per_plan:.0f}s a plan); judged on rung {rung - 1}")
+        if not live_finetunes or (rung > 0 and race_end is None and rung >= n_rungs):
+            break
+        if rung < n_rungs:
+            steps_for = None
+            if rung > 0 and race_end is not None:  # out of race time: judge on the last complete rung
+                per_plan = (race_end - rung_began) / (n_rungs - rung) / len(live_finetunes) - overhead
+                if any(per_plan < MIN_RUNG_STEPS * race.estimated_step_seconds(by_name[n]) for n in live_finetunes):
+                    say(f"race: no time for rung {rung} ({per_plan:.0f}s a plan); judged on rung {rung - 1}")
+                    rung = n_rungs
+                    continue
+        else:
+            # Filling the budget: while a probe leads, the fine-tunes still in the race train on (their steps
+            # doubling, successive halving's growing resource) until the time left is the probe's final run;
+            # a fine-tune that catches up stops the race, and the real run continues it.
+            if deadline is None:
+                break
+            leader = choose_winner({n: correct[n] for n in alive}, default, t.decision_z).winner
+            if by_name[leader].job != "probe":
+                break
+            left = deadline - rung_began - final_probe_seconds(measurement, t)
+            per_plan = left / len(live_finetunes) - overhead
+            steps_for = {n: min(2 * last_steps.get(n, MIN_RUNG_STEPS),
+                                steps_that_fit(per_plan, step_seconds=race.estimated_step_seconds(by_name[n])))
+                         for n in live_finetunes}
+            if min(steps_for.values()) < MIN_RUNG_STEPS:
                 break
         rung_row = {}
         for i, name in enumerate(alive):
@@ -239,13 +332,16 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             started = time.perf_counter()
             steps = 0
             if plan.job == "finetune":
-                if race_end is None:
+                if steps_for is not None:
+                    steps = steps_for[name]
+                elif race_end is None:
                     steps = MIN_RUNG_STEPS * 4 * 2 ** rung
                 else:
                     left_here = [n for n in alive[i:] if by_name[n].job == "finetune"]
                     share = (race_end - started) / (n_rungs - rung) / max(1, len(left_here)) - overhead
                     steps = max(MIN_RUNG_STEPS, steps_that_fit(share, step_seconds=race.estimated_step_seconds(plan)))
                 correct[name] = race.train_rung(plan, steps)
+                last_steps[name] = steps
                 overhead = max(1.0, (time.perf_counter() - started) - steps * race.step_seconds[name])
             acc = float(correct[name].mean())
             trials[name].set_user_attr(CORRECT_ATTR, correct[name].tolist())
@@ -260,14 +356,15 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
                 study.tell(trials[name], state=optuna.trial.TrialState.PRUNED)
                 rung_row[name]["dropped"] = True
                 alive.remove(name)
-        record.rungs.append({"rung": rung, "seconds": round(time.perf_counter() - rung_began, 1), "plans": rung_row})
+        record.rungs.append({"rung": rung, "seconds": round(time.perf_counter() - rung_began, 1), "plans": rung_row,
+                             "filling_the_budget": rung >= n_rungs})
         say(f"race rung {rung}: " + ", ".join(f"{n} {r['accuracy']:.3f}{' (dropped)' if r['dropped'] else ''}"
                                              f" [{r['steps']} steps]" for n, r in rung_row.items()))
-        if not any(by_name[n].job == "finetune" for n in alive):
-            break
+        rung += 1
     final = {n: correct[n] for n in alive}
     verdict = choose_winner(final, default, t.decision_z)
     record.verdict = dataclasses.asdict(verdict)
+    record.final_correct = {n: correct[n].tolist() for n in alive}
     for name in alive:
         study.tell(trials[name], float(correct[name].mean()))
     say(f"race verdict: {verdict.reason}")
