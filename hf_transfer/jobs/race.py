@@ -252,9 +252,10 @@ def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds
 
 
 def final_probe_seconds(m, t: Thresholds) -> float:
-    """The probe job's run on the whole data: one forward over train, validation (and a test split of about the
-    validation's size), the fits, loading and saving."""
-    return m.cost.forward_ms_per_image * (m.size.n_train + 2 * m.size.n_validation) / 1000 + t.fixed_overhead_seconds
+    """The probe job's final run when time is short: on the measurement's subsample (features cached), one forward
+    over validation and a test split of about its size, the fits, loading and saving (`run_advised_probe` sizes the
+    probe's training images to the time actually left)."""
+    return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + t.fixed_overhead_seconds
 
 
 def run_race(measurement, data, model_args, training_args, *, image_size: int, deadline: float | None,
