@@ -33,7 +33,7 @@ STRATEGIES = {
     "auto": ["--strategy", "auto"],
     "default": [],  # the project's default fine-tune: full, backbone x0.1, its default epochs re-planned to the budget
     "partial": ["--strategy", "partial", "--freeze", "fraction:0.5"],
-    "lp_ft": ["--strategy", "lp_ft", "--lp_epochs", "1"],
+    "lp_ft": ["--strategy", "lp_ft", "--lp_epochs", "1", "--num_train_epochs", "3"],  # 3: the first estimate (re-planned)
     "probe_pooled": None,  # recipes/linear_probe.py --layers pooled
     "probe_auto": None,  # recipes/linear_probe.py --layers auto (depths at 1/4, 1/2, 3/4 and pooled; best by CV)
 }
