@@ -50,7 +50,6 @@ class _Race:
                  output_dir: Path, probe_images: int, cache):
         from datasets import DatasetDict
 
-        from ..backbones import load_backbone_with_adapter
         from ..fastdata import prepare_splits
         from ..transforms import with_transforms
 
@@ -102,13 +101,10 @@ class _Race:
         return train, holdout, None
 
     def _load(self):
-        from ..backbones import load_backbone_with_adapter
+        from .common import load_sized_backbone
 
-        model, adapter = load_backbone_with_adapter(self.m.backbone, labels=self.race_data.labels, pretrained=True,
-                                                    trust_remote_code=self.model_args.trust_remote_code)
-        adapter.change_input_size(self.image_size)
-        adapter.set_preprocessing(self.image_size)
-        return model, adapter
+        return load_sized_backbone(self.model_args, self.race_data.labels, self.image_size, pretrained=True,
+                                   name=self.m.backbone, report=False)
 
     # ------------------------------------------------------------------ probes: trained once
     def score_probes(self, plans: list[CandidatePlan]) -> dict[str, np.ndarray]:
