@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 from .runtime import say
 
 SAVE_SECONDS = 5.0  # writing the model folder, the card and the run files of a small backbone
-CEILING_FACTOR = 8  # the re-plan may lengthen the run up to this many times the initial estimate
+CEILING_FACTOR = 8  # the re-plan may lengthen the run at least this many times the initial estimate
 
 
 def budget_reserve(budget_seconds: float, eval_seconds: float | None = None, final_evaluations: float = 1.0) -> float:
@@ -205,7 +205,9 @@ def attach_deadline(trainer, budget_seconds: float, started: float, *, final_eva
     n_train = len(trainer.train_dataset)
     steps_per_epoch = max(1, n_train // batch if args.dataloader_drop_last else math.ceil(n_train / batch))
     planned = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-    args.max_steps = max(1, planned) * CEILING_FACTOR  # the epoch loop's bound; the callback's total ends the run
+    # The epoch loop's bound (the callback's total ends the run): room for the re-plan to lengthen a short first
+    # estimate (1 epoch of a small set is a few steps) up to 10 ms a step over the whole budget.
+    args.max_steps = max(max(1, planned) * CEILING_FACTOR, int(budget_seconds / 0.01))
     callback = DeadlineCallback(started + budget_seconds, planned_steps=max(1, planned), steps_per_epoch=steps_per_epoch,
                                 budget_seconds=budget_seconds, final_evaluations=final_evaluations)
     trainer.add_callback(callback)

@@ -28,6 +28,7 @@ class Advice:
     race: dict | None = None  # the race's record (jobs/race.py), when --strategy auto raced the candidates
     budget: dict | None = None  # --time_budget: planned against used (seconds)
     deadline: float | None = None  # `time.perf_counter()` at which the whole budgeted run must end (not saved)
+    started: float | None = None  # `time.perf_counter()` when the run began (not saved)
 
     @property
     def chosen(self) -> BackboneMeasurement:

@@ -208,7 +208,7 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
                          "used": "all_results.json: time_budget_used_seconds (the whole run, measurement and race "
                                  "included)"}
     advice.plan_path_hint = str(Path(training_args.output_dir) / "plan.yaml")
-    advice.deadline = deadline
+    advice.deadline, advice.started = deadline, started
     say("--strategy auto:\n" + advice.summary())
     advice.write(training_args.output_dir)
     if advice.decision.job == "finetune":
@@ -295,6 +295,12 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
         f"{training_args.output_dir}/plan.yaml would) into {training_args.output_dir}; no Trainer run")
     results = run_linear_probe(model_args, dataclasses.replace(data_args), probe_args)
     results["strategy"] = "auto -> linear_probe"
+    if advice.deadline is not None:  # planned against used, as a budgeted fine-tune records it
+        from ..saving import COMPLETION_MARKER, write_json
+
+        results["time_budget_seconds"] = advice.budget["budget_seconds"]
+        results["time_budget_used_seconds"] = round(time.perf_counter() - advice.started, 2)
+        write_json(Path(training_args.output_dir) / COMPLETION_MARKER, results)
     return results
 
 

@@ -235,7 +235,7 @@ def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds
             cost = 2 * MIN_RUNG_STEPS * m.cost.step_seconds(plan.trainable_share) + 5.0
             if cost > left:
                 say(f"race: {plan.name} left out: its shortest rung (~{cost:.0f}s) does not fit the {race_seconds:.0f}s "
-                    "of the race")
+                    "the budget leaves")
                 continue
             left -= cost
         kept.append(plan)
@@ -266,8 +266,9 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     output_dir = Path(output_dir)
     plans = candidate_plans(measurement, t)
     race_seconds = None if deadline is None else t.race_share * max(0.0, deadline - began)
-    if race_seconds is not None:
-        plans = affordable(plans, measurement, race_seconds, t, probe_images)
+    if race_seconds is not None:  # a fine-tune races if its first rung fits the time left: while a probe leads the
+        # race takes the budget (filling it), and a fine-tune winner keeps its race weights
+        plans = affordable(plans, measurement, deadline - began - final_probe_seconds(measurement, t), t, probe_images)
     by_name = {p.name: p for p in plans}
     default = next(p.name for p in plans if p.is_default)
     say(f"race: {len(plans)} candidate plans ({', '.join(plans_names := [p.name for p in plans])}); default "
