@@ -182,12 +182,13 @@ class DeadlineCallback(TrainerCallback):
             return control
         if state.global_step >= self.planned_steps:
             control.should_training_stop = True
-        elif now + max(self._step_times or [0.0]) > self.deadline - self.current_reserve():
+        elif now + max(self._step_times[-5:] or [0.0]) > self.deadline - self.current_reserve():  # recent steps:
+            # the first one (allocations, a cold cache) is no forecast
             control.should_training_stop = True
             self.stopped_at_step = state.global_step
             say(f"time budget{f' of {self.budget_seconds:g}s' if self.budget_seconds else ''} reached at step "
                 f"{state.global_step} of {self.planned_steps} planned (epoch {state.epoch or 0:.2f}): training stops "
-                "here; the model is evaluated and saved as it is")
+                f"here; the model is evaluated and saved as it is (last re-plan: {self.replans[-1] if self.replans else None})")
         return control
 
     def summary(self) -> dict:

@@ -130,3 +130,26 @@ def test_the_safety_net_stops_a_run_whose_steps_suddenly_take_longer():
     assert cb.stopped_at_step is not None and cb.stopped_at_step < cb.planned_steps
     assert clock.now <= 100.0 - 5.0  # never past the deadline less the reserve
     assert budget_reserve(100.0) == 10.0 and budget_reserve(1000.0) == 30.0 and budget_reserve(50.0, 2.0, 1.5) == 8.0
+
+
+@pytest.mark.slow
+def test_a_budgeted_fine_tune_ends_at_95_to_100_percent_of_its_budget(tmp_path):
+    """The real Trainer: its scheduler's horizon moves, the run re-plans from its own steps and fills the budget."""
+    import json
+
+    from hf_transfer.arguments import finetune_argument_types, parse_args
+    from hf_transfer.jobs.finetune import run_finetune
+
+    budget = 60.0  # loading alone takes 10-30 s on the shared 2-core machine
+    out = tmp_path / "run"
+    metrics = run_finetune(*parse_args(finetune_argument_types(), [
+        "--model_name_or_path", "test_resnet", "--no_pretrained", "--dataset_name", "embedded:digits",
+        "--max_train_samples", "200", "--max_eval_samples", "50", "--image_size", "32", "--num_train_epochs", "1",
+        "--time_budget", str(budget), "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "True"]))
+    assert metrics["time_budget_initial_steps"] == 7  # 1 epoch of 200 images at 32 a step: the first estimate
+    assert metrics["time_budget_replans"] >= 1 and metrics["time_budget_planned_steps"] > 7
+    assert 0.9 * budget <= metrics["time_budget_used_seconds"] <= budget, metrics["time_budget_used_seconds"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    # the plan ended it (or, the step times on this shared machine jumping, the safety net near its end), not the
+    # loop's ceiling
+    assert 0.9 * metrics["time_budget_planned_steps"] <= state["global_step"] <= metrics["time_budget_planned_steps"]
