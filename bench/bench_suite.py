@@ -101,12 +101,38 @@ def run_cell(case: str, backbone: str, seed: int, strategy: str, budget: float, 
         if key in metrics:
             record[key] = metrics[key]
     if (out / "advice.json").is_file():
-        advice = json.loads((out / "advice.json").read_text())
-        race = advice.get("race") or {}
-        record["auto"] = {"winner": (race.get("verdict") or {}).get("winner"), "verdict": race.get("verdict"),
-                          "rungs": race.get("rungs"), "soup": race.get("soup"), "budget": advice.get("budget"),
-                          "scenario": advice["decision"]["scenario"], "final_correct": race.get("final_correct")}
+        record["auto"] = auto_record(json.loads((out / "advice.json").read_text()))
     return record
+
+
+def auto_record(advice: dict) -> dict:
+    """What the suite keeps of an auto run's advice.json: the race, and the measures (to test which predict)."""
+    race = advice.get("race") or {}
+    m = advice["measurements"][0]
+    sim, size = m["similarity"], m["size"]
+    best = max(sim["depths"], key=lambda d: d["probe_cv"])
+    pooled = next(d for d in sim["depths"] if d["name"] == "pooled")
+    majority = size["majority_share"]
+    return {"winner": (race.get("verdict") or {}).get("winner"), "verdict": race.get("verdict"),
+            "candidates": [c["name"] for c in race.get("candidates", [])], "rungs": race.get("rungs"),
+            "default": next((c["name"] for c in race.get("candidates", []) if c["is_default"]), None),
+            "soup": race.get("soup"), "budget": advice.get("budget"), "scenario": advice["decision"]["scenario"],
+            "final_correct": race.get("final_correct"),
+            "measures": {"best_probe": best["probe_cv"], "pooled_probe": pooled["probe_cv"],
+                         "bottleneck_gap": round(best["probe_cv"] - pooled["probe_cv"], 4),
+                         "lift": round((best["probe_cv"] - majority) / max(1e-9, 1 - majority), 4),
+                         "logme_best": max(d["logme"] for d in sim["depths"]), "logme_pooled": pooled["logme"],
+                         "bn_shift": sim.get("bn_shift"), "n_train": size["n_train"]}}
+
+
+def refresh_auto_records(results: dict, workdir: Path) -> None:
+    """Re-read the auto cells' advice.json (still in the work folder) into suite.json."""
+    for rec in results["cells"].values():
+        if rec.get("strategy") != "auto" or rec.get("returncode") != 0:
+            continue
+        out = workdir / f"{rec['case']}-{rec['backbone'].split(':')[-1]}-{rec['seed']}-auto"
+        if (out / "advice.json").is_file():
+            rec["auto"] = auto_record(json.loads((out / "advice.json").read_text()))
 
 
 def summarize(results: dict, split: dict) -> dict:
@@ -150,6 +176,51 @@ def summarize(results: dict, split: dict) -> dict:
     return {"rows": rows, "halves": halves}
 
 
+# A race plan -> the fixed cell that runs the same plan for the whole budget (None: no fixed cell matches).
+PLAN_TO_FIXED = {"full x0.1": "default", "probe pooled": "probe_pooled"}
+
+
+def sensitivity(results: dict, split: dict, factors=(0.5, 2.0), z: float = 2.0) -> dict:
+    """decision_z at x0.5 and x2, replayed on each auto cell's recorded last rung (race.final_correct): the verdict
+    is re-taken without training; a changed winner is scored with the fixed cell that runs its plan (an
+    approximation: that cell trained from the start, not from the race's weights); unmatched plans are counted."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from hf_transfer.advisor.race import choose_winner
+
+    out = {}
+    for factor in factors:
+        per_half = {"dev": [], "test": []}
+        changed = unknown = 0
+        for row in summarize(results, split)["rows"]:
+            rec = results["cells"].get(_key(row, "auto"))
+            final = ((rec or {}).get("auto") or {}).get("final_correct")
+            if not final or "best_fixed" not in row:
+                continue
+            default = rec["auto"]["default"]
+            if default not in final:
+                continue
+            winner = choose_winner({k: np.asarray(v) for k, v in final.items()}, default, z * factor).winner
+            if winner == rec["auto"]["winner"]:
+                acc = row["auto"]
+            else:
+                changed += 1
+                fixed = PLAN_TO_FIXED.get(winner)
+                acc = row["fixed"].get(fixed) if fixed else None
+                if acc is None:
+                    unknown += 1
+                    continue
+            per_half[row["half"]].append(row["fixed"][row["best_fixed"]] - acc)
+        out[f"decision_z x{factor:g}"] = {"mean_regret_vs_best": {h: _mean(v) for h, v in per_half.items()},
+                                          "cells_changed": changed, "changed_but_unscorable": unknown}
+    return out
+
+
+def _key(row, strategy):
+    return f"{row['case']}/{row['backbone']}/{row['seed']}/{strategy}/{row['budget_seconds']:g}"
+
+
 def _mean(values):
     return round(sum(values) / len(values), 4) if values else None
 
@@ -188,9 +259,13 @@ def main(argv=None):
                         print(f"{key}: test {rec.get('test_accuracy')} in {rec['wall_seconds']}s "
                               f"(load {rec['load_before']}->{rec['load_after']})"
                               + (f" ERROR {rec['error'][-300:]}" if 'error' in rec else ""), flush=True)
+    if args.summary:
+        refresh_auto_records(results, Path(args.workdir))
     results["summary"] = summarize(results, split)
+    results["summary"]["sensitivity"] = sensitivity(results, split)
     save_results(results)
     print(json.dumps(results["summary"]["halves"], indent=1))
+    print(json.dumps(results["summary"]["sensitivity"], indent=1))
     for row in results["summary"]["rows"]:
         print(f"{row['half']:4s} {row['case']:16s} {row['backbone'].split(':')[-1]:22s} {row['seed']} auto "
               f"{row['auto']:.4f} ({row['auto_winner']}) best fixed {row.get('best_fixed')} regret "
