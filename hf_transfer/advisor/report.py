@@ -145,6 +145,7 @@ def plot(advice, path: str | Path) -> Path:
     if advice.race:  # a third panel: the race, held-out accuracy per rung
         top, bottom, race_ax = fig.subplots(3, 1, gridspec_kw={"height_ratios": [2, 1, 1.6]})
         bottom.sharex(top)
+        top.tick_params(labelbottom=False)
         _plot_race(race_ax, advice.race)
     else:
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
@@ -174,8 +175,9 @@ def plot(advice, path: str | Path) -> Path:
     bottom.set_xticks(xs)
     bottom.set_xticklabels(labels, rotation=60, fontsize=7, ha="right")
     bottom.grid(alpha=0.3)
-    title = (f"{m.backbone} on {advice.data_source}: {scenario_name(d)} -> {d.strategy}"
-             + (f" on {d.layers}" if d.job == "probe" else ""))
+    title = (f"{m.backbone} on {advice.data_source}: {scenario_name(d)} -> "
+             + (f"race winner: {advice.race['verdict']['winner']}" if advice.race and advice.race.get("verdict")
+                else d.strategy + (f" on {d.layers}" if d.job == "probe" else "")))
     top.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
