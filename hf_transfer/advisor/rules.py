@@ -94,6 +94,10 @@ class Thresholds:
     # linear probe (the guide's "under about a thousand images, bottleneck features and a linear classifier").
     default_finetune_min_images: int = 1000
     # The race (jobs/race.py): its share of the time left after measuring, and the held-out part of train it scores on.
+    # --strategy auto under --time_budget measures at most this many images per budget second (at most
+    # --max_probe_images): on the shared 2-core CPU the measurement ran at 11-25 images a second (1,000 images in
+    # 40-94 s at load 9-14, suite runs of c611608), so 4 keeps it near a quarter of the budget.
+    measure_images_per_budget_second: float = 4.0
     race_share: float = 0.5  # the winner keeps its race weights, so its share of the race is not lost
     holdout_fraction: float = 0.15
     holdout_max_images: int = 400

@@ -182,6 +182,11 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
     settings = AdviseArguments(candidates=model_args.model_name_or_path, time_budget=transfer_args.time_budget,
                                per_device_train_batch_size=training_args.per_device_train_batch_size,
                                seed=training_args.seed, output_dir=training_args.output_dir)
+    if transfer_args.time_budget is not None:  # the measurement is part of the budget: size it to the budget
+        from ..advisor import Thresholds
+
+        per_second = Thresholds().measure_images_per_budget_second
+        settings.max_probe_images = int(min(settings.max_probe_images, max(100, per_second * transfer_args.time_budget)))
     data, measurements = measure_candidates(model_args, data_args, settings, [model_args.model_name_or_path])
     measured_at = time.perf_counter()
     remaining = None
