@@ -19,7 +19,7 @@ class FakeClock:
 
 
 def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per_epoch=20, eval_seconds=4.0,
-             load_seconds=10.0):
+             load_seconds=10.0, eval_batches=0.0, final_evaluations=1.0):
     """A Trainer loop in miniature on a fake clock: the initial plan is what the estimate fits; every step really
     takes ``real_step``; each epoch end (and the stop) evaluates; the job then evaluates once more and saves."""
     clock = FakeClock()
@@ -30,7 +30,7 @@ def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=ceiling // 20, num_training_steps=ceiling)
     cb = DeadlineCallback(budget, planned_steps=planned, steps_per_epoch=steps_per_epoch, budget_seconds=budget,
-                          clock=clock)
+                          eval_batches=eval_batches, final_evaluations=final_evaluations, clock=clock)
     args = SimpleNamespace(lr_scheduler_type="cosine")
     state = SimpleNamespace(global_step=0, max_steps=ceiling, epoch=0.0)
     control = SimpleNamespace(should_training_stop=False)
@@ -54,7 +54,7 @@ def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per
         cb.on_evaluate(args, state, control)
         if control.should_training_stop:
             break
-    clock.now += eval_seconds + 3.0  # the job's final evaluation and save
+    clock.now += final_evaluations * eval_seconds + 3.0  # the job's final evaluation(s) and save
     return clock.now, cb, lrs, planned
 
 
@@ -69,6 +69,18 @@ def test_replanned_schedule_ends_within_the_budget(ratio):
     # the cosine horizon moved with it: the learning rate reaches ~0 at the last step, not before or after
     assert lrs[-1] < 0.02 and max(lrs) > 0.9
     assert min(lrs[:-1]) > 0.0
+
+
+def test_slow_evaluations_are_foreseen_before_the_first_one_is_timed():
+    """Evaluations of 10 s (7 batches at 3 s a training step), validation and test after the run: the first
+    re-plan, at step 3, already counts them (half a training step per evaluation batch), so the run does not
+    overrun at its first epoch end (issue seen in the suite: 144 s of a 120 s budget)."""
+    end, cb, _, _ = simulate(real_step=3.0, estimated_step=3.0, budget=120.0, steps_per_epoch=30, eval_seconds=10.0,
+                             load_seconds=14.0, eval_batches=7, final_evaluations=2.5)
+    assert 0.85 * 120 <= end <= 120.0, (end, cb.replans)
+    without, cb2, _, _ = simulate(real_step=3.0, estimated_step=3.0, budget=120.0, steps_per_epoch=30,
+                                  eval_seconds=10.0, load_seconds=14.0, final_evaluations=2.5)
+    assert without > end  # the estimate is what keeps it within the budget
 
 
 def test_step_time_changing_mid_run_still_ends_within_the_budget():
