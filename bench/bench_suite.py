@@ -107,10 +107,12 @@ def run_cell(case: str, backbone: str, seed: int, strategy: str, budget: float, 
 
 def auto_record(advice: dict) -> dict:
     """What the suite keeps of an auto run's advice.json: the race, and the measures (to test which predict)."""
+    import numpy as np
+
     race = advice.get("race") or {}
     m = advice["measurements"][0]
     sim, size = m["similarity"], m["size"]
-    best = max(sim["depths"], key=lambda d: d["probe_cv"])
+    best = max(reversed(sim["depths"]), key=lambda d: d["probe_cv"])  # ties: the deeper, as SimilarityStats.best
     pooled = next(d for d in sim["depths"] if d["name"] == "pooled")
     majority = size["majority_share"]
     return {"winner": (race.get("verdict") or {}).get("winner"), "verdict": race.get("verdict"),
@@ -120,6 +122,9 @@ def auto_record(advice: dict) -> dict:
             "final_correct": race.get("final_correct"),
             "measures": {"best_probe": best["probe_cv"], "pooled_probe": pooled["probe_cv"],
                          "bottleneck_gap": round(best["probe_cv"] - pooled["probe_cv"], 4),
+                         "gap_se": round(float(np.hypot(best["probe_cv_std"], pooled["probe_cv_std"])
+                                               / np.sqrt(sim["cv_folds"])), 4),
+                         "best_depth": best["name"], "read_as": advice["decision"]["scenario"],
                          "lift": round((best["probe_cv"] - majority) / max(1e-9, 1 - majority), 4),
                          "logme_best": max(d["logme"] for d in sim["depths"]), "logme_pooled": pooled["logme"],
                          "bn_shift": sim.get("bn_shift"), "n_train": size["n_train"]}}
