@@ -43,10 +43,10 @@ class FeatureCache:
     def key(**parts) -> str:
         """Every entry's key holds the cache format and the versions of the libraries that compute features and fit
         probes: an upgrade (a changed kernel, a new solver default) misses instead of serving stale results."""
-        from .. import features  # the package's name, so that `hf_transfer.features.library_versions` is the one read
+        import sys
 
-        payload = json.dumps({"format": CACHE_FORMAT, "versions": features.library_versions(), **parts}, sort_keys=True,
-                             default=str)
+        versions = sys.modules[__package__].library_versions()  # the package's name: the one users and tests patch
+        payload = json.dumps({"format": CACHE_FORMAT, "versions": versions, **parts}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
     def path(self, key: str) -> Path:
