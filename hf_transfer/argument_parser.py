@@ -38,6 +38,10 @@ COMMON_TRAINING_FLAGS = {
 # Flags of one strategy (--strategy lora): `--help` leaves them to `--help_all`, so the common flags stay on screen.
 HELP_ALL_ONLY_PREFIXES = ("lora_",)
 
+# The transformers example scripts' names for our flags (run_image_classification.py): accepted on the command line
+# and in config files, shown in the help beside the flag.
+ALIASES = {"train_val_split": "validation_split"}
+
 # A step interval given without its strategy turns the strategy on: `--save_steps 200` alone would otherwise save
 # nothing (TransferTrainingArguments defaults to save_strategy="no").
 STRATEGY_OF_STEPS = {"save_steps": "save_strategy", "eval_steps": "eval_strategy"}
@@ -166,19 +170,46 @@ class RecipeArgumentParser(HfArgumentParser):
                          add_help=False, formatter_class=_HelpFormatter,
                          description="config.yaml (or .json): keys are flag names; flags after it override them.")
         self.add_argument("-h", "--help", action=_ShowHelp)
+        self.add_argument("--help_all", action=_ShowHelp, full=True)
         self.hints = {name: hint for dtype in self.dataclass_types
                       for name, hint in typing.get_type_hints(dtype).items()}  # field name -> type, as declared
         self.training_type = next((t for t in self.dataclass_types if _is_training_arguments(t)), None)
-        if self.training_type:
-            self.add_argument("--help_all", action=_ShowHelp, full=True)
+        # A shared dataclass may hold flags a job does not read (the probe has no augmentation): the job's own
+        # dataclass names them in `UNREAD_FLAGS` (flag -> why), and they are neither shown nor accepted.
+        self.unread = {name: why for dtype in self.dataclass_types
+                       for name, why in getattr(dtype, "UNREAD_FLAGS", {}).items()}
+        self.unread_defaults = {}
+        for name in self.unread:
+            self._drop_flag(name)
+        for alias, name in ALIASES.items():
+            action = self._option_string_actions.get(f"--{name}")
+            if action is not None:
+                action.option_strings.append(f"--{alias}")
+                self._option_string_actions[f"--{alias}"] = action
+                action.help = f"{action.help} (alias: --{alias})"
         self.config_name = None  # set while a config file's values are parsed: errors then name its keys
         self.config_values = {}  # lists and mappings from a config file that argparse cannot express as flags
+
+    def _drop_flag(self, name: str) -> None:
+        action = self._option_string_actions.get(f"--{name}")
+        if action is None:
+            return
+        self.unread_defaults[name] = action.default  # the dataclass still gets its field, at the default
+        self._remove_action(action)
+        for group in self._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        for option in action.option_strings:
+            self._option_string_actions.pop(option, None)
 
     # ---- config files
 
     def read_config(self, path: str) -> list[str]:
         """A config file's values as flags, checked here so that errors name the file and its keys."""
         config = load_config(path)
+        unread = [key for key in config if key in self.unread]
+        if unread:
+            raise TransferError(f"{path}: " + self._unread_message(unread))
         unknown = [key for key in config if self._action(key) is None]
         if unknown:
             raise TransferError(self._unknown_keys(unknown, config, path))
@@ -230,6 +261,8 @@ class RecipeArgumentParser(HfArgumentParser):
         """argparse's parse, plus: unknown flags refused, config lists/mappings applied, step strategies implied."""
         namespace = argparse.Namespace(**self.config_values) if namespace is None else namespace
         namespace, extras = super().parse_known_args(args, namespace)
+        for name, default in self.unread_defaults.items():
+            setattr(namespace, name, default)
         if extras:
             raise TransferError(self._unknown_flags(extras))
         given = {self._option_string_actions[flag].dest for flag in self._flags_in(args or [])}
@@ -249,6 +282,10 @@ class RecipeArgumentParser(HfArgumentParser):
             elif not unknown:  # values after an unknown flag are its own
                 stray.append(arg)
         problems = []
+        unread = [flag for flag in unknown if flag[2:] in self.unread]
+        if unread:
+            problems.append(self._unread_message([flag[2:] for flag in unread]))
+            unknown = [flag for flag in unknown if flag not in unread]
         if unknown:
             notes = [_did_you_mean(flag, options, prefix="--") for flag in unknown]
             named = ", ".join(flag + note for flag, note in zip(unknown, notes))
@@ -259,6 +296,9 @@ class RecipeArgumentParser(HfArgumentParser):
                     else "flags start with --; a config file comes first and ends in .yaml, .yml or .json")
             problems.append(f"unexpected argument{'s' * (len(stray) > 1)} {' '.join(map(repr, stray))} ({hint})")
         return "; ".join(problems)
+
+    def _unread_message(self, names: list[str]) -> str:
+        return "; ".join(f"--{name} does not apply here: {self.unread[name]}" for name in names)
 
     def error(self, message: str):
         """argparse's own errors (a bad value, a missing one): one line naming the flag, or the config file's key."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from ..arguments import DataArguments, ModelArguments
@@ -18,6 +19,10 @@ AUTO = "auto"
 
 @dataclass
 class AdviseArguments:
+    UNREAD_FLAGS: ClassVar[dict[str, str]] = {
+        "augmentation": "the advisor chooses the augmentation and writes it into plan.yaml",
+        "no_pretrained": "the advisor measures pretrained features; run hf-transfer finetune --strategy scratch instead"}
+
     candidates: str = field(
         default=AUTO,
         metadata={"help": "Backbones to measure and rank, comma-separated; auto: --model_name_or_path when it is not "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
@@ -29,6 +30,9 @@ from .common import prepare
 
 @dataclass
 class ProbeArguments:
+    UNREAD_FLAGS: ClassVar[dict[str, str]] = {
+        "augmentation": "features always go through the eval transform (cached features must not depend on chance)"}
+
     layers: str = field(
         default="auto",
         metadata={"help": "Where to read features, comma-separated candidates: pooled (bottleneck), depth indices, "
