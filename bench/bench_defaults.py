@@ -53,6 +53,8 @@ def main():
     args = parser.parse_args()
     existing = json.loads(OUT.read_text()) if OUT.is_file() else {}
     runs = existing.get("runs", {})
+    commands = existing.get("commands", [existing["command"]] if "command" in existing else [])
+    commands.append("PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_defaults.py " + " ".join(sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for name in args.variants:
@@ -60,11 +62,11 @@ def main():
                 runs[key] = {"flags": " ".join(VARIANTS[name]) or "(none)", "seed": seed,
                              **run_once(VARIANTS[name], seed, Path(tmp) / key)}
                 print(key, runs[key], flush=True)
-                write(runs)
-    write(runs)
+                write(runs, commands)
+    write(runs, commands)
 
 
-def write(runs: dict) -> None:
+def write(runs: dict, commands: list[str]) -> None:
     means = {}
     for name in VARIANTS:
         mine = [r for k, r in runs.items() if k.split("@")[0] == name]
@@ -73,7 +75,7 @@ def write(runs: dict) -> None:
                            for metric in ("eval_accuracy", "eval_macro_f1", "train_runtime_s", "wall_s")}
             means[name]["runs"] = len(mine)
     OUT.write_text(json.dumps({
-        "command": "PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_defaults.py --seeds 42",
+        "commands": commands,  # the runs merge: one line per invocation
         "model": "embedded:efficientnet_lite0", "dataset": "embedded:mnist (4,500 train / 500 validation), 96 px",
         "epochs": 1, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                  "python": platform.python_version()},

@@ -88,9 +88,14 @@ def table_defaults(r: Results) -> str:
     rows = [[f"`{run['flags']}`" if run["flags"] != "(none)" else "(none: the default)", run["seed"],
              f"{run['eval_accuracy']:.3f}", f"{run['eval_macro_f1']:.3f}", f"{run['train_runtime_s']:.1f} s",
              f"{run['wall_s']:.1f} s", f"{run['load_1min_before']:.1f}"] for run in runs.values()]
+    means = r.get("defaults", "means")
+    rows += [[f"mean of {m['runs']} runs: {name}", "", f"{m['eval_accuracy']:.3f}", f"{m['eval_macro_f1']:.3f}",
+              f"{m['train_runtime_s']:.1f} s", f"{m['wall_s']:.1f} s", ""] for name, m in means.items() if m["runs"] > 1]
     return markdown_table(["flags on `python recipes/finetune.py`", "seed", "accuracy", "macro-F1", "train_runtime",
-                           "wall (whole process)", "load before"], rows) + source(
-        r.get("defaults", "command"), "defaults")
+                           "wall (whole process)", "load before"], rows) + (
+        "\nThe CPU was shared with other jobs (load 4-10 on 2 cores): on a quiet machine the same run takes a "
+        "fraction of these times (compare the loop benchmark's one-epoch runs); the accuracies are what the "
+        "comparison is about.\n") + source(" then ".join(r.get("defaults", "commands")), "defaults")
 
 
 def table_loop(r: Results) -> str:

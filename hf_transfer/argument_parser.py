@@ -18,6 +18,7 @@ import typing
 from transformers import HfArgumentParser
 
 from .errors import TransferError
+from .runtime import LOG_LEVELS, configure_logging
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -181,6 +182,14 @@ class RecipeArgumentParser(HfArgumentParser):
         self.unread_defaults = {}
         for name in self.unread:
             self._drop_flag(name)
+        # --log_level and --disable_tqdm for every job: TrainingArguments has them; the others get them here
+        self.logging_flags = {}
+        if "log_level" not in self.hints:
+            self.add_argument("--log_level", choices=["passive", *LOG_LEVELS], default="passive", type=str.lower,
+                              help="Messages printed: debug, info, warning, error (errors only) or critical; passive "
+                                   "keeps the libraries' own levels (hf_transfer's progress: info).")
+            self.add_argument("--disable_tqdm", type=_true_or_false, nargs="?", const=True, default=False,
+                              metavar="BOOL", help="Turn off the progress bars.")
         for alias, name in ALIASES.items():
             action = self._option_string_actions.get(f"--{name}")
             if action is not None:
@@ -188,6 +197,7 @@ class RecipeArgumentParser(HfArgumentParser):
                 self._option_string_actions[f"--{alias}"] = action
                 action.help = f"{action.help} (alias: --{alias})"
         self.config_name = None  # set while a config file's values are parsed: errors then name its keys
+        self.given = set()  # the flags given on the command line or in the config file
         self.config_values = {}  # lists and mappings from a config file that argparse cannot express as flags
 
     def _drop_flag(self, name: str) -> None:
@@ -257,16 +267,33 @@ class RecipeArgumentParser(HfArgumentParser):
 
     # ---- parsing
 
+    def parse_into_dataclasses(self, argv: list[str]) -> tuple:
+        """The dataclasses, with the job's logging settings applied before anything loads."""
+        parsed = self.parse_args_into_dataclasses(args=argv)
+        training = next((p for p in parsed if _is_training_arguments(type(p))), None)
+        given = "disable_tqdm" in self.given
+        if training is not None:
+            _, training.disable_tqdm = configure_logging(training.log_level, training.disable_tqdm, given)
+        else:
+            configure_logging(self.logging_flags.get("log_level"), self.logging_flags.get("disable_tqdm"), given)
+        return parsed
+
     def parse_known_args(self, args=None, namespace=None):
         """argparse's parse, plus: unknown flags refused, config lists/mappings applied, step strategies implied."""
         namespace = argparse.Namespace(**self.config_values) if namespace is None else namespace
         namespace, extras = super().parse_known_args(args, namespace)
         for name, default in self.unread_defaults.items():
             setattr(namespace, name, default)
+        if "log_level" not in self.hints:  # the parser's own flags: not in any dataclass
+            self.logging_flags = {name: getattr(namespace, name) for name in ("log_level", "disable_tqdm")
+                                  if hasattr(namespace, name)}
+            for name in self.logging_flags:
+                delattr(namespace, name)
         if extras:
             raise TransferError(self._unknown_flags(extras))
         given = {self._option_string_actions[flag].dest for flag in self._flags_in(args or [])}
         given |= set(self.config_values)
+        self.given = given
         imply_step_strategies(namespace, given)
         return namespace, extras
 
@@ -319,6 +346,10 @@ class RecipeArgumentParser(HfArgumentParser):
             formatter.start_section(title)
             formatter.add_arguments(actions)
             formatter.end_section()
+        if "log_level" not in self.hints:
+            formatter.start_section("logging")
+            formatter.add_arguments([a for a in self._actions if a.dest in ("log_level", "disable_tqdm")])
+            formatter.end_section()
         if self.training_type and not full:
             formatter.add_text("all other TrainingArguments flags: --help_all")
         return formatter.format_help()
@@ -341,6 +372,14 @@ class RecipeArgumentParser(HfArgumentParser):
                 training.append(("training (all other TrainingArguments flags)",
                                  [a for a in actions if a.dest not in COMMON_TRAINING_FLAGS]))
         return sections + training
+
+
+def _true_or_false(value: str) -> bool:
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _brief(action: argparse.Action) -> argparse.Action:

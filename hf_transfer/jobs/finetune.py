@@ -15,7 +15,7 @@ from ..engines import check_engine, detect_engine
 from ..errors import TransferError
 from ..hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
 from ..metrics import ClassificationMetrics
-from ..runtime import configure_cpu_threads, is_main_process, say
+from ..runtime import configure_cpu_threads, is_main_process, quiet_metrics, say
 from ..saving import (COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, save_model_folder, staged_output,
                       trained_weights, write_json)
 from ..transforms import resolve_augmentation
@@ -116,6 +116,7 @@ def run_finetune(
         compute_metrics=ClassificationMetrics(labels=data.labels),
         data_collator=collator,
     )
+    quiet_metrics(trainer)
     if transfer_args.time_budget:  # budget.py: stop cleanly before the deadline, keeping time to evaluate and save
         from ..budget import TimeBudgetCallback, budget_reserve
 
