@@ -334,6 +334,10 @@ def flags_reference() -> str:
             else:
                 out += [f"### {dtype.__name__.removesuffix('Arguments').lower()} (`{dtype.__name__}`)", ""]
                 out.append(markdown_table(["flag", "default", "meaning"], _flag_rows(parser, actions, False)))
+            if dtype is types[-1] and parser.training_type is None and "--log_level" in parser._option_string_actions:
+                own = [parser._option_string_actions[f"--{name}"] for name in ("log_level", "disable_tqdm")]
+                out += ["### logging", ""]
+                out.append(markdown_table(["flag", "default", "meaning"], _flag_rows(parser, own, False)))
             unread = getattr(dtype, "UNREAD_FLAGS", {})
             if unread:
                 out.append("Not read by this job (refused): " + "; ".join(

@@ -88,7 +88,7 @@ class TransferConfig:
             raise TransferError("--strategy partial needs a --freeze rule; pass e.g. --freeze fraction:0.5")
         if self.strategy == "lp_ft" and self.lp_epochs < 1 and not self.head_init_from:
             raise TransferError("--strategy lp_ft needs --lp_epochs N (N >= 1 head-only epochs) or a probe's head "
-                                "(--head_init_from DIR, from recipes/linear_probe.py)")
+                                "(--head_init_from DIR, from hf-transfer probe)")
         if self.lp_epochs and self.strategy not in ("lp_ft", "lora"):
             raise TransferError("--lp_epochs only applies to --strategy lp_ft (or lora); add --strategy lp_ft or drop it")
         if self.gradual_unfreeze_epochs < 0:

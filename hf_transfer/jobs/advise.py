@@ -21,7 +21,7 @@ AUTO = "auto"
 class AdviseArguments:
     UNREAD_FLAGS: ClassVar[dict[str, str]] = {
         "augmentation": "the advisor chooses the augmentation and writes it into plan.yaml",
-        "no_pretrained": "the advisor measures pretrained features; run hf-transfer finetune --strategy scratch instead"}
+        "no_pretrained": "the advisor measures pretrained features (to train from scratch: hf-transfer finetune --strategy scratch)"}
 
     candidates: str = field(
         default=AUTO,
@@ -131,7 +131,7 @@ def measure_candidates(model_args: ModelArguments, data_args: DataArguments, set
 
     if model_args.no_pretrained:
         raise TransferError("the advisor measures pretrained features; --no_pretrained leaves nothing to measure "
-                            "(drop it, or use recipes/finetune.py --strategy scratch)")
+                            "(drop it, or use hf-transfer finetune --strategy scratch)")
     if settings.max_probe_images < 20:
         raise TransferError(f"--max_probe_images {settings.max_probe_images} is too few to measure anything; use at least 100")
     data = data_args.load(settings.seed, model_args)
@@ -168,7 +168,7 @@ def run_advise(model_args: ModelArguments, data_args: DataArguments, settings: A
         advice.write(staging)
     say("\n" + advice.summary())
     say(f"wrote {output_dir}/plan.yaml, advice.md, advice.json, advice.png in {time.perf_counter() - start:.1f}s; run the "
-        f"plan with: python {advice.recipe} {output_dir / 'plan.yaml'}")
+        f"plan with: {advice.recipe} {output_dir / 'plan.yaml'}")
     return advice
 
 
@@ -252,7 +252,7 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
         else:
             say(f"the plan asks for --class_weighting {decision.class_weighting}, which this version's probe does not "
                 "have: probing without it")
-    say(f"--strategy auto chose a linear probe on {decision.layers}: running the probe job (as recipes/linear_probe.py "
+    say(f"--strategy auto chose a linear probe on {decision.layers}: running the probe job (as hf-transfer probe "
         f"{training_args.output_dir}/plan.yaml would) into {training_args.output_dir}; no Trainer run")
     results = run_linear_probe(model_args, dataclasses.replace(data_args), probe_args)
     results["strategy"] = "auto -> linear_probe"
