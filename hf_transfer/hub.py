@@ -239,10 +239,16 @@ class FolderRecord:
         return (self.plan or {}).get("config", {}).get("strategy", "full")
 
     @property
+    def from_random_weights(self) -> bool:
+        from .strategies import REGISTRY
+
+        return self.strategy in REGISTRY and not REGISTRY[self.strategy].loads_pretrained
+
+    @property
     def base_model(self) -> str | None:
         """The backbone's Hub id, or None (embedded weights, a local folder, random init)."""
         name = str(self.results.get("model_name_or_path") or "")
-        if not name or self.strategy == "scratch" or name.startswith("embedded:"):
+        if not name or self.from_random_weights or name.startswith("embedded:"):
             return None
         name = name.removeprefix("hf-hub:")
         if name.startswith(("/", ".", "~")) or Path(name).expanduser().exists():
@@ -305,7 +311,7 @@ def _backbone_text(record: FolderRecord) -> str:
         text = f"[{record.base_model}](https://huggingface.co/{record.base_model}) (`{arch}`)"
     else:
         text = f"`{name}` (`{arch}`)"
-    if record.strategy == "scratch":
+    if record.from_random_weights:
         text += ", trained from random initialization"
     return text
 
@@ -378,14 +384,14 @@ def card_metadata(record: FolderRecord, model_name: str):
 
 
 def _plan_section(plan: dict) -> list[str]:
+    from .strategies import get_strategy
+
     c = plan["config"]
     lines = [
         "## Transfer plan",
         "",
         f"Strategy `{c['strategy']}`, freeze rule `{c['freeze']}`, head learning rate {c['learning_rate']:g}, "
-        + (f"LoRA rank {c.get('lora_r')}, alpha {c.get('lora_alpha'):g}, LoRA learning rate "
-           f"{c.get('lora_learning_rate', c['learning_rate']):g} (pretrained weights frozen)" if c["strategy"] == "lora"
-           else f"pretrained layers x{c['backbone_lr_multiplier']:g}")
+        + get_strategy(c["strategy"]).card_rates(c)
         + f", layer decay {c['layer_decay']:g}"
         + (f", lr multipliers `{c['lr_multipliers']}`" if c.get("lr_multipliers") else "")
         + (f", LP-FT: head alone for {c['lp_epochs']} epoch(s)" if c.get("lp_epochs") else "")
