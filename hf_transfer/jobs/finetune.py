@@ -15,6 +15,7 @@ from ..engines import check_engine, detect_engine
 from ..errors import TransferError
 from ..hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
 from ..metrics import ClassificationMetrics
+from ..record import RunRecord
 from ..runtime import configure_cpu_threads, is_main_process, quiet_metrics, say
 from ..checkpoints import resolve_resume  # noqa: F401 (imported from here too)
 from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, staged_output, trained_weights, write_json
@@ -59,7 +60,7 @@ def run_finetune(
         config.check_run_length(training_args.num_train_epochs)
     engine = detect_engine(training_args)
     check_engine(engine, config)  # an engine x plan combination that would train another model than the plan says
-    push_to = take_push_request(training_args)  # hub.py: Trainer must not create the repo; we push at the end
+    push_to = take_push_request(training_args)  # hub/push.py: Trainer must not create the repo; we push at the end
     resolve_output_dir(training_args, "finetune", model_args, data_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if is_main_process():
@@ -139,18 +140,20 @@ def run_finetune(
     metrics["skipped_bad_images"] = len(data.bad_images)
     metrics.update(run_summary(model_args.model_name_or_path, data.source, image_size, splits))
     metrics.update(trainer.imbalance_summary())  # class weights / sampler: the card and later readers see them
+    record = RunRecord.from_results(metrics)  # record.py: all_results.json is its serialization
+    record.engine = None if engine.kind == "single" else engine.describe()
+    results = record.to_results()
 
     if trainer.is_world_process_zero():
-        # hub.py: {train,eval,test}_results.json, trainer_state.json, training_args.json, the card's figures
-        save_run_files(trainer, metrics, validation)
-        write_json(Path(training_args.output_dir) / COMPLETION_MARKER, metrics)  # last: the folder is complete
+        # hub/run_files.py: {train,eval,test}_results.json, trainer_state.json, training_args.json, the card's figures
+        save_run_files(trainer, results, validation)
+        write_json(Path(training_args.output_dir) / COMPLETION_MARKER, results)  # last: the folder is complete
         write_model_card(training_args.output_dir, repo_id=push_to)  # README.md, read back from the finished folder
-        recalls = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval_recall/")}
-        lowest = min(recalls, key=recalls.get) if recalls else None
-        say(f"eval accuracy {metrics.get('eval_accuracy', float('nan')):.4f}, macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f}"
-            + (f", lowest class recall {recalls[lowest]:.4f} ({lowest})" if lowest is not None else "")
+        lowest = record.lowest_recall("eval")
+        say(f"eval accuracy {results.get('eval_accuracy', float('nan')):.4f}, macro-F1 {results.get('eval_macro_f1', float('nan')):.4f}"
+            + (f", lowest class recall {lowest[1]:.4f} ({lowest[0]})" if lowest is not None else "")
             + f"; model written to {training_args.output_dir}")
         if push_to:
             push_after_training(training_args.output_dir, push_to, training_args)
-    return metrics
+    return results
 
