@@ -302,3 +302,30 @@ def test_one_checkpoint_pushes_with_a_card_from_its_trainer_state(finetuned, tmp
     last_eval = [e for e in history if "eval_accuracy" in e][-1]
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"] == last_eval["eval_accuracy"]
     assert "intermediate checkpoint (step 2)" in card.text
+
+
+def test_what_a_push_uploads_names_no_local_path(pushable, tmp_path_factory):
+    from hf_transfer.hub.push import check_reload
+
+    result = push_folder(pushable, "me/model", dry_run=True, keep_staged=True)
+    staged = result.staged
+    try:
+        uploaded = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+        assert uploaded == sorted(name for name, _ in result.files)  # the dry run lists exactly what is staged
+        local = [str(tmp_path_factory.getbasetemp()), str(pushable.resolve()), str(Path.home()), sys.prefix]
+        for name in uploaded:  # every file that would go up, text or binary
+            content = (staged / name).read_bytes()
+            assert not [path for path in local if path.encode() in content], name
+        card = (staged / "README.md").read_text()
+        assert 'pipeline("image-classification", model="me/model")' in card and "# model" in card
+        assert "file" not in json.loads((staged / "config.json").read_text())["pretrained_cfg"]
+        args = json.loads((staged / "training_args.json").read_text())
+        assert args["output_dir"] == "run"  # a path outside the folder keeps only its name
+        check_reload(staged, 10)  # what goes up still loads with the Auto classes, preprocessing included
+    finally:
+        shutil.rmtree(staged)
+    # the local folder is left as it was: its card still shows the local path, for use on this machine
+    assert str(pushable) in (pushable / "README.md").read_text() or "me/model" not in (pushable / "README.md").read_text()
+    (pushable / "notes.txt").write_text(f"trained in {pushable.resolve()}\n")
+    with pytest.raises(TransferError, match=r"^notes.txt in .* names the local folder .*; it would be uploaded as is"):
+        push_folder(pushable, "me/model", dry_run=True)

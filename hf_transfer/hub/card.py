@@ -230,7 +230,7 @@ def _usage_section(record: FolderRecord, model_ref: str) -> list[str]:
                   "the trained model:", "", "```python", "from hf_transfer.lora import load_lora", "",
                   f'model = load_lora("{model_ref}")  # a peft model in eval mode', "```", ""]
     if not record.is_probe:
-        lines += ["To keep training, pass the folder as `--model_name_or_path` to hf_transfer's `recipes/finetune.py` or "
+        lines += [f"To keep training, pass `{model_ref}` as `--model_name_or_path` to `hf-transfer finetune` or to "
                   "transformers' `run_image_classification.py`.", ""]
     return lines
 
@@ -268,6 +268,15 @@ def write_model_card(folder, repo_id: str | None = None) -> Path:
 
     ``repo_id`` names the model in the usage snippets (default: the folder's path). Returns the card's path.
     """
+    path = Path(folder) / CARD_FILE
+    tmp = path.with_name(f".{CARD_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(render_model_card(folder, repo_id))
+    os.replace(tmp, path)
+    return path
+
+
+def render_model_card(folder, repo_id: str | None = None) -> str:
+    """The card's text; with ``repo_id`` it is the card of that Hub repository (push renders it so: no local path)."""
     from huggingface_hub import ModelCard
 
     record = FolderRecord.read(folder)
@@ -322,9 +331,5 @@ def write_model_card(folder, repo_id: str | None = None) -> Path:
     body += _usage_section(record, model_ref)
     body += _limitations_section(record)
     metadata = card_metadata(record, model_name)
-    card = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body))
-    path = folder / CARD_FILE
-    tmp = path.with_name(f".{CARD_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(str(card) + ("\n" if not str(card).endswith("\n") else ""))
-    os.replace(tmp, path)
-    return path
+    card = str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body)))
+    return card + ("\n" if not card.endswith("\n") else "")
