@@ -91,9 +91,11 @@ def table_defaults(r: Results) -> str:
     means = r.get("defaults", "means")
     rows += [[f"mean of {m['runs']} runs: {name}", "", f"{m['eval_accuracy']:.3f}", f"{m['eval_macro_f1']:.3f}",
               f"{m['train_runtime_s']:.1f} s", f"{m['wall_s']:.1f} s", ""] for name, m in means.items() if m["runs"] > 1]
+    loads = [run["load_1min_before"] for run in runs.values()] + [run["load_1min_after"] for run in runs.values()]
     return markdown_table(["flags on `python recipes/finetune.py`", "seed", "accuracy", "macro-F1", "train_runtime",
                            "wall (whole process)", "load before"], rows) + (
-        "\nThe CPU was shared with other jobs (load 4-10 on 2 cores): on a quiet machine the same run takes a "
+        f"\nThe CPU was shared with other jobs (1-minute load {min(loads):.0f} to {max(loads):.0f} on 2 cores): "
+        "on a quiet machine the same run takes a "
         "fraction of these times (compare the loop benchmark's one-epoch runs); the accuracies are what the "
         "comparison is about.\n") + source(" then ".join(r.get("defaults", "commands")), "defaults")
 

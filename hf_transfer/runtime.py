@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -50,6 +51,18 @@ def say(message: str, level: int = logging.INFO) -> None:
     """Progress for people: logged once, by the main process, above any live progress bar (not inside it)."""
     if is_main_process():
         library_logger().log(level, message)
+
+
+@contextlib.contextmanager
+def quieter(level: int):
+    """hf_transfer's messages below ``level`` are dropped inside the block (a CV fold's own run, an advisor stage)."""
+    log = library_logger()
+    before = log.level
+    log.setLevel(max(before, level))
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 def progress_bars_enabled() -> bool:

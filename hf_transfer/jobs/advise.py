@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..arguments import DataArguments, ModelArguments
 from ..errors import TransferError
-from ..runtime import configure_cpu_threads, say
+from ..runtime import configure_cpu_threads, progress, say
 from ..saving import mark_default_output_dir, resolve_output_dir
 from ..strategies import get_strategy
 
@@ -83,6 +83,8 @@ def measure_backbone(name: str, model_args: ModelArguments, data, settings: Advi
     from .common import load_sized_backbone
 
     start = time.perf_counter()
+    stages = progress(total=3, desc=f"advisor: {name}", unit="stage")  # load, measure per depth, time a step
+    stages.set_postfix_str("loading the backbone")
     image_size = model_args.image_size or data.suggested_image_size
     # As jobs.common.prepare does for a run: the backbone with the data's labels, at the run's input size.
     model, adapter = load_sized_backbone(model_args, data.labels, image_size, pretrained=True, name=name, report=False)
@@ -98,12 +100,18 @@ def measure_backbone(name: str, model_args: ModelArguments, data, settings: Advi
     if channels_last:  # as the fine-tune runs it (and ~1.7x faster CNN inference on CPU)
         model = model.to(memory_format=torch.channels_last)
     timing: dict = {}
+    stages.update()
+    stages.set_postfix_str("probing every depth")
     similarity, cached = measure_similarity(model, prepared, layers, layer_map, cache=cache, transform_key=transform_key,
                                             image_size=image_size, cv_folds=settings.cv_folds, seed=settings.seed,
                                             batch_size=settings.batch_size, timing=timing, channels_last=channels_last)
     forward_ms = timing["forward_ms_per_image"]
+    stages.update()
+    stages.set_postfix_str("timing a training step")
     step_seconds = time_train_step(model, prepared, batch_size=settings.per_device_train_batch_size,
                                    channels_last=channels_last)
+    stages.update()
+    stages.close()
     size = SizeStats.from_labels(train[data.label_column], len(data.splits["validation"]), data.labels)
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     measurement = BackboneMeasurement(name, size, similarity, CostStats(forward_ms, step_seconds,
