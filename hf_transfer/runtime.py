@@ -14,6 +14,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_count() -> int:
+    """Processes in this launch (`accelerate launch` / torchrun set WORLD_SIZE; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 # ----------------------------------------------------------------------------------------------------- logging
 # Messages go through the `hf_transfer` logger, set up as transformers sets up its own: one handler on the library's
 # root logger, not propagated to the application's root. The handler writes above any live tqdm bar (not inside it)
