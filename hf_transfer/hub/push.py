@@ -63,7 +63,7 @@ def _scrubbed(value, folder: Path, markers: list[str]):
 
 def stage_upload(folder, repo_id: str, files: list[tuple[str, int]], staging: Path) -> list[tuple[str, int]]:
     """Write into ``staging`` exactly what goes to ``repo_id``: the card rendered for the repository, JSON files with
-    local paths made relative (``config.json``'s ``pretrained_cfg.file`` dropped: it names a file on this machine),
+    local paths made relative (a file the backbone was read from on this machine dropped from config.json),
     every other file as it is (hard-linked). Refuses, in one line, if a local path is left in any file."""
     folder = Path(folder).expanduser().resolve()
     markers = local_path_markers(folder)
@@ -77,8 +77,8 @@ def stage_upload(folder, repo_id: str, files: list[tuple[str, int]], staging: Pa
             if data is None:
                 shutil.copy2(source, target)
                 continue
-            if name.endswith("config.json") and isinstance(data.get("pretrained_cfg"), dict):
-                data["pretrained_cfg"].pop("file", None)
+            if name.endswith("config.json"):
+                data = saved_folder.without_local_files(data)
             target.write_text(json.dumps(_scrubbed(data, folder, markers), indent=2) + "\n")
         else:
             try:
