@@ -131,7 +131,7 @@ def _run(*flags, out: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop("DS_ACCELERATOR", None)
     return subprocess.run([sys.executable, str(ROOT / "recipes" / "finetune.py"), "--output_dir", str(out),
-                           "--max_steps", "2", "--max_train_samples", "40", "--max_eval_samples", "20", *flags],
+                           "--max_steps", "1", "--max_train_samples", "20", "--max_eval_samples", "10", *flags],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
