@@ -11,7 +11,7 @@ from .plan import TransferConfig, TransferPlan
 
 def __getattr__(name):
     # TransferTrainer imports transformers.Trainer: load it only when asked for
-    if name in ("TransferTrainer", "TransferPlanCallback"):
+    if name in ("TransferTrainer", "TransferPlanCallback", "plan_optimizer"):
         from . import trainer
 
         return getattr(trainer, name)
@@ -38,5 +38,6 @@ __all__ = [
     "load_backbone_with_adapter",
     "load_image_classification_data",
     "load_metric",
+    "plan_optimizer",
     "wrap_timm_model",
 ]

@@ -18,6 +18,7 @@ import typing
 from transformers import HfArgumentParser
 
 from .errors import TransferError
+from .runtime import LOG_LEVELS, configure_logging
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -37,6 +38,10 @@ COMMON_TRAINING_FLAGS = {
 
 # Flags of one strategy (--strategy lora): `--help` leaves them to `--help_all`, so the common flags stay on screen.
 HELP_ALL_ONLY_PREFIXES = ("lora_",)
+
+# The transformers example scripts' names for our flags (run_image_classification.py): accepted on the command line
+# and in config files, shown in the help beside the flag.
+ALIASES = {"train_val_split": "validation_split"}
 
 # A step interval given without its strategy turns the strategy on: `--save_steps 200` alone would otherwise save
 # nothing (TransferTrainingArguments defaults to save_strategy="no").
@@ -166,19 +171,55 @@ class RecipeArgumentParser(HfArgumentParser):
                          add_help=False, formatter_class=_HelpFormatter,
                          description="config.yaml (or .json): keys are flag names; flags after it override them.")
         self.add_argument("-h", "--help", action=_ShowHelp)
+        self.add_argument("--help_all", action=_ShowHelp, full=True)
         self.hints = {name: hint for dtype in self.dataclass_types
                       for name, hint in typing.get_type_hints(dtype).items()}  # field name -> type, as declared
         self.training_type = next((t for t in self.dataclass_types if _is_training_arguments(t)), None)
-        if self.training_type:
-            self.add_argument("--help_all", action=_ShowHelp, full=True)
+        # A shared dataclass may hold flags a job does not read (the probe has no augmentation): the job's own
+        # dataclass names them in `UNREAD_FLAGS` (flag -> why), and they are neither shown nor accepted.
+        self.unread = {name: why for dtype in self.dataclass_types
+                       for name, why in getattr(dtype, "UNREAD_FLAGS", {}).items()}
+        self.unread_defaults = {}
+        for name in self.unread:
+            self._drop_flag(name)
+        # --log_level and --disable_tqdm for every job: TrainingArguments has them; the others get them here
+        self.logging_flags = {}
+        if "log_level" not in self.hints:
+            self.add_argument("--log_level", choices=["passive", *LOG_LEVELS], default="passive", type=str.lower,
+                              help="Messages printed: debug, info, warning, error (errors only) or critical; passive "
+                                   "keeps the libraries' own levels (hf_transfer's progress: info).")
+            self.add_argument("--disable_tqdm", type=_true_or_false, nargs="?", const=True, default=False,
+                              metavar="BOOL", help="Turn off the progress bars.")
+        for alias, name in ALIASES.items():
+            action = self._option_string_actions.get(f"--{name}")
+            if action is not None:
+                action.option_strings.append(f"--{alias}")
+                self._option_string_actions[f"--{alias}"] = action
+                action.help = f"{action.help} (alias: --{alias})"
         self.config_name = None  # set while a config file's values are parsed: errors then name its keys
+        self.given = set()  # the flags given on the command line or in the config file
         self.config_values = {}  # lists and mappings from a config file that argparse cannot express as flags
+
+    def _drop_flag(self, name: str) -> None:
+        action = self._option_string_actions.get(f"--{name}")
+        if action is None:
+            return
+        self.unread_defaults[name] = action.default  # the dataclass still gets its field, at the default
+        self._remove_action(action)
+        for group in self._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        for option in action.option_strings:
+            self._option_string_actions.pop(option, None)
 
     # ---- config files
 
     def read_config(self, path: str) -> list[str]:
         """A config file's values as flags, checked here so that errors name the file and its keys."""
         config = load_config(path)
+        unread = [key for key in config if key in self.unread]
+        if unread:
+            raise TransferError(f"{path}: " + self._unread_message(unread))
         unknown = [key for key in config if self._action(key) is None]
         if unknown:
             raise TransferError(self._unknown_keys(unknown, config, path))
@@ -226,14 +267,33 @@ class RecipeArgumentParser(HfArgumentParser):
 
     # ---- parsing
 
+    def parse_into_dataclasses(self, argv: list[str]) -> tuple:
+        """The dataclasses, with the job's logging settings applied before anything loads."""
+        parsed = self.parse_args_into_dataclasses(args=argv)
+        training = next((p for p in parsed if _is_training_arguments(type(p))), None)
+        given = "disable_tqdm" in self.given
+        if training is not None:
+            _, training.disable_tqdm = configure_logging(training.log_level, training.disable_tqdm, given)
+        else:
+            configure_logging(self.logging_flags.get("log_level"), self.logging_flags.get("disable_tqdm"), given)
+        return parsed
+
     def parse_known_args(self, args=None, namespace=None):
         """argparse's parse, plus: unknown flags refused, config lists/mappings applied, step strategies implied."""
         namespace = argparse.Namespace(**self.config_values) if namespace is None else namespace
         namespace, extras = super().parse_known_args(args, namespace)
+        for name, default in self.unread_defaults.items():
+            setattr(namespace, name, default)
+        if "log_level" not in self.hints:  # the parser's own flags: not in any dataclass
+            self.logging_flags = {name: getattr(namespace, name) for name in ("log_level", "disable_tqdm")
+                                  if hasattr(namespace, name)}
+            for name in self.logging_flags:
+                delattr(namespace, name)
         if extras:
             raise TransferError(self._unknown_flags(extras))
         given = {self._option_string_actions[flag].dest for flag in self._flags_in(args or [])}
         given |= set(self.config_values)
+        self.given = given
         imply_step_strategies(namespace, given)
         return namespace, extras
 
@@ -249,6 +309,10 @@ class RecipeArgumentParser(HfArgumentParser):
             elif not unknown:  # values after an unknown flag are its own
                 stray.append(arg)
         problems = []
+        unread = [flag for flag in unknown if flag[2:] in self.unread]
+        if unread:
+            problems.append(self._unread_message([flag[2:] for flag in unread]))
+            unknown = [flag for flag in unknown if flag not in unread]
         if unknown:
             notes = [_did_you_mean(flag, options, prefix="--") for flag in unknown]
             named = ", ".join(flag + note for flag, note in zip(unknown, notes))
@@ -259,6 +323,9 @@ class RecipeArgumentParser(HfArgumentParser):
                     else "flags start with --; a config file comes first and ends in .yaml, .yml or .json")
             problems.append(f"unexpected argument{'s' * (len(stray) > 1)} {' '.join(map(repr, stray))} ({hint})")
         return "; ".join(problems)
+
+    def _unread_message(self, names: list[str]) -> str:
+        return "; ".join(f"--{name} does not apply here: {self.unread[name]}" for name in names)
 
     def error(self, message: str):
         """argparse's own errors (a bad value, a missing one): one line naming the flag, or the config file's key."""
@@ -278,6 +345,10 @@ class RecipeArgumentParser(HfArgumentParser):
         for title, actions in self._help_sections(full):
             formatter.start_section(title)
             formatter.add_arguments(actions)
+            formatter.end_section()
+        if "log_level" not in self.hints:
+            formatter.start_section("logging")
+            formatter.add_arguments([a for a in self._actions if a.dest in ("log_level", "disable_tqdm")])
             formatter.end_section()
         if self.training_type and not full:
             formatter.add_text("all other TrainingArguments flags: --help_all")
@@ -301,6 +372,14 @@ class RecipeArgumentParser(HfArgumentParser):
                 training.append(("training (all other TrainingArguments flags)",
                                  [a for a in actions if a.dest not in COMMON_TRAINING_FLAGS]))
         return sections + training
+
+
+def _true_or_false(value: str) -> bool:
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _brief(action: argparse.Action) -> argparse.Action:

@@ -147,7 +147,7 @@ def parse_args(dataclass_types, args: list[str] | None = None, prog: str | None 
     if argv and is_config_file(argv[0]):
         argv = parser.read_config(argv[0]) + argv[1:]
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        return parser.parse_into_dataclasses(argv)
     except TransferError:
         raise
     except ValueError as err:  # TrainingArguments.__post_init__ rejects bad values and combinations of flags

@@ -29,7 +29,10 @@ class TransferConfig:
                                   "regex:PATTERN. Frozen for the whole run.")
     bn_policy: str = _option("frozen", "frozen: BatchNorm in frozen parts keeps its statistics | eval: everywhere | "
                                        "train: none does.")
-    learning_rate: float = _option(1e-3, "The head's learning rate (TrainingArguments' --learning_rate).", flag=False)
+    # The head's rate. None: TrainingArguments' --learning_rate (TransferTrainer), else the family default (1e-2 for
+    # BatchNorm CNNs, 1e-3 otherwise), resolved by TransferPlan.build.
+    learning_rate: float | None = _option(None, "The head's learning rate (TrainingArguments' --learning_rate).",
+                                          flag=False)
     weight_decay: float = _option(0.01, "TrainingArguments' --weight_decay.", flag=False)
     backbone_lr_multiplier: float = _option(0.1, "Factor on --learning_rate for every pretrained parameter.")
     layer_decay: float = _option(1.0, "Depth group i of L gets the extra factor D^(L-i) (BEiT-style); 1 = off.")
@@ -75,7 +78,7 @@ class TransferConfig:
         strategy.validate(self)
         if not 0 < self.layer_decay <= 1:
             raise TransferError(f"--layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
-        if self.backbone_lr_multiplier < 0 or self.learning_rate <= 0:
+        if self.backbone_lr_multiplier < 0 or (self.learning_rate is not None and self.learning_rate <= 0):
             raise TransferError("--learning_rate must be > 0 and --backbone_lr_multiplier >= 0")
         from .imbalance import CLASS_WEIGHTINGS, SAMPLERS
 

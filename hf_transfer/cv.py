@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 from .arguments import DataArguments
 from .errors import TransferError
 from .record import RunRecord
-from .runtime import say
+from .runtime import progress, quieter, say
 
 METRICS = ("accuracy", "macro_f1")
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
@@ -321,18 +322,22 @@ def cross_validate(data, run_fold: Callable[[Any, dict[str, str], int], dict], *
 
     store = SubsetImageStore(train, {})  # the train split is decoded once for all folds and settings
     results = [SettingResult(dict(setting)) for setting in settings]
+    bar = progress(total=len(results) * folds, desc="cross-validation folds", unit="fold")
     for result in results:
         for index, (train_rows, held_rows) in enumerate(splits):
             say(f"cross-validation: {result.name}, fold {index + 1}/{folds} ({len(train_rows)} train / {len(held_rows)} "
                 "validation images)")
             fold_start = time.perf_counter()
-            metrics = fold_metrics(run_fold(fold_data(data, train_rows, held_rows, store), result.setting, index))
+            with quieter(logging.WARNING):  # a fold's own run would print its plan and a folder about to be deleted
+                metrics = fold_metrics(run_fold(fold_data(data, train_rows, held_rows, store), result.setting, index))
+            bar.update()
             if not all(m in metrics for m in METRICS):
                 raise TransferError(f"the {recipe} run of fold {index + 1} reported no eval accuracy / macro-F1")
             result.folds.append(FoldResult(index, len(train_rows), len(held_rows), metrics,
                                             round(time.perf_counter() - fold_start, 2)))
             say(f"cross-validation: {result.name}, fold {index + 1}/{folds}: accuracy {metrics['accuracy']:.4f}, "
                 f"macro-F1 {metrics['macro_f1']:.4f}")
+    bar.close()
     outcome = CVResult(results, folds, seed, choose_by, recipe)
     outcome.seconds = time.perf_counter() - start
     return outcome

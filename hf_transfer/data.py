@@ -6,6 +6,7 @@ source has one), an image column and a `ClassLabel` label column whose names bec
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,11 @@ def _digits():
 
 
 def _lfw():
-    from skimage.data import lfw_subset
+    try:
+        from skimage.data import lfw_subset
+    except ImportError:
+        raise TransferError("embedded:lfw ships inside scikit-image, which is not installed: "
+                            "pip install 'hf-transfer-vision[lfw]'") from None
 
     x = lfw_subset()  # 200 float images in [0, 1]; the first 100 are faces
     return (x * 255).round().astype(np.uint8), np.repeat([1, 0], 100).astype(np.int64), ["not_face", "face"]
@@ -193,7 +198,8 @@ def _load_raw(dataset_name: str | None, dataset_config_name: str | None, train_d
                 raise TransferError(f"image folder {folder!r} does not exist; check --{split}_dir")
             files[split] = os.path.join(folder, "**")
             notes += _check_class_folders(folder, min_classes=2 if split == "train" else 1)
-        raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cache_dir)
+        with _no_download_bars():
+            raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cache_dir)
         return raw, f"imagefolder:{train_dir}", None, notes
     name = dataset_name or DEFAULT_DATASET
     if name.startswith(EMBEDDED_PREFIX):
@@ -206,7 +212,9 @@ def _load_raw(dataset_name: str | None, dataset_config_name: str | None, train_d
             raw = datasets.load_from_disk(name)
             return (raw if isinstance(raw, datasets.DatasetDict) else datasets.DatasetDict({"train": raw})), name, None, []
         notes = _check_class_folders(name)
-        return datasets.load_dataset("imagefolder", data_dir=name, cache_dir=cache_dir), f"imagefolder:{name}", None, notes
+        with _no_download_bars():
+            raw = datasets.load_dataset("imagefolder", data_dir=name, cache_dir=cache_dir)
+        return raw, f"imagefolder:{name}", None, notes
     try:
         raw = datasets.load_dataset(name, dataset_config_name, cache_dir=cache_dir, token=token, trust_remote_code=trust_remote_code) \
             if trust_remote_code else datasets.load_dataset(name, dataset_config_name, cache_dir=cache_dir, token=token)
@@ -228,6 +236,21 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+@contextlib.contextmanager
+def _no_download_bars():
+    """datasets shows "Downloading data" and "Generating split" bars while it indexes a local image folder: nothing
+    is downloaded, and the data check right after shows the real pass over the images."""
+    from datasets.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 def _check_class_folders(folder: str, min_classes: int = 2) -> list[str]:

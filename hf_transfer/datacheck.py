@@ -33,6 +33,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 from .errors import TransferError
+from .runtime import progress
 
 JPEG_FORMATS = ("JPEG", "MPO")
 SHOWN_IN_MESSAGE = 5  # bad files named in a one-line error; the full list goes to bad_images.json
@@ -173,8 +174,10 @@ def check_images(splits, image_column: str) -> DataCheckReport:
     with warnings.catch_warnings():
         # Over the limit but under twice it, PIL warns once per image; the report collects them instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        bar = progress(total=sum(len(split) for split in splits.values()), desc="checking images", unit="img")
         for split_name, split in splits.items():
             for row, cell in _image_cells(split, image_column):
+                bar.update()
                 reason, pixels = inspect_image(cell)
                 entry = BadImage(split_name, row, cell.get("path"), reason or "")
                 if reason:
@@ -183,6 +186,7 @@ def check_images(splits, image_column: str) -> DataCheckReport:
                     entry.reason = f"{pixels:,} pixels, over PIL's MAX_IMAGE_PIXELS of {Image.MAX_IMAGE_PIXELS:,}"
                     report.oversized.append(entry)
             report.images[split_name] = len(split)
+        bar.close()
     report.seconds = time.perf_counter() - start
     return report
 

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torchvision.transforms import v2
 
+from .runtime import progress
 from .transforms import build_transform, decode_image
 
 # Budget for all prepared splits together; HF_TRANSFER_IMAGE_STORE_BYTES overrides it (0 turns the store off).
@@ -98,7 +99,7 @@ class PreparedImages(torch.utils.data.Dataset):
     def build(cls, split, image_column: str, label_column: str | None, stages: TransformStages) -> "PreparedImages":
         """Decode every image once, resize per chunk in one call per image size, keep the uint8 result."""
         pixels = None
-        for start in range(0, len(split), CHUNK):
+        for start in progress(range(0, len(split), CHUNK), desc="decoding images once", unit="chunk"):
             cells = split[start:start + CHUNK][image_column]
             decoded = [stages.to_tensor(decode_image(cell)) for cell in cells]
             by_size: dict[tuple, list[int]] = {}

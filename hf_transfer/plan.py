@@ -15,6 +15,7 @@ Everything that freezes a parameter, switches a BatchNorm to eval or sets a lear
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -135,6 +136,8 @@ class TransferPlan:
     @classmethod
     def build(cls, model: torch.nn.Module, config: TransferConfig, layer_map: LayerMap | None = None) -> "TransferPlan":
         config.validate()
+        if config.learning_rate is None:  # nothing given anywhere: the family's default
+            config = dataclasses.replace(config, learning_rate=default_learning_rate(model))
         layer_map = layer_map or build_layer_map(model, config.layer_regex)
         names = [n for n, _ in model.named_parameters()]
         head = layer_map.head.index  # L in D^(L - i)

@@ -22,6 +22,7 @@ How it stays correct:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -63,6 +64,25 @@ class BatchNormPolicy:
         self.handle.remove()
 
 
+def log_head_rate_first(lr_scheduler, optimizer) -> None:
+    """Trainer logs ``lr_scheduler.get_last_lr()[0]`` as `learning_rate`: the first group's (the stem's, 10x+ below the
+    head's). Make this scheduler report the head's rate first, so any Trainer logs the head's. Its stepping never calls
+    get_last_lr, the groups keep their order, and its state_dict is unchanged (checkpoints stay as they were)."""
+    names = [str(g.get("name", "")) for g in optimizer.param_groups]
+    if lr_scheduler is None or "head" not in names or isinstance(lr_scheduler, _HeadRateFirst):
+        return
+    base = type(lr_scheduler)
+    lr_scheduler.__class__ = type(f"HeadRateFirst{base.__name__}", (_HeadRateFirst, base), {})
+
+
+class _HeadRateFirst:
+    def get_last_lr(self):
+        rates = list(super().get_last_lr())
+        names = [str(g.get("name", "")) for g in self.optimizer.param_groups]
+        head = names.index("head")
+        return [rates[head], *rates[:head], *rates[head + 1:]]
+
+
 class TransferPlanCallback(TrainerCallback):
     """Applies a `TransferPlan` inside any `Trainer`: the freeze of each phase, the BatchNorm policy, the plan saved
     in each checkpoint. The model comes from the callback arguments, so ``Trainer(..., callbacks=[
@@ -102,11 +122,13 @@ class TransferPlanCallback(TrainerCallback):
         if model is not None:
             self.prepare(model)
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         self.applied_epoch_phase = None
         if optimizer is not None and not any("name" in g for g in optimizer.param_groups):
             say("the optimizer was not built from the transfer plan: its freeze applies, its learning rates do not "
                 "(use TransferTrainer, or optimizers=(plan_optimizer(plan, args, model), None))")
+        elif optimizer is not None:
+            log_head_rate_first(lr_scheduler, optimizer)
         self.apply(model, state, "transfer plan", optimizer)
 
     def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -140,8 +162,11 @@ class TransferTrainer(ImbalanceCorrection, Trainer):
             raise TransferError("TransferTrainer needs args=TrainingArguments(...) (the plan reads its learning rate)")
         if plan is None:
             if transfer_config is None:
-                transfer_config = TransferConfig(learning_rate=args.learning_rate or default_learning_rate(model),
-                                                 weight_decay=args.weight_decay)
+                transfer_config = TransferConfig(weight_decay=args.weight_decay)
+            if transfer_config.learning_rate is None:
+                # The head's rate: TransferConfig's, else TrainingArguments', else the family default.
+                transfer_config = dataclasses.replace(
+                    transfer_config, learning_rate=args.learning_rate or default_learning_rate(model))
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)
         optimizer_for(args, model)  # an optimizer that cannot take the plan's groups fails here, not after loading data

@@ -62,3 +62,44 @@ class TransferTrainingArguments(TrainingArguments):
         if problem:
             raise TransferError(problem)
         super().__post_init__()
+        problem = missing_tracker(self.report_to)
+        if problem:
+            raise TransferError(problem)
+        from .runtime import has_accelerator
+
+        if not has_accelerator():
+            # Pinned memory only speeds copies to an accelerator; without one torch warns once per DataLoader.
+            self.dataloader_pin_memory = False
+
+
+# --report_to name -> the packages that provide it (any one will do) and how to install it. Trainer would import the
+# tracker only when it builds its callbacks, after the data and the model have loaded, and fail with a traceback.
+TRACKERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "pip install 'hf-transfer-vision[tensorboard]'"),
+    "wandb": (("wandb",), "pip install wandb"),
+    "mlflow": (("mlflow",), "pip install mlflow"),
+    "comet_ml": (("comet_ml",), "pip install comet_ml"),
+    "clearml": (("clearml",), "pip install clearml"),
+    "dvclive": (("dvclive",), "pip install dvclive"),
+    "neptune": (("neptune",), "pip install neptune"),
+    "codecarbon": (("codecarbon",), "pip install codecarbon"),
+    "trackio": (("trackio",), "pip install trackio"),
+    "swanlab": (("swanlab",), "pip install swanlab"),
+}
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def missing_tracker(report_to) -> str | None:
+    """The one-line problem when a --report_to tracker's package is not installed, else None."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        packages, install = TRACKERS.get(name, ((), ""))
+        if packages and not any(_installed(package) for package in packages):
+            return (f"--report_to {name} needs the {packages[0]} package, which is not installed: {install}, "
+                    "or drop --report_to")
+    return None

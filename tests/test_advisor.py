@@ -402,8 +402,8 @@ def test_bad_advisor_requests_are_one_line_errors(tmp_path, capsys):
         main(["advise", "--no_pretrained", "--output_dir", str(tmp_path / "a")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "hf-transfer advise: error: the advisor measures pretrained features; --no_pretrained leaves nothing to measure "
-        "(drop it, or use recipes/finetune.py --strategy scratch)"]
+        "hf-transfer advise: error: --no_pretrained does not apply here: the advisor measures pretrained features "
+        "(to train from scratch: hf-transfer finetune --strategy scratch)"]
     with pytest.raises(TransferError, match="resume with the plan's flags"):
         run_finetune(*parse_args(finetune_argument_types(), ["--strategy", "auto", "--resume_from_checkpoint", "True",
                                                              "--output_dir", str(tmp_path / "b")]))

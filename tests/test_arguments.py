@@ -206,7 +206,7 @@ def test_probe_help_groups(capsys, monkeypatch):
     text = help_text(probe_argument_types(), "--help", capsys, monkeypatch, prog="linear_probe")
     titles = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert text.startswith("usage: linear_probe [config.yaml] [flags]")
-    assert titles == ["model:", "data:", "probe:"] and "--help_all" not in text
+    assert titles == ["model:", "data:", "probe:", "logging:"] and "--help_all" not in text
 
 
 def test_cli_help_names_the_command(capsys, monkeypatch):

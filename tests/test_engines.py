@@ -358,6 +358,6 @@ def test_support_table_is_complete_and_the_docs_show_it():
         if support.evidence.startswith("tests/"):
             file, _, name = support.evidence.split(" ")[0].partition("::")
             assert f"def {name}(" in (ROOT / file).read_text(), support.evidence
-    docs = [(ROOT / "README.md").read_text()]
+    docs = [(ROOT / "README.md").read_text(), *(path.read_text() for path in sorted((ROOT / "docs").rglob("*.md")))]
     assert any(support_table() in text and refusal_table() in text for text in docs), \
-        "paste hf_transfer.engines.support_table() and refusal_table() into the README"
+        "paste hf_transfer.engines.support_table() and refusal_table() into docs/scale.md"

@@ -65,8 +65,9 @@ def test_folder_has_the_files_hf_examples_leave(finetuned):
 
 
 def _card_plan_rows(text):
-    rows = re.findall(r"^\| (\d+) \| (\S+) \| (\d+) \| (\S+) \| (\S+) \| (.+) \|$", text, flags=re.M)
-    return [(int(d), name, int(n), float(lr), float(wd), when) for d, name, n, lr, wd, when in rows]
+    """(first depth, last depth, tensors, lr, weight decay, when) per row of the card's folded plan table."""
+    rows = re.findall(r"^\| (\d+)(?:-(\d+))? \| [^|]+ \| (\d+) \| (\S+) \| (\S+) \| (.+) \|$", text, flags=re.M)
+    return [(int(a), int(b or a), int(n), float(lr), float(wd), when) for a, b, n, lr, wd, when in rows]
 
 
 def test_card_metadata_parses_and_its_numbers_are_the_folders(finetuned):
@@ -83,11 +84,22 @@ def test_card_metadata_parses_and_its_numbers_are_the_folders(finetuned):
     metrics = {(r.dataset_split, r.metric_type): r.metric_value for r in data.eval_results}
     assert metrics == {("validation", "accuracy"): results["eval_accuracy"], ("validation", "f1"): results["eval_macro_f1"]}
     plan = json.loads((out / "transfer_plan.json").read_text())
-    expected = [(g["depth"], g["name"], len(g["params"]), g["lr"], g["weight_decay"],
-                 "frozen" if g["frozen"] else f"from epoch {g['trains_from_epoch']}") for g in plan["groups"]]
+    # folded: consecutive depth groups with one rate and schedule share a row; every group is in exactly one row
     rows = _card_plan_rows(card.text)
-    assert [r[:3] + r[5:] for r in rows] == [e[:3] + e[5:] for e in expected]
-    assert [x for r in rows for x in r[3:5]] == pytest.approx([x for e in expected for x in e[3:5]], rel=1e-5)
+    assert rows[0][0] == 0 and all(a[1] + 1 == b[0] for a, b in zip(rows, rows[1:]))  # depths in order, no gap
+    for first, last, tensors, lr, wd, when in rows:
+        groups = [g for g in plan["groups"] if first <= g["depth"] <= last]
+        assert tensors == sum(len(g["params"]) for g in groups)
+        assert [g["lr"] for g in groups] == pytest.approx([lr] * len(groups), rel=1e-5)
+        assert {"frozen" if g["frozen"] else f"from epoch {g['trains_from_epoch']}" for g in groups} == {when}
+        assert max(g["weight_decay"] for g in groups) == pytest.approx(wd, rel=1e-5)
+    assert len(rows) == 1 + sum(1 for a, b in zip(plan["groups"], plan["groups"][1:])
+                                if (a["lr"], a["trains_from_epoch"], a["frozen"]) != (b["lr"], b["trains_from_epoch"], b["frozen"]))
+    assert rows[-1][0] == plan["groups"][-1]["depth"] and len(rows) < len(plan["groups"])
+    assert "## Training hyperparameters" in card.text and "- learning_rate (the head's): " in card.text
+    history = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "eval_loss" in h]
+    assert f"| {history[-1]['epoch']:g} | {history[-1]['step']} | {history[-1]['eval_loss']:.4f} |" in card.text
+    assert "## Framework versions" in card.text and "- transformers " in card.text
     assert f"BatchNorm policy `{plan['config']['bn_policy']}`" in card.text
     assert "Trained on 64 images at 32 px for 1 epoch(s)" in card.text
     assert 'pipeline("image-classification", model="me/digits-lite0")' in card.text
@@ -302,3 +314,30 @@ def test_one_checkpoint_pushes_with_a_card_from_its_trainer_state(finetuned, tmp
     last_eval = [e for e in history if "eval_accuracy" in e][-1]
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"] == last_eval["eval_accuracy"]
     assert "intermediate checkpoint (step 2)" in card.text
+
+
+def test_what_a_push_uploads_names_no_local_path(pushable, tmp_path_factory):
+    from hf_transfer.hub.push import check_reload
+
+    result = push_folder(pushable, "me/model", dry_run=True, keep_staged=True)
+    staged = result.staged
+    try:
+        uploaded = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+        assert uploaded == sorted(name for name, _ in result.files)  # the dry run lists exactly what is staged
+        local = [str(tmp_path_factory.getbasetemp()), str(pushable.resolve()), str(Path.home()), sys.prefix]
+        for name in uploaded:  # every file that would go up, text or binary
+            content = (staged / name).read_bytes()
+            assert not [path for path in local if path.encode() in content], name
+        card = (staged / "README.md").read_text()
+        assert 'pipeline("image-classification", model="me/model")' in card and "# model" in card
+        assert "file" not in json.loads((staged / "config.json").read_text())["pretrained_cfg"]
+        args = json.loads((staged / "training_args.json").read_text())
+        assert args["output_dir"] == "run"  # a path outside the folder keeps only its name
+        check_reload(staged, 10)  # what goes up still loads with the Auto classes, preprocessing included
+    finally:
+        shutil.rmtree(staged)
+    # the local folder is left as it was: its card still shows the local path, for use on this machine
+    assert str(pushable) in (pushable / "README.md").read_text() or "me/model" not in (pushable / "README.md").read_text()
+    (pushable / "notes.txt").write_text(f"trained in {pushable.resolve()}\n")
+    with pytest.raises(TransferError, match=r"^notes.txt in .* names the local folder .*; it would be uploaded as is"):
+        push_folder(pushable, "me/model", dry_run=True)

@@ -18,7 +18,7 @@ from .rules import Decision
 # Flags the plan may emit that come from the cross-validation/imbalance and probe work (`--class_weighting`,
 # `--sampler`, `--layers 3+7+pooled`): listed so that tests and the docs can tell them apart.
 LATER_FLAGS = ("class_weighting", "sampler")
-RECIPES = {"finetune": "recipes/finetune.py", "probe": "recipes/linear_probe.py"}
+RECIPES = {"finetune": "hf-transfer finetune", "probe": "hf-transfer probe"}  # installed; recipes/ is a checkout's
 
 
 def _given(args, skip: tuple[str, ...] = ()) -> dict:
@@ -77,7 +77,7 @@ def write_plan_yaml(path: str | Path, decision: Decision, config: dict, header: 
     path = Path(path)
     recipe = RECIPES[decision.job]
     lines = [f"# {line}" for line in header]
-    lines += [f"# run it: python {recipe} {shown_path or path}", ""]
+    lines += [f"# run it: {recipe} {shown_path or path}", ""]
     later = [key for key in config if key in LATER_FLAGS]
     if later:
         lines.insert(len(header), f"# {', '.join(later)}: flags of the class-imbalance work; drop them on a version without them")

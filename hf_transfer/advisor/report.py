@@ -93,7 +93,7 @@ def markdown(advice) -> str:
         out += ["## Backbone ranking (before any fine-tuning)", "", "```", ranking_table(advice.ranked), "```", ""]
     out += ["## Scenario", "", f"**{scenario_name(d)}**: {scenario_text(d)}.", ""]
     out += [f"- {reason}" for reason in d.reasons] + [""]
-    out += ["## Plan", "", f"Run it: `python {advice.recipe} {advice.plan_path_hint}`", "", "```yaml", advice.plan_yaml_body(), "```", ""]
+    out += ["## Plan", "", f"Run it: `{advice.recipe} {advice.plan_path_hint}`", "", "```yaml", advice.plan_yaml_body(), "```", ""]
     if d.estimated_seconds is not None:
         out += [f"Estimated run time on this machine: {d.estimated_seconds:.0f} s"
                 + (f" (time budget {advice.time_budget:.0f} s)" if advice.time_budget else "") + ".", ""]

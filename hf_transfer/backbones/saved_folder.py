@@ -43,3 +43,11 @@ def saved_input_size(config: dict) -> list | None:
 def family_note(config: dict) -> str:
     """Words after the model type in the card."""
     return " (a timm model wrapped for transformers)" if is_timm_wrapper(config) else ""
+
+
+def without_local_files(config: dict) -> dict:
+    """config.json as it may leave this machine: timm's ``pretrained_cfg.file`` names the local file the weights were
+    read from (the embedded backbones' .pth in site-packages), which means nothing elsewhere."""
+    if isinstance(config.get("pretrained_cfg"), dict) and "file" in config["pretrained_cfg"]:
+        config = {**config, "pretrained_cfg": {k: v for k, v in config["pretrained_cfg"].items() if k != "file"}}
+    return config

@@ -144,12 +144,83 @@ def _plan_section(plan: dict) -> list[str]:
         + " (the classification head is always new).",
         f"Depth groups from {plan['layer_map']['source']}; `/no_decay` groups hold biases and normalization weights.",
         "",
-        "| depth | group | tensors | learning rate | weight decay | trains |",
+        "Consecutive depth groups with the same rate and schedule share a row; their `/no_decay` part (biases, "
+        "normalization weights) has weight decay 0. Every group: `transfer_plan.json`.",
+        "",
+        "| depths | groups | tensors | learning rate | weight decay | trains |",
         "|---:|---|---:|---:|---:|---|",
     ]
+    rows: list[list] = []  # [first depth, last depth, first name, last name, tensors, (lr, weight decay, when)]
     for g in plan["groups"]:
         when = "frozen" if g["frozen"] else f"from epoch {g['trains_from_epoch']}"
-        lines.append(f"| {g['depth']} | {g['name']} | {len(g['params'])} | {g['lr']:.6g} | {g['weight_decay']:.6g} | {when} |")
+        name, no_decay = g["name"].removesuffix("/no_decay"), g["name"].endswith("/no_decay")
+        if rows and rows[-1][5][0] == f"{g['lr']:.6g}" and rows[-1][5][2] == when:
+            rows[-1][1], rows[-1][3], rows[-1][4] = g["depth"], name, rows[-1][4] + len(g["params"])
+            if not no_decay:
+                rows[-1][5] = (rows[-1][5][0], f"{g['weight_decay']:.6g}", when)
+        else:
+            rows.append([g["depth"], g["depth"], name, name, len(g["params"]),
+                         (f"{g['lr']:.6g}", "0" if no_decay else f"{g['weight_decay']:.6g}", when)])
+    for first, last, first_name, last_name, tensors, (lr, wd, when) in rows:
+        depths = f"{first}" if first == last else f"{first}-{last}"
+        names = first_name if first_name == last_name else f"{first_name} … {last_name}"
+        lines.append(f"| {depths} | {names} | {tensors} | {lr} | {wd} | {when} |")
+    return lines + [""]
+
+
+# TrainingArguments fields shown in the card, as Trainer's own card names them.
+HYPERPARAMETERS = [("learning_rate", "learning_rate (the head's)"), ("per_device_train_batch_size", "train_batch_size"),
+                   ("per_device_eval_batch_size", "eval_batch_size"), ("gradient_accumulation_steps",
+                   "gradient_accumulation_steps"), ("seed", "seed"), ("optim", "optimizer"), ("weight_decay",
+                   "weight_decay"), ("lr_scheduler_type", "lr_scheduler_type"), ("warmup_steps", "warmup_steps"),
+                   ("num_train_epochs", "num_epochs"), ("max_steps", "max_steps"), ("max_grad_norm", "max_grad_norm"),
+                   ("label_smoothing_factor", "label_smoothing"), ("bf16", "bf16"), ("fp16", "fp16")]
+
+
+def _hyperparameters_section(folder: Path) -> list[str]:
+    import json
+
+    path = folder / "training_args.json"
+    if not path.is_file():
+        return []
+    args = json.loads(path.read_text())
+    rows = [f"- {shown}: {args[key]}" for key, shown in HYPERPARAMETERS
+            if key in args and args[key] not in (None, False) and not (key == "max_steps" and args[key] <= 0)]
+    return ["## Training hyperparameters", "", *rows, ""] if rows else []
+
+
+def _epoch_table(folder: Path) -> list[str]:
+    """One row per evaluation, from trainer_state.json's log history, as Trainer's own card has it."""
+    import json
+
+    path = folder / "trainer_state.json"
+    if not path.is_file():
+        return []
+    history = json.loads(path.read_text()).get("log_history") or []
+    rows, last_loss = [], None
+    for entry in history:
+        if "loss" in entry:
+            last_loss = entry["loss"]
+        if "eval_loss" in entry:
+            rows.append(f"| {_fmt(last_loss) if last_loss is not None else 'n/a'} | {entry.get('epoch', 0):g} | "
+                        f"{entry.get('step', '')} | {_fmt(entry['eval_loss'])} | {_fmt(entry.get('eval_accuracy'))} | "
+                        f"{_fmt(entry.get('eval_macro_f1'))} |")
+    if not rows:
+        return []
+    return ["## Training results", "", "| training loss | epoch | step | validation loss | accuracy | macro-F1 |",
+            "|---:|---:|---:|---:|---:|---:|", *rows, ""]
+
+
+def _versions_section() -> list[str]:
+    import importlib.metadata
+
+    lines = ["## Framework versions", ""]
+    for name, dist in (("hf_transfer", "hf-transfer-vision"), ("transformers", "transformers"), ("timm", "timm"),
+                       ("PyTorch", "torch"), ("Datasets", "datasets"), ("Accelerate", "accelerate"), ("PEFT", "peft")):
+        try:
+            lines.append(f"- {name} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return lines + [""]
 
 
@@ -230,7 +301,7 @@ def _usage_section(record: FolderRecord, model_ref: str) -> list[str]:
                   "the trained model:", "", "```python", "from hf_transfer.lora import load_lora", "",
                   f'model = load_lora("{model_ref}")  # a peft model in eval mode', "```", ""]
     if not record.is_probe:
-        lines += ["To keep training, pass the folder as `--model_name_or_path` to hf_transfer's `recipes/finetune.py` or "
+        lines += [f"To keep training, pass `{model_ref}` as `--model_name_or_path` to `hf-transfer finetune` or to "
                   "transformers' `run_image_classification.py`.", ""]
     return lines
 
@@ -268,6 +339,15 @@ def write_model_card(folder, repo_id: str | None = None) -> Path:
 
     ``repo_id`` names the model in the usage snippets (default: the folder's path). Returns the card's path.
     """
+    path = Path(folder) / CARD_FILE
+    tmp = path.with_name(f".{CARD_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(render_model_card(folder, repo_id))
+    os.replace(tmp, path)
+    return path
+
+
+def render_model_card(folder, repo_id: str | None = None) -> str:
+    """The card's text; with ``repo_id`` it is the card of that Hub repository (push renders it so: no local path)."""
     from huggingface_hub import ModelCard
 
     record = FolderRecord.read(folder)
@@ -319,12 +399,11 @@ def write_model_card(folder, repo_id: str | None = None) -> Path:
     if any((folder / name).is_file() for name, _ in figures):
         body += ["## Training curves and confusion matrix", ""]
         body += [f"![{alt}]({name})\n" for name, alt in figures if (folder / name).is_file()]
+    if not record.is_probe:
+        body += _hyperparameters_section(folder) + _epoch_table(folder)
     body += _usage_section(record, model_ref)
     body += _limitations_section(record)
+    body += _versions_section()
     metadata = card_metadata(record, model_name)
-    card = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body))
-    path = folder / CARD_FILE
-    tmp = path.with_name(f".{CARD_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(str(card) + ("\n" if not str(card).endswith("\n") else ""))
-    os.replace(tmp, path)
-    return path
+    card = str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body)))
+    return card + ("\n" if not card.endswith("\n") else "")

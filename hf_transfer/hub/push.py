@@ -4,7 +4,11 @@ would be uploaded with ``dry_run``); and hf_transfer's own ``--push_to_hub`` at 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from ..backbones import saved_folder
 from ..errors import TransferError
 from ..runtime import say
 from ..saving import CHECKPOINT_PATTERN, COMPLETION_MARKER, WEIGHT_FILES
-from .card import CARD_FILE, write_model_card
+from .card import CARD_FILE, render_model_card, write_model_card
 from .folder import _read_json, is_checkpoint, label_names
 
 # Never uploaded: staging folders of a run in progress, temp files, anything hidden.
@@ -32,6 +36,63 @@ def files_to_upload(folder, include_checkpoints: bool = False) -> list[tuple[str
     paths = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*")) if p.is_file()}
     kept = filter_repo_objects(paths, ignore_patterns=upload_ignore_patterns(include_checkpoints) + DEFAULT_IGNORE_PATTERNS)
     return [(name, paths[name].stat().st_size) for name in kept]
+
+
+# ------------------------------------------------------------------------------------- what goes up, as it goes up
+def local_path_markers(folder) -> list[str]:
+    """Strings that would reveal this machine's directories: the folder's absolute path and the one above it."""
+    folder = Path(folder).expanduser().resolve()
+    return [str(p) for p in (folder, folder.parent) if len(p.parts) > 2]
+
+
+def _scrubbed(value, folder: Path, markers: list[str]):
+    """A JSON value with every local path made relative to the repo (inside the folder) or cut to its file name."""
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, folder, markers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, folder, markers) for v in value]
+    if not isinstance(value, str) or "://" in value or not (os.path.isabs(value) or any(m in value for m in markers)):
+        return value
+    path = Path(value)
+    try:
+        inside = path.resolve().relative_to(folder)
+        return inside.as_posix() if inside.parts else "."
+    except (ValueError, OSError):
+        return path.name
+
+
+def stage_upload(folder, repo_id: str, files: list[tuple[str, int]], staging: Path) -> list[tuple[str, int]]:
+    """Write into ``staging`` exactly what goes to ``repo_id``: the card rendered for the repository, JSON files with
+    local paths made relative (a file the backbone was read from on this machine dropped from config.json),
+    every other file as it is (hard-linked). Refuses, in one line, if a local path is left in any file."""
+    folder = Path(folder).expanduser().resolve()
+    markers = local_path_markers(folder)
+    for name, _ in files:
+        source, target = folder / name, staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name == CARD_FILE:
+            target.write_text(render_model_card(folder, repo_id))
+        elif name.endswith(".json"):
+            data = _read_json(source)
+            if data is None:
+                shutil.copy2(source, target)
+                continue
+            if name.endswith("config.json"):
+                data = saved_folder.without_local_files(data)
+            target.write_text(json.dumps(_scrubbed(data, folder, markers), indent=2) + "\n")
+        else:
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    staged = [(name, (staging / name).stat().st_size) for name, _ in files]
+    for name, _ in staged:
+        content = (staging / name).read_bytes()
+        leaked = next((m for m in markers if m.encode() in content), None)
+        if leaked:
+            raise TransferError(f"{name} in {str(folder)!r} names the local folder {leaked!r}; it would be uploaded as "
+                                "is: remove the path from the file (or re-save it), then push again")
+    return staged
 
 
 def check_folder(folder) -> list[str]:
@@ -101,11 +162,12 @@ class PushResult:
     files: list[tuple[str, int]]
     notes: list[str]
     url: str | None = None  # None for a dry run
+    staged: Path | None = None  # a dry run with keep_staged: a copy of exactly what would go up (tests read it)
 
 
 def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | None = None,
                 commit_message: str | None = None, include_checkpoints: bool = False, dry_run: bool = False,
-                token: str | None = None, api=None) -> PushResult:
+                token: str | None = None, api=None, keep_staged: bool = False) -> PushResult:
     """Check ``folder`` (complete, reloads, card present), then upload it to the Hub model repo ``repo_id``.
 
     ``dry_run`` runs every check and lists the files without touching the network. ``api``: an `HfApi` (default
@@ -121,10 +183,22 @@ def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | 
         raise TransferError(f"--repo_id {repo_id!r} has no namespace; use user/name or org/name")
     folder = Path(folder).expanduser()
     notes = check_folder(folder)
-    files = files_to_upload(folder, include_checkpoints)
     revision = revision or "main"
-    if dry_run:
-        return PushResult(repo_id, revision, files, notes)
+    staging, keep = Path(tempfile.mkdtemp(prefix="hf_transfer_push_")), False
+    try:
+        files = stage_upload(folder, repo_id, files_to_upload(folder, include_checkpoints), staging)
+        if dry_run:
+            keep = keep_staged
+            return PushResult(repo_id, revision, files, notes, staged=staging if keep else None)
+        return _upload(staging, folder, repo_id, revision, files, notes, private=private,
+                       commit_message=commit_message, token=token, api=api)
+    finally:
+        if not keep:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _upload(staging: Path, folder: Path, repo_id: str, revision: str, files, notes, *, private, commit_message, token,
+            api) -> PushResult:
     if api is None:
         reason = hub_unreachable_reason(token)
         if reason:
@@ -137,9 +211,8 @@ def push_folder(folder, repo_id: str, *, private: bool = False, revision: str | 
         api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
         if revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-                                   commit_message=commit_message or f"Upload {folder.name} (hf_transfer)",
-                                   ignore_patterns=upload_ignore_patterns(include_checkpoints))
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(staging), repo_type="model", revision=revision,
+                                   commit_message=commit_message or f"Upload {folder.name} (hf_transfer)")
     except TransferError:
         raise
     except Exception as err:  # noqa: BLE001 - network and Hub errors: one line, the folder stays as it is

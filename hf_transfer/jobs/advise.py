@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from ..arguments import DataArguments, ModelArguments
 from ..errors import TransferError
-from ..runtime import configure_cpu_threads, say
+from ..runtime import configure_cpu_threads, progress, say
 from ..saving import mark_default_output_dir, resolve_output_dir
 from ..strategies import get_strategy
 
@@ -19,6 +20,10 @@ AUTO = "auto"
 
 @dataclass
 class AdviseArguments:
+    UNREAD_FLAGS: ClassVar[dict[str, str]] = {
+        "augmentation": "the advisor chooses the augmentation and writes it into plan.yaml",
+        "no_pretrained": "the advisor measures pretrained features (to train from scratch: hf-transfer finetune --strategy scratch)"}
+
     candidates: str = field(
         default=AUTO,
         metadata={"help": "Backbones to measure and rank, comma-separated; auto: --model_name_or_path when it is not "
@@ -78,6 +83,8 @@ def measure_backbone(name: str, model_args: ModelArguments, data, settings: Advi
     from .common import load_sized_backbone
 
     start = time.perf_counter()
+    stages = progress(total=3, desc=f"advisor: {name}", unit="stage")  # load, measure per depth, time a step
+    stages.set_postfix_str("loading the backbone")
     image_size = model_args.image_size or data.suggested_image_size
     # As jobs.common.prepare does for a run: the backbone with the data's labels, at the run's input size.
     model, adapter = load_sized_backbone(model_args, data.labels, image_size, pretrained=True, name=name, report=False)
@@ -93,12 +100,18 @@ def measure_backbone(name: str, model_args: ModelArguments, data, settings: Advi
     if channels_last:  # as the fine-tune runs it (and ~1.7x faster CNN inference on CPU)
         model = model.to(memory_format=torch.channels_last)
     timing: dict = {}
+    stages.update()
+    stages.set_postfix_str("probing every depth")
     similarity, cached = measure_similarity(model, prepared, layers, layer_map, cache=cache, transform_key=transform_key,
                                             image_size=image_size, cv_folds=settings.cv_folds, seed=settings.seed,
                                             batch_size=settings.batch_size, timing=timing, channels_last=channels_last)
     forward_ms = timing["forward_ms_per_image"]
+    stages.update()
+    stages.set_postfix_str("timing a training step")
     step_seconds = time_train_step(model, prepared, batch_size=settings.per_device_train_batch_size,
                                    channels_last=channels_last)
+    stages.update()
+    stages.close()
     size = SizeStats.from_labels(train[data.label_column], len(data.splits["validation"]), data.labels)
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     measurement = BackboneMeasurement(name, size, similarity, CostStats(forward_ms, step_seconds,
@@ -118,7 +131,7 @@ def measure_candidates(model_args: ModelArguments, data_args: DataArguments, set
 
     if model_args.no_pretrained:
         raise TransferError("the advisor measures pretrained features; --no_pretrained leaves nothing to measure "
-                            "(drop it, or use recipes/finetune.py --strategy scratch)")
+                            "(drop it, or use hf-transfer finetune --strategy scratch)")
     if settings.max_probe_images < 20:
         raise TransferError(f"--max_probe_images {settings.max_probe_images} is too few to measure anything; use at least 100")
     data = data_args.load(settings.seed, model_args)
@@ -155,7 +168,7 @@ def run_advise(model_args: ModelArguments, data_args: DataArguments, settings: A
         advice.write(staging)
     say("\n" + advice.summary())
     say(f"wrote {output_dir}/plan.yaml, advice.md, advice.json, advice.png in {time.perf_counter() - start:.1f}s; run the "
-        f"plan with: python {advice.recipe} {output_dir / 'plan.yaml'}")
+        f"plan with: {advice.recipe} {output_dir / 'plan.yaml'}")
     return advice
 
 
@@ -296,7 +309,7 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
         else:
             say(f"the plan asks for --class_weighting {decision.class_weighting}, which this version's probe does not "
                 "have: probing without it")
-    say(f"--strategy auto chose a linear probe on {decision.layers}: running the probe job (as recipes/linear_probe.py "
+    say(f"--strategy auto chose a linear probe on {decision.layers}: running the probe job (as hf-transfer probe "
         f"{training_args.output_dir}/plan.yaml would) into {training_args.output_dir}; no Trainer run")
     results = run_linear_probe(model_args, dataclasses.replace(data_args), probe_args)
     results["strategy"] = "auto -> linear_probe"

@@ -16,7 +16,7 @@ from ..errors import TransferError
 from ..hub import push_after_training, run_summary, save_run_files, take_push_request, write_model_card
 from ..metrics import ClassificationMetrics
 from ..record import RunRecord
-from ..runtime import configure_cpu_threads, is_main_process, say
+from ..runtime import configure_cpu_threads, is_main_process, quiet_metrics, say
 from ..checkpoints import resolve_resume  # noqa: F401 (imported from here too)
 from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, staged_output, trained_weights, write_json
 from ..strategies import REGISTRY, get_strategy, needs_advisor
@@ -114,6 +114,7 @@ def run_finetune(
         compute_metrics=ClassificationMetrics(labels=data.labels),
         data_collator=collator,
     )
+    quiet_metrics(trainer)
     if transfer_args.time_budget:  # budget.py: a deadline; the schedule is re-planned from the measured step time
         from ..budget import attach_deadline
 

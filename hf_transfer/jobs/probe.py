@@ -6,6 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
@@ -37,6 +38,9 @@ from .common import prepare
 
 @dataclass
 class ProbeArguments:
+    UNREAD_FLAGS: ClassVar[dict[str, str]] = {
+        "augmentation": "features always go through the eval transform (cached features must not depend on chance)"}
+
     layers: str = field(
         default="auto",
         metadata={"help": "Where to read features, comma-separated candidates: pooled (bottleneck), depth indices, "

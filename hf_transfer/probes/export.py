@@ -274,7 +274,7 @@ def init_head_from_probe(model, probe_dir: str | Path):
     config_file, weights_file = probe_dir / "config.json", probe_dir / "model.safetensors"
     if not config_file.is_file() or not weights_file.is_file():
         raise TransferError(f"{str(probe_dir)!r} is not an exported probe (no config.json/model.safetensors); "
-                            "pass the output folder of recipes/linear_probe.py")
+                            "pass the output folder of hf-transfer probe")
     probe_config = json.loads(config_file.read_text())
     if probe_config.get("model_type") == "hf_transfer_probe":
         what = (f"an {probe_config.get('head', 'linear')} probe of "

@@ -15,5 +15,5 @@ class LinearProbeThenFineTune(Strategy):
     def validate(self, config) -> None:
         if config.lp_epochs < 1 and not config.head_init_from:
             raise TransferError("--strategy lp_ft needs --lp_epochs N (N >= 1 head-only epochs) or a probe's head "
-                                "(--head_init_from DIR, from recipes/linear_probe.py)")
+                                "(--head_init_from DIR, from hf-transfer probe)")
         super().validate(config)
