@@ -33,6 +33,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .backbones.resume import load_checkpoint_weights
 from .errors import TransferError
 from .engines import check_engine, detect_engine
 from .plan import PLAN_FILE, TransferConfig, TransferPlan, default_learning_rate, plan_named_parameters
@@ -297,6 +298,11 @@ class TransferTrainer(Trainer):
                 check_resumable(resume_from_checkpoint, self.plan, self.model)
                 say(f"resuming from {resume_from_checkpoint}")
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # every tensor under the model's own names, whatever transformers renames (backbones/resume.py)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not load_checkpoint_weights(model or self.model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _run_length(self) -> tuple[float, str]:
         """(epochs this run trains, how they were counted) from num_train_epochs or max_steps."""
