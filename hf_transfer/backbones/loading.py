@@ -211,7 +211,10 @@ def _load_local(path: Path, labels: Sequence[str] | None, pretrained: bool, trus
 
         kwargs = {"num_classes": len(labels)} if labels is not None else {}
         model = timm.create_model(f"local-dir:{path}", pretrained=pretrained, **kwargs)
-        return _set_labels(wrap_timm_model(model), labels)
+        # The architecture's arguments (img_size, depth, embed_dim...) travel on, or the saved folder would rebuild
+        # the default-sized model; num_classes is the head's, which the wrapper's config carries on its own.
+        model_args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
+        return _set_labels(wrap_timm_model(model, model_args=model_args), labels)
     return _load_transformers(str(path), labels, pretrained=pretrained, trust_remote_code=trust_remote_code)
 
 
