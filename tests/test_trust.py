@@ -338,3 +338,52 @@ def test_recipe_lists_every_bad_image_then_skip_trains_without_them(image_folder
     skipped = json.loads((out / "bad_images.json").read_text())
     assert sorted(Path(entry["path"]).name for entry in skipped) == ["empty.png", "notes.png"], last
     assert json.loads((out / "all_results.json").read_text())["skipped_bad_images"] == 2
+
+
+# ============================================================ Trust II: the folder you get is the model you trained
+def _tiny_bit(labels=3):
+    from transformers import BitConfig, BitForImageClassification
+
+    torch.manual_seed(0)
+    return BitForImageClassification(BitConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                                               num_groups=8, num_labels=labels))
+
+
+def test_lora_on_weight_standardized_convolutions_is_refused():
+    """BiT standardizes each conv's weight in its forward: LoRA's branch adds outside the standardization, the merge
+    inside it, so the merged folder was not the trained model (logits differed by up to 0.81)."""
+    pytest.importorskip("peft")
+    from hf_transfer.lora import wrap_with_lora
+
+    with pytest.raises(TransferError, match="weight standardization .*--strategy partial or full") as info:
+        wrap_with_lora(_tiny_bit(), TransferConfig(strategy="lora"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(TransferError, match="WeightStandardizedConv2d that transforms its weight"):
+        wrap_with_lora(_tiny_bit(), TransferConfig(strategy="lora", lora_target_modules="bit.embedder.convolution"))
+
+
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "test_resnet", "test_vit"])
+def test_merged_lora_logits_equal_the_trained_adapters(arch, tmp_path):
+    """Merged folder == load_lora(folder) to 1e-4 on every image, with non-zero LoRA updates (Conv2dSame included)."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForImageClassification
+
+    from hf_transfer.backbones import adapter_for
+    from hf_transfer.lora import load_lora, save_lora_output, wrap_with_lora
+
+    torch.manual_seed(0)
+    model = load_backbone(arch, labels=["a", "b", "c"], pretrained=False)
+    model.save_pretrained(tmp_path / "base")
+    model = load_backbone(str(tmp_path / "base"), labels=["a", "b", "c"])
+    wrapped = wrap_with_lora(model, TransferConfig(strategy="lora"), source=str(tmp_path / "base"))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    save_lora_output(wrapped, tmp_path / "out")
+    size = int(adapter_for(model).data_config()["input_size"][-1])
+    x = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trained = adapter_for(load_lora(tmp_path / "out")).run(x).logits
+        merged = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()(pixel_values=x).logits
+    assert (merged - trained).abs().max() < 1e-4
