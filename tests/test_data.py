@@ -117,3 +117,36 @@ def test_auto_augmentation_depends_on_epochs():
     assert resolve_augmentation("strong", 1) == "strong"
     with pytest.raises(TransferError, match="augmentation preset"):
         resolve_augmentation("wild", 1)
+
+
+def _rotated_jpeg(path, orientation=3):
+    """An asymmetric image stored upside down with EXIF Orientation=3 (as phones write it): upright, the top-left
+    quarter is red."""
+    from PIL import Image
+
+    upright = Image.new("RGB", (40, 24), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 20, 12))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.rotate(180).save(path, quality=95, exif=exif)
+    return upright
+
+
+def test_exif_orientation_is_applied_where_images_are_decoded(tmp_path):
+    """Training, evaluation and the probes see what pipeline() (transformers' load_image) sees: the upright image."""
+    from transformers.image_utils import load_image
+
+    from hf_transfer.transforms import build_transform, decode_image
+
+    _rotated_jpeg(tmp_path / "photo.jpg")
+    served = load_image(str(tmp_path / "photo.jpg"))
+    decoded = decode_image({"path": str(tmp_path / "photo.jpg"), "bytes": None})
+    assert decoded.size == served.size == (40, 24)
+    assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(served))
+    assert decoded.convert("RGB").getpixel((2, 2))[0] > 200  # red top-left: upright
+    # A PIL image decoded by someone else (datasets' decode=True path) is put upright too, once.
+    from PIL import Image
+
+    transform = build_transform({"input_size": (3, 24, 24), "mean": (0, 0, 0), "std": (1, 1, 1), "crop_pct": 1.0})
+    with Image.open(tmp_path / "photo.jpg") as raw:
+        assert torch.equal(transform(raw), transform(served))
