@@ -18,3 +18,7 @@ def exit_on_user_error(prog: str = "hf_transfer"):
     except TransferError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        from .saving import release_output_locks
+
+        release_output_locks()  # the run is over: its output folder is free for the next one

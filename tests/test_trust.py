@@ -387,3 +387,48 @@ def test_merged_lora_logits_equal_the_trained_adapters(arch, tmp_path):
         trained = adapter_for(load_lora(tmp_path / "out")).run(x).logits
         merged = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()(pixel_values=x).logits
     assert (merged - trained).abs().max() < 1e-4
+
+
+def test_one_writer_per_output_folder(tmp_path):
+    """A second run into a folder another run is writing is refused, naming that run; the lock dies with its holder."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from hf_transfer.saving import lock_output_dir; "
+                               f"lock_output_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TransferError, match=rf"being written by another run \(pid {holder.pid} ") as info:
+            prepare_output_dir(out)
+        assert "\n" not in str(info.value)
+        result = run_recipe("--output_dir", out)
+        one_line_error(result, "being written by another run", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    prepare_output_dir(out)  # a killed holder leaves no stale lock
+    from hf_transfer.saving import release_output_locks
+
+    assert list(out.iterdir()) == []  # the lock adds nothing to the folder
+    release_output_locks()
+    prepare_output_dir(tmp_path / "new")
+    release_output_locks()
+    assert not (tmp_path / "new").exists()  # created for the lock, nothing written: removed again
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_written_is_refused_before_loading(tmp_path):
+    (tmp_path / "file").write_text("x")
+    one_line_error(run_recipe("--output_dir", tmp_path / "file"), "is a file, not a folder")
+    import os
+
+    if os.geteuid() == 0:  # root writes through permission bits: use a folder the kernel refuses even to root
+        unwritable = Path("/sys/kernel")
+        if not unwritable.is_dir():
+            pytest.skip("no folder unwritable by root here")
+    else:
+        unwritable = tmp_path / "readonly"
+        unwritable.mkdir()
+        unwritable.chmod(0o555)
+    one_line_error(run_recipe("--output_dir", unwritable), "cannot be written", "choose another --output_dir")
