@@ -166,7 +166,7 @@ class TransferArguments:
 
         return TransferConfig(
             strategy=self.strategy, freeze=self.freeze, bn_policy=self.bn_policy,
-            learning_rate=learning_rate or training_args.learning_rate or 1e-3, weight_decay=training_args.weight_decay,
+            learning_rate=next(lr for lr in (learning_rate, training_args.learning_rate, 1e-3) if lr is not None), weight_decay=training_args.weight_decay,
             backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
             lr_multipliers=self.lr_multipliers, reinit=self.reinit,
             gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,

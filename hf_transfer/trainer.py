@@ -178,7 +178,7 @@ class TransferTrainer(Trainer):
             raise TransferError("TransferTrainer needs args=TrainingArguments(...) (the plan reads its learning rate)")
         if plan is None:
             if transfer_config is None:
-                transfer_config = TransferConfig(learning_rate=args.learning_rate or default_learning_rate(model),
+                transfer_config = TransferConfig(learning_rate=default_learning_rate(model) if args.learning_rate is None else args.learning_rate,
                                                  weight_decay=args.weight_decay)
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)

@@ -432,3 +432,20 @@ def test_output_dir_that_is_a_file_or_cannot_be_written_is_refused_before_loadin
         unwritable.mkdir()
         unwritable.chmod(0o555)
     one_line_error(run_recipe("--output_dir", unwritable), "cannot be written", "choose another --output_dir")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--learning_rate", "0"], ["--learning_rate 0 ", "must be > 0"]),  # it used to train at 0.001
+    (["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size 0", "must be >= 1"]),
+    (["--num_train_epochs", "0"], ["--num_train_epochs 0 trains nothing"]),  # it blamed --gradual_unfreeze_epochs
+])
+def test_run_lengths_and_rates_of_zero_are_refused_before_loading(flags, fragments, tmp_path):
+    last = one_line_error(run_recipe(*flags, "--output_dir", tmp_path / "o"), *fragments)
+    assert "gradual_unfreeze" not in last
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_trainer_keeps_a_zero_learning_rate_and_the_plan_refuses_it(tiny_training_args):
+    model = load_backbone("test_resnet", labels=["a", "b"], pretrained=False)
+    with pytest.raises(TransferError, match="--learning_rate 0 "):
+        TransferTrainer(model=model, args=tiny_training_args(learning_rate=0.0))
