@@ -150,3 +150,61 @@ def test_exif_orientation_is_applied_where_images_are_decoded(tmp_path):
     transform = build_transform({"input_size": (3, 24, 24), "mean": (0, 0, 0), "std": (1, 1, 1), "crop_pct": 1.0})
     with Image.open(tmp_path / "photo.jpg") as raw:
         assert torch.equal(transform(raw), transform(served))
+
+
+def _class_folders(root, classes=("cat", "dog"), n=4):
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 40 * k + i, np.uint8)).save(root / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("linked", [("cat", "dog"), ("dog",)])
+def test_symlinked_class_folders_are_classes(tmp_path, linked):
+    """Class folders that are symbolic links (all of them, or one beside a real one) load with their folder's name;
+    they used to give 'corresponds to no data' or 'no label column found'."""
+    _class_folders(tmp_path / "store")
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in ("cat", "dog"):
+        if name in linked:
+            (train / name).symlink_to(tmp_path / "store" / name, target_is_directory=True)
+        else:
+            (tmp_path / "store" / name).rename(train / name)
+    data = load_image_classification_data(train_dir=str(train), validation_split=0.25, seed=0)
+    assert data.labels == ["cat", "dog"]
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 8
+
+
+@pytest.mark.parametrize("flag", ["validation_dir", "test_dir"])
+def test_evaluating_on_the_training_folder_is_refused(tmp_path, flag):
+    _class_folders(tmp_path / "train")
+    with pytest.raises(TransferError, match=f"--{flag} .* is the --train_dir folder") as info:
+        load_image_classification_data(train_dir=str(tmp_path / "train"), **{flag: str(tmp_path / "train" / ".." / "train")})
+    assert "\n" not in str(info.value)
+
+
+def test_metadata_labels_that_contradict_the_class_folders_are_refused(tmp_path):
+    _class_folders(tmp_path / "train", n=3)
+    rows = [f"{c}/{i}.png,{'dog' if (c, i) == ('cat', 0) else c}" for c in ("cat", "dog") for i in range(3)]
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(TransferError, match=r"contradicts the class folders for 1 of 6 train images .*cat/ labelled 'dog'"):
+        load_image_classification_data(train_dir=str(tmp_path / "train"), validation_split=0.4)
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,label\n" + "\n".join(r.rsplit(",", 1)[0] + "," + r.split("/")[0] for r in rows) + "\n")
+    agreeing = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_split=0.4)
+    assert agreeing.labels == ["cat", "dog"]
+
+
+def test_a_label_column_picked_among_several_is_said():
+    import datasets
+
+    images = [Image.fromarray(np.full((8, 8, 3), i, np.uint8)) for i in range(8)]
+    ds = datasets.Dataset.from_dict({"img": images, "coarse_label": [0, 1] * 4, "fine_label": [0, 1, 2, 3] * 2},
+                                    features=datasets.Features({"img": datasets.Image(),
+                                                                "coarse_label": datasets.ClassLabel(names=["x", "y"]),
+                                                                "fine_label": datasets.ClassLabel(names=list("abcd"))}))
+    from hf_transfer.data import _other_label_columns
+
+    notes = _other_label_columns(ds, "img", "fine_label")
+    assert notes == ["label column 'fine_label' chosen; 'coarse_label' could be labels too: pass --label_column_name "
+                     "to train on another"]
