@@ -288,3 +288,30 @@ print("ok", type(model).__module__)
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok") and "hf_transfer" not in done.stdout.split()[1].split(".")[0]
+
+
+def test_data2vec_vision_at_another_size_saves_a_folder_that_loads(tmp_path):
+    """Relative position bias tables are sized from config.image_size: the folder keeps the native size in its config
+    (the processor carries the new one), so it loads and predicts like the trained model. It used to write 96 and
+    fail to load (relative_position_bias_table 228 vs 532)."""
+    from transformers import AutoModelForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification
+
+    from hf_transfer.backbones import load_backbone_with_adapter
+    from hf_transfer.saving import save_model_folder
+
+    torch.manual_seed(0)
+    Data2VecVisionForImageClassification(Data2VecVisionConfig(
+        image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        use_relative_position_bias=True, num_labels=2)).save_pretrained(tmp_path / "src")
+    model, adapter = load_backbone_with_adapter(str(tmp_path / "src"), labels=["a", "b", "c"])
+    report = adapter.change_input_size(96)
+    assert "config.json keeps image_size 64" in report
+    adapter.set_preprocessing(96)
+    save_model_folder(model.eval(), tmp_path / "out", image_size=96)
+    x = torch.randn(2, 3, 96, 96)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, model(pixel_values=x).logits)
+    from transformers import AutoImageProcessor
+
+    assert AutoImageProcessor.from_pretrained(tmp_path / "out").size["height"] == 96

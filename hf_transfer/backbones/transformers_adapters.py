@@ -89,8 +89,10 @@ class TransformersAdapter(BackboneAdapter):
                                                     "the weights are unchanged")
         # Tables tied to a grid or a window that the model interpolates or pads at run time (Swin, DINOv2): the
         # forward decides; a model that cannot take the size fails here, not at the next training step.
+        kept = "" if self.config_fits(image_size) else (
+            f"; config.json keeps image_size {self.model.config.image_size} so that the saved tables load")
         return self._forward_check(image_size, f"{image_size} px: taken as it is ({name_some(fixed)} interpolated or "
-                                                "windowed at run time); the weights are unchanged")
+                                                f"windowed at run time); the weights are unchanged{kept}")
 
     def total_stride(self) -> int | None:
         patch = getattr(self.model.config, "patch_size", None)
@@ -122,7 +124,25 @@ class TransformersAdapter(BackboneAdapter):
         if image_size is None:
             return
         super().set_preprocessing(image_size)  # wins over the processor's own size
-        self.model.config.image_size = int(image_size)
+        if self.config_fits(int(image_size)):
+            self.model.config.image_size = int(image_size)
+        # else the config keeps the size its tables were built for (Data2VecVision / BEiT relative position bias):
+        # a saved folder then rebuilds tables that fit its weights, and the processor alone carries the new size.
+
+    def config_fits(self, image_size: int) -> bool:
+        """Whether a model built from the config at ``image_size`` has exactly this model's parameter shapes (what
+        loading a saved folder does); built on the meta device, no memory."""
+        import copy
+
+        config = copy.deepcopy(self.model.config)
+        config.image_size = image_size
+        try:
+            with torch.device("meta"):
+                fresh = type(self.model)(config)
+        except Exception:  # noqa: BLE001 - a config this size cannot describe: keep the current one
+            return False
+        mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        return mine == {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
 
     def image_processor(self, image_size: int | None = None):
         """The checkpoint's processor resized to the training resolution, or a plain resize-and-normalize one."""
