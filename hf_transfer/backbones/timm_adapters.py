@@ -41,7 +41,10 @@ class TimmAdapter(BackboneAdapter):
 
     @property
     def note(self) -> str | None:
-        return None
+        if hasattr(self.inner, "group_matcher"):
+            return None
+        return (f"timm {type(self.inner).__name__} has no group_matcher: depth groups from generic rules (pass "
+                "--layer_regex if the depth table looks wrong)")
 
     # ------------------------------------------------------------------------------------------- structure
     def classifier_names(self) -> list[str]:
@@ -75,7 +78,7 @@ class TimmAdapter(BackboneAdapter):
         return self._head_params
 
     def _build_layer_map(self, layer_regex: str | None) -> LayerMap:
-        if layer_regex:
+        if layer_regex or not hasattr(self.inner, "group_matcher"):  # (PiT has none: the generic rules take it)
             return super()._build_layer_map(layer_regex)
         from timm.models import group_parameters
 

@@ -125,7 +125,7 @@ class TransformersAdapter(BackboneAdapter):
             return
         super().set_preprocessing(image_size)  # wins over the processor's own size
         if self.config_fits(int(image_size)):
-            self.model.config.image_size = int(image_size)
+            self.model.config.image_size = _like(self.model.config.image_size, int(image_size))
         # else the config keeps the size its tables were built for (Data2VecVision / BEiT relative position bias):
         # a saved folder then rebuilds tables that fit its weights, and the processor alone carries the new size.
 
@@ -135,7 +135,7 @@ class TransformersAdapter(BackboneAdapter):
         import copy
 
         config = copy.deepcopy(self.model.config)
-        config.image_size = image_size
+        config.image_size = _like(getattr(config, "image_size", None), image_size)
         try:
             with torch.device("meta"):
                 fresh = type(self.model)(config)
@@ -160,6 +160,11 @@ class TransformersAdapter(BackboneAdapter):
         return processor
 
 
+def _like(current, size: int):
+    """``size`` in the form config.image_size has: a number, or a [height, width] pair (Hiera)."""
+    return [size, size] if isinstance(current, (list, tuple)) else size
+
+
 @register_adapter
 class TransformersPatchEmbeddingAdapter(TransformersAdapter):
     """ViT-style models (ViT, DeiT, BEiT …): position embeddings for a fixed patch grid, resampled on a size change."""
@@ -172,7 +177,10 @@ class TransformersPatchEmbeddingAdapter(TransformersAdapter):
         if not TransformersAdapter.matches(model):
             return False
         embeddings = getattr(getattr(model, model.base_model_prefix), "embeddings", None)
-        return (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(embeddings, "patch_embeddings")
+        patches = getattr(embeddings, "patch_embeddings", None)
+        # a plain patch grid (patch_size, image_size): Hiera's mask-unit embeddings have neither, and go generic
+        return (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(patches, "patch_size")
+                and hasattr(patches, "image_size")
                 and isinstance(getattr(embeddings, "position_embeddings", None), torch.nn.Parameter))
 
     def change_input_size(self, image_size: int) -> str:
