@@ -315,3 +315,33 @@ def test_data2vec_vision_at_another_size_saves_a_folder_that_loads(tmp_path):
     from transformers import AutoImageProcessor
 
     assert AutoImageProcessor.from_pretrained(tmp_path / "out").size["height"] == 96
+
+
+def test_channels_last_is_decided_by_a_training_step_in_a_child_and_cached(tmp_path, monkeypatch, capsys):
+    """fastvit's channels_last backward crashes or spins in oneDNN on this CPU: the check runs in a forked child, so
+    the run falls back to contiguous memory and says so; a plain CNN keeps channels_last. Decided once per
+    architecture: the second adapter reads the cache and forks nothing."""
+    import os
+
+    from hf_transfer.backbones import load_backbone_with_adapter
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_TRANSFER_CHANNELS_LAST", raising=False)
+
+    def adapter(arch, **model_args):
+        model, adapter = load_backbone_with_adapter(arch, labels=["a", "b"], pretrained=False,
+                                                    model_args=model_args or None)
+        adapter.set_preprocessing(64)
+        return adapter
+
+    fastvit = dict(layers=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64))
+    assert adapter("test_efficientnet").prefers_channels_last() is True
+    verdict = adapter("fastvit_t8", **fastvit).prefers_channels_last()
+    out = capsys.readouterr().out
+    if verdict is False:  # what this machine's oneDNN does (crash or hang); a CPU where it works keeps channels_last
+        assert "channels_last is not used for" in out and "contiguous memory instead" in out
+    cached = (tmp_path / "channels_last.json").read_text()
+    assert cached.count('"channels_last"') == 2
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("the decision should come from the cache"))
+    assert adapter("fastvit_t8", **fastvit).prefers_channels_last() is verdict
+    assert adapter("test_efficientnet").prefers_channels_last() is True
