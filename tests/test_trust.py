@@ -449,3 +449,19 @@ def test_library_trainer_keeps_a_zero_learning_rate_and_the_plan_refuses_it(tiny
     model = load_backbone("test_resnet", labels=["a", "b"], pretrained=False)
     with pytest.raises(TransferError, match="--learning_rate 0 "):
         TransferTrainer(model=model, args=tiny_training_args(learning_rate=0.0))
+
+
+def test_an_image_size_beyond_memory_is_refused_from_an_estimate():
+    """--image_size 10000 ran the forward check for minutes; the estimate refuses it at once, in one line."""
+    import time
+
+    from hf_transfer.resolution import activation_bytes, check_input_size
+
+    model = load_backbone("embedded:efficientnet_lite0", labels=["a", "b"])
+    small, double = activation_bytes(model, 224), activation_bytes(model, 448)
+    assert small > 0 and double == 4 * small
+    start = time.perf_counter()
+    with pytest.raises(TransferError, match=r"--image_size 10000 needs about \d+ GiB of activations") as info:
+        check_input_size(model, 10000, forward=False)
+    assert time.perf_counter() - start < 10 and "\n" not in str(info.value)
+    check_input_size(model, 256, forward=False)
