@@ -150,3 +150,12 @@ def test_timm_save_for_hf_folder_with_model_args_round_trips(arch, model_args, t
         torch.testing.assert_close(reloaded(pixel_values=x).logits, expected)
         native = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
         torch.testing.assert_close(native(x), expected)
+
+
+def test_a_model_folder_without_weights_says_so(tmp_path, tiny_hf_folders):
+    import shutil
+
+    shutil.copy(tiny_hf_folders["resnet"] / "config.json", tmp_path / "config.json")
+    with pytest.raises(TransferError, match="has a config.json but no weights .*--no_pretrained"):
+        load_backbone(str(tmp_path), labels=LABELS)
+    assert load_backbone(str(tmp_path), labels=LABELS, pretrained=False).config.num_labels == 3

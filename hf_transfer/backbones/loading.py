@@ -204,6 +204,12 @@ def _load_local(path: Path, labels: Sequence[str] | None, pretrained: bool, trus
     if not config_file.is_file():
         raise TransferError(f"model folder {str(path)!r} has no config.json; pass a folder written by save_pretrained or timm")
     config = json.loads(config_file.read_text())
+    weights = [p.name for p in path.iterdir() if p.name.endswith((".safetensors", ".bin", ".safetensors.index.json",
+                                                                 ".bin.index.json", ".pth"))]
+    if pretrained and not weights:
+        raise TransferError(f"model folder {str(path)!r} has a config.json but no weights (model.safetensors or "
+                            "pytorch_model.bin); copy the weights in, or pass --no_pretrained to train this architecture "
+                            "from random weights")
     if "model_type" not in config and "architecture" in config:
         # A folder written by timm (`save_for_hf`): let timm read it, then wrap. Going through transformers
         # instead fails when timm stored `num_classes` inside `model_args`.
