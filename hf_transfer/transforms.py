@@ -122,7 +122,11 @@ def build_transform(data_cfg: dict, *, image_size: int | None = None, augmentati
     if augmentation == "strong":
         body = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation, antialias=True), v2.RandomHorizontalFlip()]
         return v2.Compose(head + body + tail)
-    body = [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
+    # crop_mode "squash" (transformers processors that resize to height x width) stretches to a square, as the saved
+    # processor will at serving time; "center" keeps the aspect ratio and crops, as timm does.
+    squash = data_cfg.get("crop_mode") == "squash"
+    body = [v2.Resize((resize, resize) if squash else resize, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(size)]
     if augmentation in ("gentle", "standard"):
         body.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR))
     if augmentation in ("flip", "standard"):

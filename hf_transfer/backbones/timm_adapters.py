@@ -54,6 +54,15 @@ class TimmAdapter(BackboneAdapter):
     def head_roots(self) -> list[str]:
         return list(dict.fromkeys(self.prefix + name.split(".")[0] for name in self.classifier_names()))
 
+    def classifier_linears(self) -> list[tuple[str, torch.nn.Linear]]:
+        """The linears timm names as classifiers (RepViT keeps both twins under one ``head``: ``head.head.l`` and
+        ``head.head_dist.l``); the generic search when a named one is not a Linear."""
+        modules = dict(self.model.named_modules())
+        named = [(self.prefix + n, modules.get(self.prefix + n)) for n in self.classifier_names()]
+        if len(named) > 1 and all(isinstance(m, torch.nn.Linear) for _, m in named):
+            return named
+        return super().classifier_linears()
+
     def run(self, pixel_values):
         return self.model(pixel_values=pixel_values) if self.wrapped else self.model(pixel_values)
 

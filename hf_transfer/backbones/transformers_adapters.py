@@ -105,10 +105,14 @@ class TransformersAdapter(BackboneAdapter):
         """From the checkpoint's image processor, else from the config (mean/std 0.5)."""
         size = getattr(self.model.config, "image_size", 224)
         size = size[0] if isinstance(size, (list, tuple)) else size
+        # crop_mode "squash": the processor saved beside the model resizes to height x width (image_processor), so
+        # training stretches non-square images the same way; shortest-edge processors keep "center".
         cfg = {"input_size": (3, int(size), int(size)), "interpolation": "bilinear", "mean": (0.5,) * 3,
-               "std": (0.5,) * 3, "crop_pct": 1.0}
+               "std": (0.5,) * 3, "crop_pct": 1.0, "crop_mode": "squash"}
         processor = self.image_processor_
         if processor is not None:
+            if "shortest_edge" in (getattr(processor, "size", None) or {}):
+                cfg["crop_mode"] = "center"
             crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
             size = self.image_size or crop.get("height") or crop.get("shortest_edge") or size
             cfg.update(
@@ -125,7 +129,7 @@ class TransformersAdapter(BackboneAdapter):
             return
         super().set_preprocessing(image_size)  # wins over the processor's own size
         if self.config_fits(int(image_size)):
-            self.model.config.image_size = _like(self.model.config.image_size, int(image_size))
+            self.model.config.image_size = _like(getattr(self.model.config, "image_size", None), int(image_size))
         # else the config keeps the size its tables were built for (Data2VecVision / BEiT relative position bias):
         # a saved folder then rebuilds tables that fit its weights, and the processor alone carries the new size.
 
