@@ -29,7 +29,7 @@ from .backbones import adapter_for, load_backbone_with_adapter
 from .backbones.adapter import is_plain_layer
 from .backbones.peft_adapter import PEFT_PREFIX, base_param_name, is_lora_param, is_saved_copy_param
 from .errors import TransferError
-from .plan import TransferConfig, _frozen_by_rule
+from .layers import frozen_by_rule
 from .runtime import say
 from .saving import save_model_folder, write_json
 
@@ -48,7 +48,7 @@ def require_peft():
 
 
 # ----------------------------------------------------------------------------------------------- targets
-def resolve_targets(model: torch.nn.Module, config: TransferConfig) -> tuple[list[str], str]:
+def resolve_targets(model: torch.nn.Module, config) -> tuple[list[str], str]:
     """Full names of the modules that get LoRA and a line saying how they were chosen.
 
     The family default or ``--lora_target_modules``; the head never (it trains in full); layers frozen by
@@ -68,7 +68,7 @@ def resolve_targets(model: torch.nn.Module, config: TransferConfig) -> tuple[lis
         raise TransferError(f"--lora_target_modules names {unmergeable[0]}, a {type(modules[unmergeable[0]]).__name__} "
                             "that transforms its weight in its forward (weight standardization, dynamic padding): its "
                             "merged LoRA would not be the trained model; leave it out of --lora_target_modules")
-    frozen = _frozen_by_rule(config.freeze, layer_map, [n for n, _ in model.named_parameters()])
+    frozen = frozen_by_rule(config.freeze, layer_map, [n for n, _ in model.named_parameters()])
     kept = [t for t in targets if not any(f"{t}.{p}" in frozen for p, _ in modules[t].named_parameters(recurse=False))]
     if not kept:
         raise TransferError(f"--freeze {config.freeze!r} freezes every layer LoRA would adapt ({len(targets)} modules: "
@@ -122,7 +122,7 @@ def _match_target_spec(model: torch.nn.Module, spec: str, head: set[str]) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ wrapping
-def wrap_with_lora(model: torch.nn.Module, config: TransferConfig, source: str | None = None):
+def wrap_with_lora(model: torch.nn.Module, config, source: str | None = None):
     """The peft model: LoRA on the chosen layers, the head in ``modules_to_save``; checked and reported.
 
     ``source`` (the --model_name_or_path) is recorded in the adapter's config, so the adapter names its base.

@@ -53,9 +53,11 @@ def image_processor_for(model, image_size: int | None = None):
 
 
 COMPLETION_MARKER = "all_results.json"
+# The files that hold a model's weights (one file, a sharded index, the legacy pickle); a LoRA checkpoint's adapter.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+ADAPTER_WEIGHT_FILE = "adapter_model.safetensors"
 # What a finished or interrupted run leaves in its output folder (hf_transfer's own files and Trainer's).
-RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-             "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
+RUN_FILES = (COMPLETION_MARKER, "config.json", *WEIGHT_FILES, "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
              "test_results.json", "trainer_state.json", "training_args.bin", "training_args.json", "training_curves.png",
              "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png",
              "cv_results.json", "cv_results.md", "cv_results.png", "adapter")
@@ -246,8 +248,10 @@ def trained_weights(trainer):
     16-bit copy would round frozen pretrained weights), so the folder is the same whatever the engine. One process
     and DDP: ``(model, None)``, the model's own weights as they are.
     """
+    from .engines import gathers_weights
+
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)):
+    if not gathers_weights(trainer):
         return model, None
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if state_dict:  # the main process: frozen weights exactly as they were, not DeepSpeed's 16-bit copies
