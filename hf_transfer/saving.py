@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import TransferError
+from .errors import ON_RECIPE_EXIT, TransferError
 
 
 def mark_default_output_dir(args) -> None:
@@ -186,6 +186,7 @@ def release_output_locks() -> None:
 
 
 atexit.register(release_output_locks)
+ON_RECIPE_EXIT.append(release_output_locks)
 
 
 @contextmanager
