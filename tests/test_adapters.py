@@ -345,3 +345,23 @@ def test_channels_last_is_decided_by_a_training_step_in_a_child_and_cached(tmp_p
     monkeypatch.setattr(os, "fork", lambda: pytest.fail("the decision should come from the cache"))
     assert adapter("fastvit_t8", **fastvit).prefers_channels_last() is verdict
     assert adapter("test_efficientnet").prefers_channels_last() is True
+
+
+def test_blocks_in_a_container_the_forward_never_calls_still_give_features(tmp_path):
+    """PoolFormer iterates a ModuleList of blocks: the list itself never runs, so its last child that ran is the
+    group's output (per-depth features used to refuse with 'the forward never ran depth 1')."""
+    from transformers import PoolFormerConfig, PoolFormerForImageClassification
+
+    from hf_transfer.backbones import load_backbone_with_adapter
+    from hf_transfer.features import FeatureExtractor, parse_layers
+
+    torch.manual_seed(0)
+    PoolFormerForImageClassification(PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                                                      num_labels=2)).save_pretrained(tmp_path / "src")
+    model, adapter = load_backbone_with_adapter(str(tmp_path / "src"), labels=["a", "b", "c"])
+    adapter.set_preprocessing(64)
+    layer_map = adapter.layer_map()
+    assert layer_map.groups[1].output_module == "poolformer.encoder.block.0.0"
+    layers = parse_layers("all", layer_map)
+    features = FeatureExtractor(model.eval(), layers, layer_map)(torch.randn(2, 3, 64, 64))
+    assert len(features) == len(layer_map.body) + 1 and all(f.shape[0] == 2 and f.ndim == 2 for f in features.values())
