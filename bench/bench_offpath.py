@@ -42,7 +42,7 @@ def main() -> None:
         "timm vit2": (timm("test_vit2", img_size=32), 32, "timm", 64, "resized"),
         "timm vit3": (timm("test_vit3", img_size=32), 32, "timm", 64, "resized"),
         "timm vit relpos": (timm("test_vit_relpos", img_size=32), 32, "timm", 64, "resized"),
-        "timm ghostnetv2": (timm("ghostnetv2_050"), 64, "timm", 96, "resized"),
+        "timm ghostnet": (timm("ghostnet_050"), 64, "timm", 96, "resized"),
         "timm folder repvit": (timm_folder("repvit_m0_9", embed_dim=(16, 32, 48, 64), depth=(1, 1, 1, 1)), 64,
                                "timm distilled", 96, "resized"),
         "hf poolformer": (hf("PoolFormerConfig", "PoolFormerForImageClassification", hidden_sizes=[16, 32, 48, 64],
