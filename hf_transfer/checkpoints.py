@@ -13,6 +13,7 @@ import re
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .backbones.saved_folder import saved_input_size
 from .errors import TransferError
 from .plan import PLAN_FILE, TransferPlan
 from .runtime import say
@@ -84,8 +85,7 @@ def check_resumable(folder: str, plan: TransferPlan, model) -> None:
         for key, what in (("id2label", "labels"), ("label_names", "labels"), ("image_size", "image size")):
             if key in saved and key in mine and _normalized(saved[key]) != _normalized(mine[key]):
                 diffs.append(f"{what}: {_short(saved[key])} -> {_short(mine[key])}")
-        saved_size = (saved.get("pretrained_cfg") or {}).get("input_size")
-        my_size = (mine.get("pretrained_cfg") or {}).get("input_size")
+        saved_size, my_size = saved_input_size(saved), saved_input_size(mine)
         if saved_size and my_size and list(saved_size) != list(my_size):
             diffs.append(f"input size: {saved_size[-1]} px -> {my_size[-1]} px")
     if diffs:

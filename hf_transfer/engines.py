@@ -376,3 +376,8 @@ def untrained_weights(plan, model) -> dict:
 def gathers_weights(trainer) -> bool:
     """Whether the trainer's engine shards or copies the weights, so saving must gather them (DeepSpeed, FSDP)."""
     return bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+
+
+def holds_shard_placeholders(model) -> bool:
+    """Whether ZeRO-3 or FSDP left empty placeholders in ``model`` (its real weights live sharded elsewhere)."""
+    return any(p.numel() == 0 for p in model.parameters())

@@ -28,6 +28,7 @@ import torch
 from .backbones import adapter_for, load_backbone_with_adapter
 from .backbones.adapter import is_plain_layer
 from .backbones.peft_adapter import PEFT_PREFIX, base_param_name, is_lora_param, is_saved_copy_param
+from .engines import holds_shard_placeholders
 from .errors import TransferError
 from .layers import frozen_by_rule
 from .runtime import say
@@ -192,8 +193,7 @@ def save_lora_output(wrapped, folder, image_size: int | None = None, merge: bool
     the merged model in the layout of a normal fine-tune (pipeline() and timm's local-dir: load it). Without
     ``merge`` the folder keeps config.json and the preprocessing, so the model card and labels are still there."""
     folder = Path(folder)
-    if any(p.numel() == 0 for p in wrapped.parameters()):
-        # ZeRO-3 / FSDP leave empty placeholders here: merging them would write a broken model
+    if holds_shard_placeholders(wrapped):  # merging them would write a broken model
         raise TransferError("the LoRA model's weights are sharded (DeepSpeed ZeRO-3 or FSDP), which saving a LoRA run "
                             "does not support yet; train LoRA with DDP or ZeRO-2 (the adapter is small)")
     base = wrapped.get_base_model()

@@ -213,14 +213,11 @@ def staged_output(output_dir: str | os.PathLike, last: tuple[str, ...] = (COMPLE
         shutil.rmtree(staging, ignore_errors=True)
 
 
-TIMM_WRAPPER_PREFIX = "timm_model."
-
-
 def save_model_folder(model, folder: str | os.PathLike, image_size: int | None = None, timm_layout: bool = False,
                       state_dict: dict | None = None) -> None:
     """`save_pretrained` (safetensors) plus the image processor, so `pipeline(model=folder)` works offline.
 
-    ``timm_layout``: a TimmWrapper model's weights are written under timm's own names (no ``timm_model.`` prefix),
+    ``timm_layout``: a TimmWrapper model's weights are written under timm's own names (without the wrapper's prefix),
     as timm Hub checkpoints are, so ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads the folder too;
     transformers adds the prefix back on load. (A wrapper built in memory, not by from_pretrained, would otherwise
     keep the prefix.) ``state_dict``: the weights to write instead of the model's own (gathered from an engine that

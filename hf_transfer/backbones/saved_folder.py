@@ -14,11 +14,6 @@ TIMM_LABELS_LINE = "labels = model.pretrained_cfg['label_names']"
 NO_PREPROCESSING_FIX = "save the image processor, or for timm models keep pretrained_cfg in config.json"
 
 
-def timm_based(config: dict) -> bool:
-    """A timm model (wrapped for transformers): its preprocessing lives in config.json."""
-    return "pretrained_cfg" in config
-
-
 def is_timm_wrapper(config: dict) -> bool:
     return config.get("model_type") == TIMM_WRAPPER_TYPE
 

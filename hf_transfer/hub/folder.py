@@ -83,10 +83,6 @@ class FolderRecord:
         return RunRecord.from_results(self.results)
 
     @property
-    def timm_based(self) -> bool:
-        return saved_folder.timm_based(self.config)
-
-    @property
     def loads_in_timm(self) -> bool:
         """timm's local-dir:/hf-hub: loader reads the folder too."""
         return saved_folder.loads_in_timm(self.config, _weight_names(self.folder))

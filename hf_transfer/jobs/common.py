@@ -8,7 +8,6 @@ from ..arguments import DataArguments, ModelArguments
 from ..backbones import load_backbone_with_adapter
 from ..resolution import check_input_size
 from ..runtime import say
-from ..saving import resolve_output_dir
 from ..transforms import resolve_augmentation, with_transforms
 
 if TYPE_CHECKING:
@@ -36,9 +35,12 @@ def load_sized_backbone(model_args: ModelArguments, labels, image_size: int | No
     return model, adapter
 
 
-def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments, recipe: str,
-            pretrained: bool | None = None):
-    """Load data and backbone and attach transforms; shared by fine-tuning and probing."""
+def prepare(model_args: ModelArguments, data_args: DataArguments, training_args: TransferTrainingArguments,
+            recipe: str | None = None, pretrained: bool | None = None):
+    """Load data and backbone and attach transforms; shared by fine-tuning and probing.
+
+    The jobs name the output folder themselves, before anything loads (``recipe`` is no longer needed here; it is
+    accepted so that callers need no change)."""
     data = data_args.load(training_args.seed, model_args)
     image_size = model_args.image_size or data.suggested_image_size
     model, adapter = load_sized_backbone(model_args, data.labels, image_size,
@@ -47,5 +49,4 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
     # run_finetune resolves `auto` from its epochs; any other caller (probing) gets no augmentation for `auto`.
     splits = with_transforms(data.splits, data, cfg, image_size=image_size,
                              augmentation=resolve_augmentation(data_args.augmentation, 0))
-    resolve_output_dir(training_args, recipe, model_args, data_args)
     return data, model, splits, int(image_size or cfg["input_size"][-1])

@@ -57,8 +57,8 @@ class Strategy:
     trains_pretrained_layers: ClassVar[bool] = True  # False: no pretrained layer ever trains (probe, scratch)
     loads_pretrained: ClassVar[bool] = True
     trains_adapters: ClassVar[bool] = False  # LoRA: new weights beside frozen pretrained ones
-    freezes_body: ClassVar[bool] = False
-    allows_gradual_unfreeze: ClassVar[bool] = True  # the strategy itself freezes layers (beyond any --freeze rule)
+    freezes_body: ClassVar[bool] = False  # the strategy itself freezes layers (beyond any --freeze rule)
+    allows_gradual_unfreeze: ClassVar[bool] = True
     decision_flags: ClassVar[tuple[str, ...]] = ()  # the advisor's decision fields this strategy reads (freeze, lp_epochs)
 
     # ---------------------------------------------------------------------------------------------- checks
