@@ -7,6 +7,7 @@ them exist, ``all_results.json`` last: a run that dies half-way never leaves a f
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import hashlib
 import json
@@ -135,6 +136,13 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
             os.close(fd)
             raise TransferError(f"output folder {str(folder)!r} is being written by another run ({_read_holder(key)}); "
                                 "wait for it to finish or choose another --output_dir") from None
+        except OSError as err:  # a file system without flock (some network / FUSE mounts): run unlocked, and say so
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+            from .runtime import say
+
+            say(f"output folder {folder}: the file system does not support locks; nothing stops a second run from "
+                "writing into it at the same time")
         _HELD_LOCKS[key] = (fd, created)
         probe = folder / f".write-check-{os.getpid()}"
         probe.write_bytes(b"")
