@@ -104,10 +104,12 @@ def measure(case: dict, backbone: str, cache: Path):
 
 def fitted_epochs(measurement, strategy: str, budget: float) -> int:
     from hf_transfer.advisor.rules import Thresholds, epoch_seconds
+    from hf_transfer.budget import epochs_that_fit
 
     share = 0.5 if strategy == "partial" else 1.0
     per_epoch = epoch_seconds(measurement, share, 32)
-    epochs = max(1, min(MAX_EPOCHS, math.floor((budget - Thresholds().fixed_overhead_seconds) / per_epoch)))
+    fits = epochs_that_fit(budget, epoch_seconds=per_epoch, overhead_seconds=Thresholds().fixed_overhead_seconds)
+    epochs = max(1, min(MAX_EPOCHS, math.floor(fits)))
     return max(2, epochs) if strategy == "lp_ft" else epochs
 
 

@@ -1,59 +1,235 @@
-"""`--time_budget`: a fine-tune that ends, evaluated and saved, within a number of seconds.
+"""`--time_budget`: a deadline, not a cap. The run is planned to end, evaluated and saved, at 95-100% of the budget.
 
-Two parts. The advisor sizes a plan's epochs to the budget from measured step times (`advisor.rules`), so the run
-normally ends on its own with its full schedule. `TimeBudgetCallback` is the safety net for everything else (a busy
-machine, a fixed strategy given a budget): when the next step would cross the deadline it stops training cleanly,
-Trainer's own way (``control.should_training_stop``); the job then saves and evaluates as after any run, and
-``all_results.json`` records that the budget stopped it. The deadline keeps back a reserve for that last
-evaluation and the save.
+The one place that turns seconds into steps (the advisor's plan, the race's rungs and the fine-tune all call it):
+
+* `steps_that_fit`: how many optimizer steps fit in some seconds, given the step time, the evaluation at each epoch
+  end and the reserve for the final evaluation and save;
+* `epochs_that_fit`: the same question asked before training, from measured costs (the advisor's plan);
+* `DeadlineCallback`: the fine-tune's side. A pre-training estimate of the step time is often off by 2x on a shared
+  machine (issue #17: planned at 342 s an epoch, ran at 134 s, 55% of the budget unused), so after the first real
+  steps it re-plans the total from the *measured* step time, moves the learning-rate schedule's horizon there
+  (warm-up and cosine rescaled, `set_schedule_horizon`), and re-plans again at each epoch end, when the evaluation's
+  real cost is known. It stops training at the planned step, Trainer's own way (``control.should_training_stop``),
+  and as a safety net earlier when the next step would cross the deadline less the reserve.
+
+The Trainer decides its epoch loop from ``max_steps`` before the first step, so `attach_deadline` gives it a ceiling
+(``ceiling_factor`` times the initial plan) and the callback's planned total, not the ceiling, ends the run.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from functools import partial
+from typing import Callable
 
 from transformers import TrainerCallback
 
 from .runtime import say
 
-
-class TimeBudgetCallback(TrainerCallback):
-    """Stop training when the next step would end after ``deadline`` (a `time.perf_counter()` value)."""
-
-    def __init__(self, deadline: float, budget_seconds: float | None = None):
-        self.deadline = deadline
-        self.budget_seconds = budget_seconds
-        self.stopped_at_step: int | None = None
-        self._last = None
-        self._longest_step = 0.0
-
-    @classmethod
-    def from_budget(cls, budget_seconds: float, started: float, reserve_seconds: float) -> "TimeBudgetCallback":
-        """``started``: `time.perf_counter()` when the run began (loading counts against the budget)."""
-        return cls(started + budget_seconds - reserve_seconds, budget_seconds)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._last = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        if self._last is not None:
-            self._longest_step = max(self._longest_step, now - self._last)
-        if now + self._longest_step > self.deadline and not control.should_training_stop:
-            control.should_training_stop = True
-            self.stopped_at_step = state.global_step
-            say(f"time budget{f' of {self.budget_seconds:g}s' if self.budget_seconds else ''} reached at step "
-                f"{state.global_step} of {state.max_steps} (epoch {state.epoch or 0:.2f}): training stops here; the "
-                "model is evaluated and saved as it is")
-        return control
+SAVE_SECONDS = 5.0  # writing the model folder, the card and the run files of a small backbone
+CEILING_FACTOR = 8  # the re-plan may lengthen the run at least this many times the initial estimate
 
 
-def budget_reserve(budget_seconds: float, n_validation: int = 0, forward_ms_per_image: float | None = None) -> float:
-    """Seconds kept back from the training loop for the final evaluation and the save: the measured evaluation time
-    plus 5 s when known, else a tenth of the budget (at most 30 s)."""
-    if forward_ms_per_image is not None:
-        return forward_ms_per_image * n_validation / 1000 + 5.0
+def budget_reserve(budget_seconds: float, eval_seconds: float | None = None, final_evaluations: float = 1.0) -> float:
+    """Seconds kept back from the training loop for the final evaluation(s) and the save: measured evaluation time
+    times the evaluations still to run, plus the save, when known; else a tenth of the budget (at most 30 s)."""
+    if eval_seconds is not None:
+        return eval_seconds * final_evaluations + SAVE_SECONDS
     return min(30.0, 0.1 * budget_seconds)
 
 
-__all__ = ["TimeBudgetCallback", "budget_reserve"]
+def steps_that_fit(seconds: float, *, step_seconds: float, steps_done: int = 0, steps_per_epoch: int | None = None,
+                   eval_seconds: float = 0.0) -> int:
+    """The total step count T >= steps_done whose remaining steps, plus one evaluation at each epoch end they reach
+    (a run stopped mid-epoch is evaluated too), fit in ``seconds``."""
+    if step_seconds <= 0:
+        raise ValueError("step_seconds must be positive")
+
+    def cost(total: int) -> float:
+        evals = 0
+        if steps_per_epoch and eval_seconds:
+            evals = math.ceil(total / steps_per_epoch) - steps_done // steps_per_epoch if total > steps_done else 0
+        return (total - steps_done) * step_seconds + evals * eval_seconds
+
+    per_step = step_seconds + (eval_seconds / steps_per_epoch if steps_per_epoch else 0.0)
+    total = steps_done + max(0, int(seconds // per_step)) + 1
+    while total > steps_done and cost(total) > seconds:
+        total -= 1
+    return total
+
+
+def epochs_that_fit(seconds: float, *, epoch_seconds: float, overhead_seconds: float = 0.0) -> float:
+    """Epochs (fractional) of ``epoch_seconds`` (training + its evaluation) that fit, after a fixed overhead."""
+    return max(0.0, (seconds - overhead_seconds) / max(epoch_seconds, 1e-9))
+
+
+def set_schedule_horizon(scheduler, total_steps: int) -> bool:
+    """Move a transformers schedule (cosine, linear, ... with warm-up: a `LambdaLR` of `functools.partial`s with
+    ``num_training_steps``) to end at ``total_steps``, rescaling its warm-up in proportion. False when the schedule
+    has no horizon to move (constant): then nothing changes."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps the LambdaLR
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return False
+    moved = []
+    for f in lambdas:
+        if not (isinstance(f, partial) and "num_training_steps" in f.keywords):
+            return False
+        kw = dict(f.keywords)
+        old = max(1, int(kw["num_training_steps"]))
+        if "num_warmup_steps" in kw:
+            kw["num_warmup_steps"] = int(round(kw["num_warmup_steps"] * total_steps / old))
+        kw["num_training_steps"] = int(total_steps)
+        moved.append(partial(f.func, *f.args, **kw))
+    scheduler.lr_lambdas = moved
+    return True
+
+
+class DeadlineCallback(TrainerCallback):
+    """End the training loop so that the run, its final evaluation and save included, ends at the deadline.
+
+    ``deadline``: a ``clock()`` value; ``planned_steps``: the initial estimate (the run's own epochs); ``reserve``:
+    seconds for the final evaluation and save, until an evaluation has been timed; ``final_evaluations``: how many
+    validation-sized evaluations follow training (validation, plus the test split's share). ``clock`` is injectable
+    for tests.
+    """
+
+    def __init__(self, deadline: float, *, planned_steps: int, steps_per_epoch: int, budget_seconds: float | None = None,
+                 reserve: float | None = None, final_evaluations: float = 1.0, warmup_steps: int = 3,
+                 eval_batches: float = 0.0, clock: Callable[[], float] = time.perf_counter):
+        self.deadline = deadline
+        self.budget_seconds = budget_seconds
+        self.planned_steps = self.initial_steps = int(planned_steps)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.reserve = reserve if reserve is not None else budget_reserve(budget_seconds or 0.0)
+        self.final_evaluations = final_evaluations
+        # Until an evaluation is timed: one costs about half a training step per batch (a forward without the
+        # backward; measured 0.4-0.6 on the suite's runs), not zero.
+        self.eval_batches = eval_batches
+        self.warmup_steps = warmup_steps
+        self.clock = clock
+        self.stopped_at_step: int | None = None  # the safety net stopped the run before the planned total
+        self.replans: list[dict] = []
+        self._step_times: list[float] = []
+        self._step_began: float | None = None
+        self._last_step_end: float | None = None
+        self._eval_seconds: float | None = None
+        self._eval_began: float | None = None
+        self._ceiling: int | None = None
+        self._scheduler = None
+
+    # ------------------------------------------------------------------ measurement
+    @property
+    def step_seconds(self) -> float | None:
+        if not self._step_times:
+            return None
+        recent = sorted(self._step_times[-20:])
+        return recent[len(recent) // 2]  # the median: one slow step (a busy neighbour) does not re-plan the run
+
+    @property
+    def eval_seconds(self) -> float | None:
+        """One evaluation: measured once one has run, else estimated from the step time (None: unknown)."""
+        if self._eval_seconds is not None:
+            return self._eval_seconds
+        if self.eval_batches and self.step_seconds is not None:
+            return 0.5 * self.step_seconds * self.eval_batches
+        return None
+
+    def current_reserve(self) -> float:
+        """The final evaluation(s) and save: from the evaluation's time once known, else the initial reserve."""
+        if self.eval_seconds is None:
+            return self.reserve
+        return max(budget_reserve(0.0, self.eval_seconds, self.final_evaluations),
+                   self.reserve if self._eval_seconds is None else 0.0)
+
+    def replan(self, global_step: int) -> int:
+        now = self.clock()
+        eval_seconds = self.eval_seconds or 0.0
+        total = steps_that_fit(self.deadline - self.current_reserve() - now, step_seconds=self.step_seconds, steps_done=global_step,
+                               steps_per_epoch=self.steps_per_epoch, eval_seconds=eval_seconds)
+        if self._ceiling is not None and total > self._ceiling:
+            total = self._ceiling
+        total = max(total, global_step)
+        if total != self.planned_steps:
+            set_schedule_horizon(self._scheduler, total) if self._scheduler is not None else None
+        self.replans.append({"at_step": global_step, "total_steps": total, "step_seconds": round(self.step_seconds, 4),
+                             "eval_seconds": None if self._eval_seconds is None else round(self._eval_seconds, 3),
+                             "seconds_left": round(self.deadline - now, 2)})
+        self.planned_steps = total
+        return total
+
+    # ------------------------------------------------------------------ Trainer events
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        self._ceiling = state.max_steps or None
+        self._scheduler = lr_scheduler
+        if lr_scheduler is not None and not set_schedule_horizon(lr_scheduler, self.planned_steps):
+            say(f"--time_budget: the {args.lr_scheduler_type} schedule has no horizon to move; steps are re-planned, "
+                "the learning rate is not")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_began = self.clock()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self._eval_began is not None:
+            took = self.clock() - self._eval_began
+            self._eval_seconds = took if self._eval_seconds is None else max(self._eval_seconds, took)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._eval_began = self.clock()  # Trainer evaluates right after this event (eval_strategy epoch)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self._eval_began is not None and state.global_step >= self.warmup_steps and self._step_times:
+            if self._eval_seconds is None:  # no evaluation event: count the epoch end's whole pause instead
+                self._eval_seconds = self.clock() - self._eval_began
+            self.replan(state.global_step)
+        self._eval_began = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        if self._step_began is not None:
+            self._step_times.append(now - self._step_began)
+        if state.global_step == self.warmup_steps:
+            self.replan(state.global_step)
+        if control.should_training_stop:
+            return control
+        if state.global_step >= self.planned_steps:
+            control.should_training_stop = True
+        elif now + max(self._step_times[-5:] or [0.0]) > self.deadline - self.current_reserve():  # recent steps:
+            # the first one (allocations, a cold cache) is no forecast
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+            say(f"time budget{f' of {self.budget_seconds:g}s' if self.budget_seconds else ''} reached at step "
+                f"{state.global_step} of {self.planned_steps} planned (epoch {state.epoch or 0:.2f}): training stops "
+                f"here; the model is evaluated and saved as it is (last re-plan: {self.replans[-1] if self.replans else None})")
+        return control
+
+    def summary(self) -> dict:
+        """Planned against used, as flat numbers (all_results.json, advice.json); the re-plans are in ``replans``."""
+        return {"time_budget_seconds": self.budget_seconds, "time_budget_initial_steps": self.initial_steps,
+                "time_budget_planned_steps": self.planned_steps, "time_budget_replans": len(self.replans),
+                "stopped_by_time_budget": self.stopped_at_step is not None}
+
+
+def attach_deadline(trainer, budget_seconds: float, started: float, *, final_evaluations: float = 1.0) -> DeadlineCallback:
+    """Give ``trainer`` a deadline ``budget_seconds`` after ``started`` (`time.perf_counter()`): its run length
+    (--num_train_epochs / --max_steps) becomes the first estimate, re-planned from the measured step time."""
+    args = trainer.args
+    batch = args.per_device_train_batch_size * max(1, args.world_size) * max(1, args.gradient_accumulation_steps)
+    n_train = len(trainer.train_dataset)
+    steps_per_epoch = max(1, n_train // batch if args.dataloader_drop_last else math.ceil(n_train / batch))
+    planned = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    # The epoch loop's bound (the callback's total ends the run): room for the re-plan to lengthen a short first
+    # estimate (1 epoch of a small set is a few steps) up to 10 ms a step over the whole budget.
+    args.max_steps = max(max(1, planned) * CEILING_FACTOR, int(budget_seconds / 0.01))
+    evaluates = args.eval_strategy not in ("no", None) and trainer.eval_dataset is not None
+    eval_batches = math.ceil(len(trainer.eval_dataset) / max(1, args.per_device_eval_batch_size)) if evaluates else 0
+    callback = DeadlineCallback(started + budget_seconds, planned_steps=max(1, planned), steps_per_epoch=steps_per_epoch,
+                                budget_seconds=budget_seconds, final_evaluations=final_evaluations,
+                                eval_batches=eval_batches)
+    trainer.add_callback(callback)
+    return callback
+
+
+__all__ = ["CEILING_FACTOR", "DeadlineCallback", "attach_deadline", "budget_reserve", "epochs_that_fit",
+           "set_schedule_horizon", "steps_that_fit"]

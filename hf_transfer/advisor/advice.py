@@ -25,6 +25,10 @@ class Advice:
     time_budget: float | None = None
     seconds: float = 0.0
     plan_path_hint: str = "plan.yaml"
+    race: dict | None = None  # the race's record (jobs/race.py), when --strategy auto raced the candidates
+    budget: dict | None = None  # --time_budget: planned against used (seconds)
+    deadline: float | None = None  # `time.perf_counter()` at which the whole budgeted run must end (not saved)
+    started: float | None = None  # `time.perf_counter()` when the run began (not saved)
 
     @property
     def chosen(self) -> BackboneMeasurement:
@@ -73,6 +77,8 @@ class Advice:
             "thresholds": asdict(self.thresholds),
             "time_budget": self.time_budget,
             "seconds": round(self.seconds, 2),
+            "race": self.race,
+            "budget": self.budget,
         }
 
     def write(self, folder: str | Path, plan_name: str = "plan.yaml") -> dict[str, Path]:

@@ -1,22 +1,27 @@
 """Ranking candidate backbones before anything is fine-tuned.
 
 Primary key: the best cross-validated probe accuracy over depths (direct evidence of how well the frozen features
-separate these classes). Within ``RANK_TIE`` of each other, the higher LogME (best depth) wins, then the cheaper
-training step. docs/advisor.md shows how this order compares with the fine-tuned one on the benchmark.
+separate these classes). Within the noise of each other (``DECISION_Z`` standard errors of the difference, from
+the CV folds' spread, and at least ``RANK_TIE``), the higher LogME (best depth) wins, then the cheaper training
+step. docs/advisor.md shows how this order compares with the fine-tuned one on the benchmark.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 from .measure import BackboneMeasurement
 
 RANK_TIE = 0.005  # probe accuracies closer than this are a tie (a few images of a 1,000-image subsample)
+DECISION_Z = 2.0  # as Thresholds.decision_z: a difference within 2 SE is noise
 
 
 def _compare(a: BackboneMeasurement, b: BackboneMeasurement) -> int:
     pa, pb = a.similarity.best.probe_cv, b.similarity.best.probe_cv
-    if abs(pa - pb) > RANK_TIE:
+    # the fold scores' spread as the SE of each mean (not paired: the two backbones' folds are not stored)
+    se = math.hypot(a.similarity.best.probe_cv_std, b.similarity.best.probe_cv_std) / math.sqrt(max(1, a.similarity.cv_folds))
+    if abs(pa - pb) > max(RANK_TIE, DECISION_Z * se):
         return -1 if pa > pb else 1
     la, lb = a.similarity.best_by_logme.logme, b.similarity.best_by_logme.logme
     if la != lb:

@@ -97,8 +97,39 @@ def markdown(advice) -> str:
     if d.estimated_seconds is not None:
         out += [f"Estimated run time on this machine: {d.estimated_seconds:.0f} s"
                 + (f" (time budget {advice.time_budget:.0f} s)" if advice.time_budget else "") + ".", ""]
+    if advice.race:
+        out += ["## The race", ""] + race_lines(advice.race) + [""]
+    if advice.budget:
+        out += ["## Time budget: planned against used", ""] + [f"- {k}: {v}" for k, v in advice.budget.items()] + [""]
     out += [f"Measured in {advice.seconds:.1f} s.", ""]
     return "\n".join(out)
+
+
+def race_lines(race: dict) -> list[str]:
+    """The race as markdown: every plan's held-out accuracy (± binomial SE) per rung, when it was dropped, why the
+    winner won, and the soup."""
+    names = [c["name"] for c in race["candidates"]]
+    rungs = race["rungs"]
+    out = [f"{len(names)} candidate plans trained on the training split less {race['holdout_images']} held-out images "
+           "(never the validation or test split), scored on those, the better half kept at each rung (paired "
+           f"differences; {race['seconds']:.0f} s in all).", "",
+           "| plan | why | " + " | ".join(f"rung {r['rung']} (steps: acc ± SE)" for r in rungs) + " |",
+           "|---|---|" + "---|" * len(rungs)]
+    for c in race["candidates"]:
+        cells = []
+        for r in rungs:
+            row = r["plans"].get(c["name"])
+            cells.append("" if row is None else f"{row['steps']}: {row['accuracy']:.3f} ± {row['se']:.3f}"
+                         + (" **dropped**" if row["dropped"] else ""))
+        out.append(f"| {c['name']}{' (default)' if c['is_default'] else ''} | {c['why']} | " + " | ".join(cells) + " |")
+    if race.get("verdict"):
+        out += ["", f"**Winner: {race['verdict']['winner']}.** {race['verdict']['reason']}."]
+    soup = race.get("soup")
+    if soup:
+        out += ["", f"Model soup (greedy, Wortsman et al. 2022) of {', '.join(soup['ingredients'])}: {soup['accuracy']:.3f} "
+                f"on the held-out images against {soup['winner_accuracy']:.3f} for the best finalist: "
+                + ("kept, the real run starts from it." if soup["kept"] else "not kept.")]
+    return out
 
 
 def plot(advice, path: str | Path) -> Path:
@@ -110,8 +141,14 @@ def plot(advice, path: str | Path) -> Path:
     sim = m.similarity
     xs = list(range(len(sim.depths)))
     labels = [x.name.replace(" (", "\n(") for x in sim.depths]
-    fig = Figure(figsize=(max(7.0, 0.42 * len(xs) + 3), 6.0))
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    fig = Figure(figsize=(max(7.0, 0.42 * len(xs) + 3), 9.0 if advice.race else 6.0))
+    if advice.race:  # a third panel: the race, held-out accuracy per rung
+        top, bottom, race_ax = fig.subplots(3, 1, gridspec_kw={"height_ratios": [2, 1, 1.6]})
+        bottom.sharex(top)
+        top.tick_params(labelbottom=False)
+        _plot_race(race_ax, advice.race)
+    else:
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     top.plot(xs, [x.probe_cv for x in sim.depths], marker="o", color="tab:blue", label="probe accuracy (CV)")
     top.set_ylabel("probe accuracy (CV)", color="tab:blue")
     twin = top.twinx()
@@ -138,12 +175,32 @@ def plot(advice, path: str | Path) -> Path:
     bottom.set_xticks(xs)
     bottom.set_xticklabels(labels, rotation=60, fontsize=7, ha="right")
     bottom.grid(alpha=0.3)
-    title = (f"{m.backbone} on {advice.data_source}: {scenario_name(d)} -> {d.strategy}"
-             + (f" on {d.layers}" if d.job == "probe" else ""))
+    title = (f"{m.backbone} on {advice.data_source}: {scenario_name(d)} -> "
+             + (f"race winner: {advice.race['verdict']['winner']}" if advice.race and advice.race.get("verdict")
+                else d.strategy + (f" on {d.layers}" if d.job == "probe" else "")))
     top.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
 
 
-__all__ = ["decision_text", "scenario_name", "markdown", "plot", "similarity_table", "size_table"]
+def _plot_race(ax, race: dict) -> None:
+    winner = (race.get("verdict") or {}).get("winner")
+    for c in race["candidates"]:
+        points = [(r["rung"], r["plans"][c["name"]]) for r in race["rungs"] if c["name"] in r["plans"]]
+        if not points:
+            continue
+        xs, rows = [p[0] for p in points], [p[1] for p in points]
+        ax.errorbar(xs, [r["accuracy"] for r in rows], yerr=[2 * r["se"] for r in rows], marker="o", capsize=3,
+                    linewidth=2.5 if c["name"] == winner else 1.0,
+                    label=c["name"] + (" (winner)" if c["name"] == winner else "") + (" (default)" if c["is_default"] else ""))
+        if rows[-1]["dropped"]:
+            ax.plot(xs[-1], rows[-1]["accuracy"], marker="x", color="black", markersize=10)
+    ax.set_xlabel("rung (x: dropped; bars: 2 SE)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_xticks(range(len(race["rungs"])))
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+__all__ = ["decision_text", "race_lines", "scenario_name", "markdown", "plot", "similarity_table", "size_table"]

@@ -182,21 +182,74 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
     settings = AdviseArguments(candidates=model_args.model_name_or_path, time_budget=transfer_args.time_budget,
                                per_device_train_batch_size=training_args.per_device_train_batch_size,
                                seed=training_args.seed, output_dir=training_args.output_dir)
+    if transfer_args.time_budget is not None:  # the measurement is part of the budget: size it to the budget
+        from ..advisor import Thresholds
+
+        per_second = Thresholds().measure_images_per_budget_second
+        settings.max_probe_images = int(min(settings.max_probe_images, max(100, per_second * transfer_args.time_budget)))
     data, measurements = measure_candidates(model_args, data_args, settings, [model_args.model_name_or_path])
+    measured_at = time.perf_counter()
     remaining = None
     if transfer_args.time_budget is not None:
-        remaining = transfer_args.time_budget - (time.perf_counter() - started)
+        remaining = transfer_args.time_budget - (measured_at - started)
     advice = build_advice(measurements, data_args, data_source=data.source, output_dir=training_args.output_dir,
                           time_budget=remaining, batch_size=training_args.per_device_train_batch_size,
                           seed=training_args.seed, started=started)
+    # The measurements only propose; the race decides on the user's own training split (jobs/race.py).
+    from .race import run_race
+
+    deadline = started + transfer_args.time_budget if transfer_args.time_budget is not None else None
+    from ..features import FeatureCache
+
+    outcome = run_race(measurements[0], data, model_args, training_args, image_size=measurements[0].cost.image_size,
+                       deadline=deadline, output_dir=training_args.output_dir, thresholds=advice.thresholds,
+                       probe_images=settings.max_probe_images, cache=FeatureCache(settings.feature_cache_dir))
+    _adopt_race_winner(advice, outcome, measurements[0], data_args, training_args, deadline)
     if transfer_args.time_budget is not None:
         advice.plan["time_budget"] = float(transfer_args.time_budget)  # the plan file reruns the whole budgeted run
+        advice.budget = {"budget_seconds": float(transfer_args.time_budget),
+                         "measurement_seconds": round(measured_at - started, 1), "race_seconds": outcome.record.seconds,
+                         "left_for_the_run_seconds": round(deadline - time.perf_counter(), 1),
+                         "used": "all_results.json: time_budget_used_seconds (the whole run, measurement and race "
+                                 "included)"}
     advice.plan_path_hint = str(Path(training_args.output_dir) / "plan.yaml")
+    advice.deadline, advice.started = deadline, started
     say("--strategy auto:\n" + advice.summary())
     advice.write(training_args.output_dir)
     if advice.decision.job == "finetune":
         _apply_finetune_plan(advice.decision, data_args, training_args, transfer_args)
+        if outcome.start_folder:  # the winner continues from its race weights (a fresh optimizer and schedule)
+            say(f"--strategy auto: the run continues from the race winner's weights ({outcome.start_folder})")
+            model_args.model_name_or_path = outcome.start_folder
     return advice
+
+
+def _adopt_race_winner(advice, outcome, measurement, data_args, training_args, deadline: float | None) -> None:
+    """The race's winner becomes the decision and the plan (the prior decision's reasons stay, the verdict added)."""
+    import math
+
+    from ..advisor import plan_config
+
+    d, w, t = advice.decision, outcome.winner, advice.thresholds
+    advice.race = outcome.record.as_dict()
+    d.reasons.append(f"race: {outcome.record.verdict['reason']}")
+    d.strategy, d.freeze, d.layer_decay, d.lp_epochs = w.strategy, w.freeze, w.layer_decay, w.lp_epochs
+    d.backbone_lr_multiplier = w.backbone_lr_multiplier
+    if w.job == "probe":
+        d.job, d.layers, d.learning_rate, d.num_train_epochs, d.augmentation = "probe", w.layers, None, None, "none"
+    else:
+        d.job, d.layers, d.learning_rate = "finetune", None, measurement.default_learning_rate
+        steps_per_epoch = math.ceil(measurement.size.n_train / max(1, training_args.per_device_train_batch_size))
+        epochs = float(d.num_train_epochs or t.min_epochs)
+        if deadline is not None:  # the first estimate; the run re-plans it from its own measured steps (budget.py)
+            left = deadline - time.perf_counter() - t.fixed_overhead_seconds
+            epochs = max(1.0, round(left / max(1e-6, measurement.cost.step_seconds(w.trainable_share) * steps_per_epoch), 2))
+        d.num_train_epochs = epochs
+        d.augmentation = "gentle" if epochs >= t.augmentation_from_epochs else "none"
+    advice.plan = plan_config(d, backbone=measurement.backbone, image_size=measurement.cost.image_size,
+                              data_args=data_args, output_dir=training_args.output_dir,
+                              batch_size=training_args.per_device_train_batch_size,
+                              time_budget=None, seed=training_args.seed)
 
 
 def _apply_finetune_plan(decision, data_args, training_args, transfer_args) -> None:
@@ -224,6 +277,16 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
     from .probe import ProbeArguments, run_linear_probe
 
     decision = advice.decision
+    if advice.deadline is not None:  # the probe's forward pass over train must fit what the race left
+        m = advice.chosen
+        left = advice.deadline - time.perf_counter() - advice.thresholds.fixed_overhead_seconds
+        fits = int(left * 1000 / max(1e-3, m.cost.forward_ms_per_image)) - 2 * m.size.n_validation
+        if fits < m.size.n_train:
+            # the measurement's own subsample size (and seed) at least: its features are in the cache already
+            n = max(min(m.size.n_train, m.similarity.images), fits)
+            say(f"--time_budget: {max(0, int(left))}s left fit the probe's forward pass over about {max(0, fits)} "
+                f"training images: the probe trains on a stratified {n} of {m.size.n_train}")
+            data_args = dataclasses.replace(data_args, max_train_samples=n)
     probe_args = ProbeArguments(layers=decision.layers or "pooled", probe="logreg", export="auto",
                                 output_dir=training_args.output_dir,
                                 overwrite_output_dir=training_args.overwrite_output_dir, seed=training_args.seed)
@@ -237,6 +300,12 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
         f"{training_args.output_dir}/plan.yaml would) into {training_args.output_dir}; no Trainer run")
     results = run_linear_probe(model_args, dataclasses.replace(data_args), probe_args)
     results["strategy"] = "auto -> linear_probe"
+    if advice.deadline is not None:  # planned against used, as a budgeted fine-tune records it
+        from ..saving import COMPLETION_MARKER, write_json
+
+        results["time_budget_seconds"] = advice.budget["budget_seconds"]
+        results["time_budget_used_seconds"] = round(time.perf_counter() - advice.started, 2)
+        write_json(Path(training_args.output_dir) / COMPLETION_MARKER, results)
     return results
 
 

@@ -114,15 +114,16 @@ def run_finetune(
         compute_metrics=ClassificationMetrics(labels=data.labels),
         data_collator=collator,
     )
-    if transfer_args.time_budget:  # budget.py: stop cleanly before the deadline, keeping time to evaluate and save
-        from ..budget import TimeBudgetCallback, budget_reserve
+    if transfer_args.time_budget:  # budget.py: a deadline; the schedule is re-planned from the measured step time
+        from ..budget import attach_deadline
 
-        budget = TimeBudgetCallback.from_budget(transfer_args.time_budget, start, budget_reserve(transfer_args.time_budget))
-        trainer.add_callback(budget)
+        budget = attach_deadline(trainer, transfer_args.time_budget, start,
+                                 final_evaluations=1 + len(splits.get("test", ())) / max(1, len(splits["validation"])))
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
     if transfer_args.time_budget:
         metrics["stopped_by_time_budget"] = budget.stopped_at_step is not None
+        metrics.update(budget.summary())  # planned against used: time_budget_* (used seconds added at the end)
     # The trained model is written before evaluation: a failing validation or test split must not cost the training.
     trained, weights = trained_weights(trainer)  # every process: ZeRO-3 and FSDP gather the sharded weights
     if trainer.is_world_process_zero():
@@ -136,6 +137,8 @@ def run_finetune(
     if "test" in splits:
         metrics.update(trainer.evaluate(eval_dataset=splits["test"], metric_key_prefix="test"))
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
+    if transfer_args.time_budget:
+        metrics["time_budget_used_seconds"] = metrics["total_seconds"]
     metrics["skipped_bad_images"] = len(data.bad_images)
     metrics.update(run_summary(model_args.model_name_or_path, data.source, image_size, splits))
     metrics.update(trainer.imbalance_summary())  # class weights / sampler: the card and later readers see them

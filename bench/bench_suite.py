@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""The advisor's held-out suite: `--strategy auto` against every fixed strategy and the default fine-tune, at the
+same time budget, on the cases of `bench/suite/` (dev and test halves in bench/suite/split.json).
+
+    python bench/bench_suite.py                          # the full matrix: every case x backbone x seed x strategy
+    python bench/bench_suite.py --half test --backbones embedded:efficientnet_lite0 --seeds 42
+    python bench/bench_suite.py --summary                # the table from what bench/results/suite.json holds
+
+Each cell is one subprocess (`recipes/finetune.py` or `recipes/linear_probe.py`) with the case's budget (its
+`budget_seconds` times --budget_scale); the result is written into bench/results/suite.json as soon as it ends, so
+a killed run resumes where it stopped (cells already there are skipped). Scores are on the case's *test* split,
+which neither the race (held-out part of train) nor any early stopping sees. Every cell records the 1-minute load
+before and after it: the machine is shared, and step times follow the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from suite.cases import CASES, case_path, load_split  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "suite.json"
+# Fixed strategies, each at the case's budget (the fine-tunes fill it: --time_budget is a deadline).
+STRATEGIES = {
+    "auto": ["--strategy", "auto"],
+    "default": [],  # the project's default fine-tune: full, backbone x0.1, its default epochs re-planned to the budget
+    "partial": ["--strategy", "partial", "--freeze", "fraction:0.5"],
+    "lp_ft": ["--strategy", "lp_ft", "--lp_epochs", "1", "--num_train_epochs", "3"],  # 3: the first estimate (re-planned)
+    "probe_pooled": None,  # recipes/linear_probe.py --layers pooled
+    "probe_auto": None,  # recipes/linear_probe.py --layers auto (depths at 1/4, 1/2, 3/4 and pooled; best by CV)
+}
+FIXED = [s for s in STRATEGIES if s != "auto"]
+
+
+def load_results() -> dict:
+    if RESULTS.is_file():
+        return json.loads(RESULTS.read_text())
+    return {"command": "python bench/bench_suite.py", "cells": {}}
+
+
+def save_results(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    os.replace(tmp, RESULTS)
+
+
+def _find(d, key):
+    """The first value of ``key`` in a nested dict (probe results keep test metrics under the exported probe)."""
+    if isinstance(d, dict):
+        if key in d:
+            return d[key]
+        for v in d.values():
+            found = _find(v, key)
+            if found is not None:
+                return found
+    if isinstance(d, list):
+        for v in d:
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def run_cell(case: str, backbone: str, seed: int, strategy: str, budget: float, workdir: Path) -> dict:
+    c = CASES[case]
+    out = workdir / f"{case}-{backbone.split(':')[-1]}-{seed}-{strategy}"
+    common = ["--model_name_or_path", backbone, "--dataset_name", str(case_path(case)), "--image_size", str(c.image_size),
+              "--seed", str(seed), "--output_dir", str(out), "--overwrite_output_dir", "True"]
+    if STRATEGIES[strategy] is None:
+        layers = "pooled" if strategy == "probe_pooled" else "auto"
+        cmd = [sys.executable, str(ROOT / "recipes" / "linear_probe.py"), *common, "--layers", layers]
+    else:
+        cmd = [sys.executable, str(ROOT / "recipes" / "finetune.py"), *common, *STRATEGIES[strategy],
+               "--time_budget", str(budget), "--disable_tqdm", "True", "--report_to", "none"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    load_before = os.getloadavg()[0]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    record = {"case": case, "backbone": backbone, "seed": seed, "strategy": strategy, "budget_seconds": budget,
+              "wall_seconds": round(wall, 1), "load_before": round(load_before, 2),
+              "load_after": round(os.getloadavg()[0], 2), "returncode": proc.returncode,
+              "command": " ".join(cmd[1:])}
+    if proc.returncode != 0:
+        record["error"] = (proc.stderr or proc.stdout)[-1500:]
+        return record
+    metrics = json.loads((out / "all_results.json").read_text())
+    record["test_accuracy"] = _find(metrics, "test_accuracy")
+    record["eval_accuracy"] = _find(metrics, "eval_accuracy")
+    for key in ("time_budget_used_seconds", "time_budget_planned_steps", "time_budget_initial_steps",
+                "stopped_by_time_budget", "total_seconds", "epoch", "train_epoch"):
+        if key in metrics:
+            record[key] = metrics[key]
+    if (out / "advice.json").is_file():
+        record["auto"] = auto_record(json.loads((out / "advice.json").read_text()))
+    return record
+
+
+def auto_record(advice: dict) -> dict:
+    """What the suite keeps of an auto run's advice.json: the race, and the measures (to test which predict)."""
+    import numpy as np
+
+    race = advice.get("race") or {}
+    m = advice["measurements"][0]
+    sim, size = m["similarity"], m["size"]
+    best = max(reversed(sim["depths"]), key=lambda d: d["probe_cv"])  # ties: the deeper, as SimilarityStats.best
+    pooled = next(d for d in sim["depths"] if d["name"] == "pooled")
+    majority = size["majority_share"]
+    return {"winner": (race.get("verdict") or {}).get("winner"), "verdict": race.get("verdict"),
+            "candidates": [c["name"] for c in race.get("candidates", [])], "rungs": race.get("rungs"),
+            "default": next((c["name"] for c in race.get("candidates", []) if c["is_default"]), None),
+            "soup": race.get("soup"), "budget": advice.get("budget"), "scenario": advice["decision"]["scenario"],
+            "final_correct": race.get("final_correct"),
+            "measures": {"best_probe": best["probe_cv"], "pooled_probe": pooled["probe_cv"],
+                         "bottleneck_gap": round(best["probe_cv"] - pooled["probe_cv"], 4),
+                         "gap_se": round(float(np.hypot(best["probe_cv_std"], pooled["probe_cv_std"])
+                                               / np.sqrt(sim["cv_folds"])), 4),
+                         "best_depth": best["name"], "read_as": advice["decision"]["scenario"],
+                         "lift": round((best["probe_cv"] - majority) / max(1e-9, 1 - majority), 4),
+                         "logme_best": max(d["logme"] for d in sim["depths"]), "logme_pooled": pooled["logme"],
+                         "bn_shift": sim.get("bn_shift"), "n_train": size["n_train"]}}
+
+
+def refresh_auto_records(results: dict, workdir: Path) -> None:
+    """Re-read the auto cells' advice.json (still in the work folder) into suite.json."""
+    for rec in results["cells"].values():
+        if rec.get("strategy") != "auto" or rec.get("returncode") != 0:
+            continue
+        out = workdir / f"{rec['case']}-{rec['backbone'].split(':')[-1]}-{rec['seed']}-auto"
+        if (out / "advice.json").is_file():
+            rec["auto"] = auto_record(json.loads((out / "advice.json").read_text()))
+
+
+def summarize(results: dict, split: dict) -> dict:
+    """Per (case, backbone, seed): auto's regret against the best fixed strategy and the default; per half: means."""
+    cells = results["cells"]
+    groups: dict[tuple, dict] = {}
+    for rec in cells.values():
+        if rec.get("test_accuracy") is None:
+            continue
+        groups.setdefault((rec["case"], rec["backbone"], rec["seed"]), {})[rec["strategy"]] = rec
+    rows = []
+    for (case, backbone, seed), recs in sorted(groups.items()):
+        if "auto" not in recs:
+            continue
+        fixed = {s: r["test_accuracy"] for s, r in recs.items() if s != "auto"}
+        auto = recs["auto"]
+        row = {"case": case, "half": "dev" if case in split["dev"] else "test", "backbone": backbone, "seed": seed,
+               "auto": auto["test_accuracy"], "auto_winner": (auto.get("auto") or {}).get("winner"),
+               "fixed": fixed, "fixed_run": sorted(fixed), "budget_seconds": auto["budget_seconds"],
+               "auto_used_seconds": auto.get("time_budget_used_seconds", auto.get("wall_seconds"))}
+        row["budget_used"] = round(row["auto_used_seconds"] / row["budget_seconds"], 3) if row["auto_used_seconds"] else None
+        if fixed:
+            best = max(fixed, key=fixed.get)
+            row["best_fixed"], row["regret_vs_best"] = best, round(fixed[best] - auto["test_accuracy"], 4)
+        if "default" in fixed:
+            row["regret_vs_default"] = round(fixed["default"] - auto["test_accuracy"], 4)
+        rows.append(row)
+    halves = {}
+    for half in ("dev", "test"):
+        hr = [r for r in rows if r["half"] == half]
+        complete = [r for r in hr if set(r["fixed_run"]) >= set(FIXED)]
+        with_best = [r for r in hr if "regret_vs_best" in r]
+        halves[half] = {
+            "cells": len(hr), "cells_with_every_fixed_strategy": len(complete),
+            "mean_regret_vs_best": _mean([r["regret_vs_best"] for r in with_best]),
+            "within_1pt_of_best": f"{sum(r['regret_vs_best'] <= 0.01 for r in with_best)}/{len(with_best)}",
+            "mean_regret_vs_default": _mean([r["regret_vs_default"] for r in hr if "regret_vs_default" in r]),
+            "more_than_1pt_below_default": sum(r.get("regret_vs_default", 0) > 0.01 for r in hr),
+            "budget_used": [r["budget_used"] for r in hr],
+        }
+    return {"rows": rows, "halves": halves}
+
+
+# A race plan -> the fixed cell that runs the same plan for the whole budget (None: no fixed cell matches).
+PLAN_TO_FIXED = {"full x0.1": "default", "probe pooled": "probe_pooled"}
+
+
+def sensitivity(results: dict, split: dict, factors=(0.5, 2.0), z: float = 2.0) -> dict:
+    """decision_z at x0.5 and x2, replayed on each auto cell's recorded last rung (race.final_correct): the verdict
+    is re-taken without training; a changed winner is scored with the fixed cell that runs its plan (an
+    approximation: that cell trained from the start, not from the race's weights); unmatched plans are counted."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from hf_transfer.advisor.race import choose_winner
+
+    out = {}
+    for factor in factors:
+        per_half = {"dev": [], "test": []}
+        changed = unknown = 0
+        for row in summarize(results, split)["rows"]:
+            rec = results["cells"].get(_key(row, "auto"))
+            final = ((rec or {}).get("auto") or {}).get("final_correct")
+            if not final or "best_fixed" not in row:
+                continue
+            default = rec["auto"]["default"]
+            if default not in final:
+                continue
+            winner = choose_winner({k: np.asarray(v) for k, v in final.items()}, default, z * factor).winner
+            if winner == rec["auto"]["winner"]:
+                acc = row["auto"]
+            else:
+                changed += 1
+                fixed = PLAN_TO_FIXED.get(winner)
+                acc = row["fixed"].get(fixed) if fixed else None
+                if acc is None:
+                    unknown += 1
+                    continue
+            per_half[row["half"]].append(row["fixed"][row["best_fixed"]] - acc)
+        out[f"decision_z x{factor:g}"] = {"mean_regret_vs_best": {h: _mean(v) for h, v in per_half.items()},
+                                          "cells_changed": changed, "changed_but_unscorable": unknown}
+    return out
+
+
+def _key(row, strategy):
+    return f"{row['case']}/{row['backbone']}/{row['seed']}/{strategy}/{row['budget_seconds']:g}"
+
+
+def _mean(values):
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--half", choices=["dev", "test", "all"], default="all")
+    parser.add_argument("--cases", default=None, help="comma-separated case names (default: the half's)")
+    parser.add_argument("--backbones", default=None, help="default: split.json's two")
+    parser.add_argument("--seeds", default=None, help="default: split.json's two")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--budget_scale", type=float, default=1.0, help="times each case's budget_seconds")
+    parser.add_argument("--workdir", default="/tmp/hf_transfer_suite")
+    parser.add_argument("--summary", action="store_true", help="only print the summary of suite.json")
+    args = parser.parse_args(argv)
+    split = load_split()
+    results = load_results()
+    if not args.summary:
+        cases = args.cases.split(",") if args.cases else (
+            split["dev"] + split["test"] if args.half == "all" else split[args.half])
+        backbones = args.backbones.split(",") if args.backbones else split["backbones"]
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else split["seeds"]
+        strategies = args.strategies.split(",")
+        for case in cases:
+            for backbone in backbones:
+                for seed in seeds:
+                    for strategy in strategies:
+                        budget = round(CASES[case].budget_seconds * args.budget_scale, 1)
+                        key = f"{case}/{backbone}/{seed}/{strategy}/{budget:g}"
+                        if key in results["cells"] and results["cells"][key].get("returncode") == 0:
+                            continue
+                        rec = run_cell(case, backbone, seed, strategy, budget, Path(args.workdir))
+                        results["cells"][key] = rec
+                        results["summary"] = summarize(results, split)
+                        save_results(results)
+                        print(f"{key}: test {rec.get('test_accuracy')} in {rec['wall_seconds']}s "
+                              f"(load {rec['load_before']}->{rec['load_after']})"
+                              + (f" ERROR {rec['error'][-300:]}" if 'error' in rec else ""), flush=True)
+    if args.summary:
+        refresh_auto_records(results, Path(args.workdir))
+    results["summary"] = summarize(results, split)
+    results["summary"]["sensitivity"] = sensitivity(results, split)
+    save_results(results)
+    print(json.dumps(results["summary"]["halves"], indent=1))
+    print(json.dumps(results["summary"]["sensitivity"], indent=1))
+    for row in results["summary"]["rows"]:
+        print(f"{row['half']:4s} {row['case']:16s} {row['backbone'].split(':')[-1]:22s} {row['seed']} auto "
+              f"{row['auto']:.4f} ({row['auto_winner']}) best fixed {row.get('best_fixed')} regret "
+              f"{row.get('regret_vs_best')} vs default {row.get('regret_vs_default')} budget used {row['budget_used']}")
+
+
+if __name__ == "__main__":
+    main()

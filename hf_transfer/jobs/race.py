@@ -1,0 +1,392 @@
+"""The race behind `recipes/finetune.py --strategy auto`: the candidate plans trained briefly on the user's own
+training split, scored on a held-out part of it, halved rung by rung; the winner's weights start the real run.
+
+The rules (which plans, how a rung is judged, who wins) are `hf_transfer.advisor.race`; this job runs them. Every
+candidate is trained by the fine-tune job's own pieces (`TransferPlan`, `TransferTrainer`, the prepared image store)
+and the probe job's (`compute_features`, a logistic regression), on the same decoded images, in one process: the
+rungs are seconds long, so loading the data and the backbone once per rung would eat the race.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..advisor.race import CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, make_pruner
+from ..advisor.rules import Thresholds
+from ..budget import steps_that_fit
+from ..runtime import say
+
+MIN_RUNG_STEPS = 5
+PROBE_C = 0.1  # the probe curve's regularization (advisor.measure.CURVE_C): the race scores the same probe
+
+
+@dataclasses.dataclass
+class RaceOutcome:
+    winner: CandidatePlan
+    record: RaceRecord
+    start_folder: str | None  # the fine-tuned weights the real run continues from (None: a probe, or from scratch)
+
+
+def holdout_split(data, seed: int, t: Thresholds):
+    """(train, held-out) from the training split, stratified: the race never sees validation or test."""
+    from ..data import _stratified_split
+
+    train = data.splits["train"]
+    n_classes = len(data.labels)
+    n = int(min(t.holdout_max_images, max(2 * n_classes, round(t.holdout_fraction * len(train)))))
+    return _stratified_split(train, data.label_column, n, seed, what="held-out part of train for the race",
+                             fix="add training images to the rarest classes, or choose a fixed --strategy")
+
+
+class _Race:
+    def __init__(self, measurement, data, model_args, training_args, image_size: int, t: Thresholds,
+                 output_dir: Path, probe_images: int, cache):
+        from datasets import DatasetDict
+
+        from ..fastdata import prepare_splits
+        from ..transforms import with_transforms
+
+        self.m, self.t, self.model_args, self.training_args = measurement, t, model_args, training_args
+        self.output_dir = output_dir
+        self.image_size = image_size
+        self.cache = cache
+        self.race_data = data
+        self.pretrained, self.adapter = self._load()
+        self.cfg = self.adapter.data_config()
+        train, holdout, self.probe_train = self._split(data, probe_images, training_args.seed)
+        self.race_data = dataclasses.replace(data, splits=DatasetDict(train=train, validation=holdout), subset_store=None)
+        self.lazy = with_transforms(self.race_data.splits, self.race_data, self.cfg, image_size=image_size,
+                                    augmentation="none")
+        self.splits, self.collator, _ = prepare_splits(self.race_data, self.lazy, self.cfg, image_size=image_size,
+                                                       augmentation="none",
+                                                       channels_last=self.adapter.prefers_channels_last())
+        self.holdout_labels = np.asarray(holdout[data.label_column])
+        self.models: dict[str, torch.nn.Module] = {}
+        self.step_seconds: dict[str, float] = {}
+
+    def _split(self, data, probe_images: int, seed: int):
+        """(race train, held-out, the probes' training images). With more training images than the measurement's
+        subsample, the held-out images are drawn from outside that subsample and the probes train on it: its
+        features are in the cache already, so the probes cost one forward pass over the held-out images only."""
+        from sklearn.model_selection import train_test_split
+
+        from ..data import _stratified_subset
+        from ..transforms import with_transforms
+
+        full = data.splits["train"]
+        if len(full) > probe_images + self.t.holdout_max_images:
+            labels = np.asarray(full[data.label_column])
+            measured = _stratified_subset(full, data.label_column, probe_images, seed, "--max_probe_images")
+            _, inside = train_test_split(np.arange(len(full)), test_size=probe_images, random_state=seed, stratify=labels)
+            rest = np.setdiff1d(np.arange(len(full)), inside)
+            n = int(min(self.t.holdout_max_images, max(2 * len(data.labels), round(self.t.holdout_fraction * len(full)))))
+            try:
+                _, picked = train_test_split(rest, test_size=n, random_state=seed, stratify=labels[rest])
+            except ValueError:  # a class too rare outside the subsample: the plain split, probes on race train
+                picked = None
+            if picked is not None:
+                holdout = full.select(np.sort(picked))
+                train = full.select(np.setdiff1d(np.arange(len(full)), picked))
+                probe_train = with_transforms({"train": measured}, data, self.cfg, image_size=self.image_size,
+                                              augmentation="none")["train"]
+                return train, holdout, probe_train
+        train, holdout = holdout_split(data, seed, self.t)
+        return train, holdout, None
+
+    def _load(self):
+        from .common import load_sized_backbone
+
+        return load_sized_backbone(self.model_args, self.race_data.labels, self.image_size, pretrained=True,
+                                   name=self.m.backbone, report=False)
+
+    # ------------------------------------------------------------------ probes: trained once
+    def score_probes(self, plans: list[CandidatePlan]) -> dict[str, np.ndarray]:
+        """Every probe plan from one forward pass over the race's train and held-out images."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from ..features import compute_features, parse_layers
+
+        if not plans:
+            return {}
+        layer_map = self.adapter.layer_map()
+        layers = {p.name: parse_layers(p.layers, layer_map) for p in plans}
+        every = list({layer.key: layer for group in layers.values() for layer in group}.values())
+        from ..features import transform_fingerprint
+        from ..transforms import build_transform
+
+        train = self.probe_train if self.probe_train is not None else self.lazy["train"]
+        key = transform_fingerprint(build_transform(self.cfg, image_size=self.image_size), self.cfg, self.image_size)
+        fs = compute_features(self.pretrained, {"train": train, "validation": self.lazy["validation"]}, every,
+                              layer_map=layer_map, cache=self.cache, transform_key=key, image_size=self.image_size)
+        out = {}
+        for name, group in layers.items():
+            X = {split: np.concatenate([fs.features[split][layer.key] for layer in group], axis=1)
+                 for split in ("train", "validation")}
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000))
+            probe.fit(X["train"], fs.labels["train"])
+            out[name] = (probe.predict(X["validation"]) == fs.labels["validation"]).astype(np.int8)
+        return out
+
+    # ------------------------------------------------------------------ fine-tunes: trained rung by rung
+    def train_rung(self, plan: CandidatePlan, steps: int) -> np.ndarray:
+        from ..arguments import TransferArguments
+        from ..plan import TransferPlan
+        from ..trainer import TransferTrainer
+        from ..training_args import TransferTrainingArguments
+
+        first = plan.name not in self.models
+        if first:
+            self.models[plan.name] = copy.deepcopy(self.pretrained)
+            if self.adapter.prefers_channels_last():
+                self.models[plan.name] = self.models[plan.name].to(memory_format=torch.channels_last)
+        model = self.models[plan.name]
+        args = TransferTrainingArguments(
+            output_dir=str(self.output_dir / "race" / plan.name.replace(" ", "_").replace(":", "")),
+            max_steps=int(steps), learning_rate=self.m.default_learning_rate,
+            per_device_train_batch_size=self.training_args.per_device_train_batch_size,
+            per_device_eval_batch_size=self.training_args.per_device_eval_batch_size,
+            eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000,
+            seed=self.training_args.seed, use_cpu=self.training_args.use_cpu)
+        transfer = TransferArguments(strategy=plan.strategy, freeze=plan.freeze,
+                                     backbone_lr_multiplier=plan.backbone_lr_multiplier, layer_decay=plan.layer_decay)
+        transfer_plan = TransferPlan.build(model, transfer.to_config(args))
+        if first:
+            transfer_plan.reinitialize(model)
+        trainer = TransferTrainer(model=model, args=args, plan=transfer_plan, train_dataset=self.splits["train"],
+                                  eval_dataset=self.splits["validation"], data_collator=self.collator)
+        began = time.perf_counter()
+        trainer.train()
+        self.step_seconds[plan.name] = (time.perf_counter() - began) / max(1, steps)
+        return self.correct_on_holdout(model)
+
+    def correct_on_holdout(self, model) -> np.ndarray:
+        """0/1 per held-out image (a plain no-grad loop: no Trainer needed to predict a few hundred images)."""
+        from torch.utils.data import DataLoader
+
+        model.eval()
+        hits = []
+        loader = DataLoader(self.splits["validation"], batch_size=self.training_args.per_device_eval_batch_size,
+                            collate_fn=self.collator)
+        with torch.no_grad():
+            for batch in loader:
+                logits = model(pixel_values=batch["pixel_values"]).logits
+                hits.append((logits.argmax(-1) == batch["labels"]).numpy())
+        return np.concatenate(hits).astype(np.int8)
+
+    def estimated_step_seconds(self, plan: CandidatePlan) -> float:
+        if plan.name in self.step_seconds:
+            return self.step_seconds[plan.name]
+        return self.m.cost.step_seconds(plan.trainable_share)
+
+    def predict_state(self, state: dict):
+        model = copy.deepcopy(next(iter(self.models.values())))
+        model.load_state_dict(state)
+        return self.correct_on_holdout(model), model
+
+
+def _average(states: list[dict]) -> dict:
+    out = {}
+    for key, value in states[0].items():
+        if torch.is_floating_point(value):
+            out[key] = sum(s[key] for s in states) / len(states)
+        else:
+            out[key] = value.clone()  # counters (BatchNorm's num_batches_tracked)
+    return out
+
+
+def greedy_soup(race: _Race, finalists: list[str], correct: dict[str, np.ndarray]) -> tuple[dict, object | None]:
+    """Wortsman et al. 2022: finalists by held-out accuracy; each is added to the average when it does not lower it."""
+    order = sorted(finalists, key=lambda n: -float(correct[n].mean()))
+    ingredients = [order[0]]
+    states = {n: {k: v.detach().clone() for k, v in race.models[n].state_dict().items()} for n in order}
+    best = correct[order[0]]
+    best_model = None
+    tried = []
+    for name in order[1:]:
+        candidate, model = race.predict_state(_average([states[n] for n in ingredients + [name]]))
+        tried.append({"with": name, "accuracy": round(float(candidate.mean()), 4)})
+        if candidate.mean() >= best.mean():
+            ingredients.append(name)
+            best, best_model = candidate, model
+    record = {"ingredients": ingredients, "tried": tried, "accuracy": round(float(best.mean()), 4),
+              "winner_accuracy": round(float(correct[order[0]].mean()), 4)}
+    return record, (best_model, best) if len(ingredients) > 1 else None
+
+
+def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds, probe_images: int) -> list[CandidatePlan]:
+    """The plans whose first rung fits the race's time: the probes' forward pass first, then each fine-tune's
+    2 x MIN_RUNG_STEPS steps and set-up. When the default fine-tune does not fit, the pooled probe is the default."""
+    # the held-out images always; the race train too when the measurement's cached subsample is all of it
+    images = min(t.holdout_max_images, m.size.n_train) + (m.size.n_train if m.size.n_train <= probe_images + t.holdout_max_images else 0)
+    probe_cost = m.cost.forward_ms_per_image * images / 1000
+    left = race_seconds - (probe_cost if any(p.job == "probe" for p in plans) else 0.0)
+    kept = []
+    for plan in sorted(plans, key=lambda p: not p.is_default):  # the default is paid for first
+        if plan.job == "finetune":
+            cost = 2 * MIN_RUNG_STEPS * m.cost.step_seconds(plan.trainable_share) + 5.0
+            if cost > left:
+                say(f"race: {plan.name} left out: its shortest rung (~{cost:.0f}s) does not fit the {race_seconds:.0f}s "
+                    "the budget leaves")
+                continue
+            left -= cost
+        kept.append(plan)
+    if not any(p.is_default for p in kept):
+        fallback = CandidatePlan("probe pooled", "probe", "linear_probe", "the default when the budget fits no "
+                                 "fine-tune: a linear probe on the pooled bottleneck", layers="pooled",
+                                 backbone_lr_multiplier=0.0, is_default=True)
+        kept = [fallback] + [p for p in kept if p.name != fallback.name]
+    return kept
+
+
+def final_probe_seconds(m, t: Thresholds) -> float:
+    """The probe job's final run when time is short: on the measurement's subsample (features cached), one forward
+    over validation and a test split of about its size, the fits, loading and saving (`run_advised_probe` sizes the
+    probe's training images to the time actually left)."""
+    return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + t.fixed_overhead_seconds
+
+
+def run_race(measurement, data, model_args, training_args, *, image_size: int, deadline: float | None,
+             output_dir: str | Path, thresholds: Thresholds | None = None, probe_images: int = 1000,
+             cache=None) -> RaceOutcome:
+    """Race the candidate plans; ``deadline`` (`time.perf_counter()`, None: no budget) bounds the race to
+    ``race_share`` of the time left."""
+    import optuna
+
+    t = thresholds or Thresholds()
+    began = time.perf_counter()
+    output_dir = Path(output_dir)
+    plans = candidate_plans(measurement, t)
+    race_seconds = None if deadline is None else t.race_share * max(0.0, deadline - began)
+    if race_seconds is not None:  # a fine-tune races if its first rung fits the time left: while a probe leads the
+        # race takes the budget (filling it), and a fine-tune winner keeps its race weights
+        plans = affordable(plans, measurement, deadline - began - final_probe_seconds(measurement, t), t, probe_images)
+    by_name = {p.name: p for p in plans}
+    default = next(p.name for p in plans if p.is_default)
+    say(f"race: {len(plans)} candidate plans ({', '.join(plans_names := [p.name for p in plans])}); default "
+        f"{default!r}" + (f"; {race_seconds:.0f}s for the race" if race_seconds is not None else ""))
+    race = _Race(measurement, data, model_args, training_args, image_size, t, output_dir, probe_images, cache)
+    record = RaceRecord([p.as_dict() for p in plans], holdout_images=len(race.holdout_labels))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(default, t.decision_z),
+                                sampler=optuna.samplers.RandomSampler(seed=training_args.seed))
+    dist = {"plan": optuna.distributions.CategoricalDistribution(plans_names)}
+    trials = {}
+    for name in plans_names:
+        study.enqueue_trial({"plan": name})
+        trials[name] = study.ask(dist)
+    finetunes = [p.name for p in plans if p.job == "finetune"]
+    n_rungs = max(1, math.ceil(math.log2(max(1, len(finetunes))))) + 1 if finetunes else 1
+    race_end = None if race_seconds is None else began + race_seconds
+    alive = list(plans_names)
+    correct: dict[str, np.ndarray] = {}
+    probe_began = time.perf_counter()
+    correct.update(race.score_probes([by_name[n] for n in alive if by_name[n].job == "probe"]))
+    probe_seconds = time.perf_counter() - probe_began
+    overhead = 3.0  # seconds a fine-tune rung costs beyond its steps (trainer set-up, the held-out prediction)
+    last_steps: dict[str, int] = {}
+    rung = 0
+    while True:
+        rung_began = time.perf_counter()
+        live_finetunes = [n for n in alive if by_name[n].job == "finetune"]
+        if not live_finetunes or (rung > 0 and race_end is None and rung >= n_rungs):
+            break
+        if rung < n_rungs:
+            steps_for = None
+            if rung > 0 and race_end is not None:  # out of race time: judge on the last complete rung
+                per_plan = (race_end - rung_began) / (n_rungs - rung) / len(live_finetunes) - overhead
+                if any(per_plan < MIN_RUNG_STEPS * race.estimated_step_seconds(by_name[n]) for n in live_finetunes):
+                    say(f"race: no time for rung {rung} ({per_plan:.0f}s a plan); judged on rung {rung - 1}")
+                    rung = n_rungs
+                    continue
+        else:
+            # Filling the budget: while a probe leads, the fine-tunes still in the race train on (their steps
+            # doubling, successive halving's growing resource) until the time left is the probe's final run;
+            # a fine-tune that catches up stops the race, and the real run continues it.
+            if deadline is None:
+                break
+            leader = choose_winner({n: correct[n] for n in alive}, default, t.decision_z).winner
+            if by_name[leader].job != "probe":
+                break
+            left = deadline - rung_began - final_probe_seconds(measurement, t)
+            per_plan = left / len(live_finetunes) - overhead
+            steps_for = {n: min(2 * last_steps.get(n, MIN_RUNG_STEPS),
+                                steps_that_fit(per_plan, step_seconds=race.estimated_step_seconds(by_name[n])))
+                         for n in live_finetunes}
+            if min(steps_for.values()) < MIN_RUNG_STEPS:
+                break
+        rung_row = {}
+        for i, name in enumerate(alive):
+            plan = by_name[name]
+            started = time.perf_counter()
+            steps = 0
+            if plan.job == "finetune":
+                if steps_for is not None:
+                    steps = steps_for[name]
+                elif race_end is None:
+                    steps = MIN_RUNG_STEPS * 4 * 2 ** rung
+                else:
+                    left_here = [n for n in alive[i:] if by_name[n].job == "finetune"]
+                    share = (race_end - started) / (n_rungs - rung) / max(1, len(left_here)) - overhead
+                    steps = max(MIN_RUNG_STEPS, steps_that_fit(share, step_seconds=race.estimated_step_seconds(plan)))
+                correct[name] = race.train_rung(plan, steps)
+                last_steps[name] = steps
+                overhead = max(1.0, (time.perf_counter() - started) - steps * race.step_seconds[name])
+            acc = float(correct[name].mean())
+            trials[name].set_user_attr(CORRECT_ATTR, correct[name].tolist())
+            trials[name].report(acc, step=rung)
+            rung_row[name] = {"steps": steps, "accuracy": round(acc, 4),
+                              "se": round(float(np.sqrt(acc * (1 - acc) / len(correct[name]))), 4),
+                              "seconds": round(time.perf_counter() - started if steps else
+                                               (probe_seconds if rung == 0 else 0.0), 1), "dropped": False}
+        if rung < n_rungs - 1:
+            dropped = [name for name in alive if trials[name].should_prune()]  # all judged, then told
+            for name in dropped:
+                study.tell(trials[name], state=optuna.trial.TrialState.PRUNED)
+                rung_row[name]["dropped"] = True
+                alive.remove(name)
+        record.rungs.append({"rung": rung, "seconds": round(time.perf_counter() - rung_began, 1), "plans": rung_row,
+                             "filling_the_budget": rung >= n_rungs})
+        say(f"race rung {rung}: " + ", ".join(f"{n} {r['accuracy']:.3f}{' (dropped)' if r['dropped'] else ''}"
+                                             f" [{r['steps']} steps]" for n, r in rung_row.items()))
+        rung += 1
+    final = {n: correct[n] for n in alive}
+    verdict = choose_winner(final, default, t.decision_z)
+    record.verdict = dataclasses.asdict(verdict)
+    record.final_correct = {n: correct[n].tolist() for n in alive}
+    for name in alive:
+        study.tell(trials[name], float(correct[name].mean()))
+    say(f"race verdict: {verdict.reason}")
+    winner = by_name[verdict.winner]
+    start_model = race.models.get(winner.name)
+    finalists = [n for n in alive if by_name[n].job == "finetune"]
+    if len(finalists) >= 2:
+        soup_record, soup = greedy_soup(race, finalists, correct)
+        winner_acc = float(correct[winner.name].mean())
+        soup_record["kept"] = bool(soup is not None and winner.job == "finetune" and soup[1].mean() > winner_acc)
+        soup_record["versus"] = winner.name
+        if soup_record["kept"]:
+            start_model = soup[0]
+        record.soup = soup_record
+        say(f"model soup of {', '.join(soup_record['ingredients'])}: {soup_record['accuracy']:.3f} on the held-out "
+            f"images against {winner_acc:.3f} for {winner.name}: " + ("kept" if soup_record["kept"] else "not kept"))
+    start_folder = None
+    if winner.job == "finetune" and start_model is not None:
+        from ..saving import save_model_folder
+
+        start_folder = str(output_dir / "race" / "start")
+        save_model_folder(start_model, start_folder, image_size=image_size)
+    record.seconds = round(time.perf_counter() - began, 1)
+    return RaceOutcome(winner, record, start_folder)
+
+
+__all__ = ["RaceOutcome", "holdout_split", "run_race"]

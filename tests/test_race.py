@@ -1,0 +1,100 @@
+"""The race's rules: similarity as headroom, paired standard errors, the default when the noise cannot decide,
+successive halving through Optuna's pruner interface."""
+
+import numpy as np
+import optuna
+import pytest
+
+from hf_transfer.advisor import BackboneMeasurement, CostStats, DepthMeasure, SimilarityStats, SizeStats, Thresholds
+from hf_transfer.advisor.race import (CORRECT_ATTR, candidate_plans, choose_winner, default_plan, make_pruner,
+                                      paired_difference, survivors)
+from hf_transfer.advisor.rules import decide, is_similar
+
+BODY = 8
+
+
+def measurement(curve, pooled, per_class, std=0.01):
+    depths = [DepthMeasure(f"depth {d}", d, 64, curve[d], std, 0.1) for d in range(BODY)]
+    depths.append(DepthMeasure("pooled", None, 1280, pooled, std, 0.3))
+    size = SizeStats(sum(per_class), 300, len(per_class), per_class, [str(i) for i in range(len(per_class))])
+    return BackboneMeasurement("embedded:efficientnet_lite0", size, SimilarityStats(depths, BODY, None, 1000, 3),
+                               CostStats(5.0, 0.5, 32, 224), 1e-2, True)
+
+
+def test_a_flat_curve_of_weak_probes_reads_as_dissimilar():
+    """Issue #17's case: CV 0.76 at the stem to 0.84 at the top over a 0.69 majority class, the bottleneck level
+    with the best depth. The old rule (bottleneck gap <= 1 point) called it similar and froze half the body."""
+    curve = list(np.linspace(0.76, 0.84, BODY))
+    flat_weak = measurement(curve, pooled=0.837, per_class=[1380, 620])
+    similar, why = is_similar(flat_weak, Thresholds())
+    assert not similar and "headroom" in why
+    assert decide(flat_weak).scenario.endswith("dissimilar")
+    # the same flat curve, strong: the features solve the task -> similar
+    strong = measurement([c + 0.15 for c in curve], pooled=0.987, per_class=[1380, 620])
+    assert is_similar(strong, Thresholds())[0]
+    # strong, but the bottleneck falls behind the best depth beyond 2 SE -> dissimilar
+    peaked = measurement([0.9] * (BODY - 1) + [0.99], pooled=0.95, per_class=[1000, 1000])
+    assert not is_similar(peaked, Thresholds())[0]
+
+
+def _pair(n, both, only_a, only_b):
+    """Two correctness vectors over n images: both right on ``both``, a alone on ``only_a``, b alone on ``only_b``."""
+    a, b = np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int8)
+    a[:both] = b[:both] = 1
+    a[both:both + only_a] = 1
+    b[both + only_a:both + only_a + only_b] = 1
+    return a, b
+
+
+def test_a_margin_below_two_standard_errors_falls_back_to_the_default():
+    leader, default = _pair(300, 240, 8, 3)  # +5 images of 300: +1.7 points, SE of the paired difference ~1.1
+    margin, se = paired_difference(leader, default)
+    assert margin == pytest.approx(5 / 300) and 0 < margin < 2 * se
+    verdict = choose_winner({"partial": leader, "full x0.1": default}, "full x0.1", z=2.0)
+    assert verdict.leader == "partial" and verdict.winner == "full x0.1" and "robust default" in verdict.reason
+    # the same leader, 20 images better with few discordant pairs: beyond 2 SE, it wins
+    leader, default = _pair(300, 240, 21, 1)
+    margin, se = paired_difference(leader, default)
+    assert margin > 2 * se
+    assert choose_winner({"partial": leader, "full x0.1": default}, "full x0.1", z=2.0).winner == "partial"
+    # at x0.5 of the threshold (z = 1) the small margin would have fired: the threshold is what holds it back
+    leader, default = _pair(300, 240, 8, 3)
+    assert choose_winner({"partial": leader, "full x0.1": default}, "full x0.1", z=1.0).winner == "partial"
+
+
+def test_halving_keeps_the_better_half_the_default_and_whatever_the_noise_cannot_separate():
+    rng = np.random.default_rng(0)
+    n = 400
+    base = (rng.random(n) < 0.9).astype(np.int8)
+    def worse(k):  # base with k right answers turned wrong
+        out = base.copy()
+        out[np.flatnonzero(out)[:k]] = 0
+        return out
+    correct = {"a": base, "b": worse(2), "c": worse(60), "d": worse(80), "default": worse(120)}
+    # a, b within the noise of each other; c, d far behind; the default kept whatever it scored
+    assert survivors(correct, "default", z=2.0, keep=2) == ["a", "b", "default"]
+    # through Optuna: one trial per plan, a rung reported by all, then judged
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("default", 2.0))
+    dist = {"plan": optuna.distributions.CategoricalDistribution(list(correct))}
+    trials = {}
+    for name, hits in correct.items():
+        study.enqueue_trial({"plan": name})
+        trial = study.ask(dist)
+        assert trial.params["plan"] == name
+        trial.set_user_attr(CORRECT_ATTR, hits.tolist())
+        trial.report(float(hits.mean()), step=0)
+        trials[name] = trial
+    pruned = {name for name, trial in trials.items() if trial.should_prune()}
+    assert pruned == {"c", "d"}
+
+
+def test_candidates_are_three_to_five_plans_with_the_documented_default():
+    t = Thresholds()
+    curve = [0.5 + 0.05 * d for d in range(BODY)]
+    big = measurement(curve, pooled=0.8, per_class=[150] * 10)  # 1,500 images
+    plans = candidate_plans(big, t)
+    assert 3 <= len(plans) <= 5 and plans[0].is_default and sum(p.is_default for p in plans) == 1
+    assert (plans[0].strategy, plans[0].backbone_lr_multiplier) == ("full", 0.1)
+    assert {p.job for p in plans} == {"probe", "finetune"}
+    small = measurement(curve, pooled=0.8, per_class=[50] * 10)  # 500 images: the pooled probe is the default
+    assert (default_plan(small, t).job, default_plan(small, t).layers) == ("probe", "pooled")
