@@ -122,7 +122,7 @@ def _transfer_arguments() -> type:
         values = {name: getattr(self, name) for name in TransferConfig.__dataclass_fields__ if hasattr(self, name)}
         if values["lora_learning_rate"] is None:
             del values["lora_learning_rate"]
-        return TransferConfig(**values, learning_rate=learning_rate or training_args.learning_rate or 1e-3,
+        return TransferConfig(**values, learning_rate=next(lr for lr in (learning_rate, training_args.learning_rate, 1e-3) if lr is not None),
                               weight_decay=training_args.weight_decay)
 
     return dataclasses.make_dataclass(

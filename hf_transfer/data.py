@@ -196,8 +196,12 @@ def _load_raw(dataset_name: str | None, dataset_config_name: str | None, train_d
                 continue
             if not Path(folder).is_dir():
                 raise TransferError(f"image folder {folder!r} does not exist; check --{split}_dir")
-            files[split] = os.path.join(folder, "**")
+            if split != "train" and Path(folder).resolve() == Path(train_dir).resolve():
+                raise TransferError(f"--{split}_dir {folder!r} is the --train_dir folder: its score would be the training "
+                                    f"score; pass a folder of other images, or drop --{split}_dir to hold out part of "
+                                    "the training images")
             notes += _check_class_folders(folder, min_classes=2 if split == "train" else 1)
+            files[split] = _folder_files(folder)
         with _no_download_bars():
             raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cache_dir)
         return raw, f"imagefolder:{train_dir}", None, notes
@@ -251,6 +255,51 @@ def _no_download_bars():
     finally:
         if not was_disabled:
             enable_progress_bars()
+
+
+def _other_label_columns(train, image_col: str, label_col: str) -> list[str]:
+    """A note when the label column was picked among several that could be labels (CIFAR-100's coarse_label and
+    fine_label): the choice is said, with the flag that changes it."""
+    from datasets import ClassLabel
+
+    others = [c for c in train.column_names if c not in (image_col, label_col) and (
+        c in LABEL_COLUMN_CANDIDATES or "label" in c.lower() or isinstance(train.features[c], ClassLabel))]
+    if not others:
+        return []
+    return [f"label column {label_col!r} chosen; {', '.join(repr(c) for c in others)} could be labels too: pass "
+            "--label_column_name to train on another"]
+
+
+def _check_metadata_labels(raw, image_col: str, label_col: str) -> None:
+    """An imagefolder whose metadata.csv labels contradict its class folders is ambiguous: refuse rather than pick."""
+    from datasets import ClassLabel, Image
+
+    for name, split in raw.items():
+        if label_col not in split.column_names:
+            continue
+        feature = split.features[label_col]
+        names = feature.names if isinstance(feature, ClassLabel) else None
+        cells = split.select_columns([image_col, label_col]).cast_column(image_col, Image(decode=False))
+        rows = [(Path(cell[image_col].get("path") or "").parent.name,
+                 names[cell[label_col]] if names else str(cell[label_col])) for cell in cells]
+        folders, labels = {f for f, _ in rows}, {lab for _, lab in rows}
+        if len(folders) < 2 or not folders <= labels:
+            continue  # the folders are not named after the classes: nothing to contradict
+        wrong = [(f, lab) for f, lab in rows if f != lab]
+        if wrong:
+            raise TransferError(f"{label_col!r} in metadata.csv contradicts the class folders for {len(wrong)} of "
+                                f"{len(rows)} {name} images (e.g. one in {wrong[0][0]}/ labelled {wrong[0][1]!r}); fix "
+                                "metadata.csv or move the images, so that both say the same class")
+
+
+def _folder_files(folder: str) -> str | list[str]:
+    """imagefolder's data_files for ``folder``: a glob, or, when class folders are symbolic links (which the glob does
+    not follow), every file listed through the links, so that each image keeps its class folder's name."""
+    root = Path(folder)
+    if not any(p.is_symlink() and p.is_dir() for p in root.rglob("*")):
+        return os.path.join(folder, "**")
+    return sorted(os.path.join(dirpath, name) for dirpath, _, names in os.walk(root, followlinks=True)
+                  for name in names if not name.startswith("."))
 
 
 def _check_class_folders(folder: str, min_classes: int = 2) -> list[str]:
@@ -429,6 +478,10 @@ def load_image_classification_data(
     if image_col == label_col:
         raise TransferError(f"column {image_col!r} would be both the image and the label column; name two different columns "
                             f"with --image_column_name and --label_column_name (columns: {', '.join(train.column_names)})")
+    if not label_column_name:
+        notes += _other_label_columns(train, image_col, label_col)
+    if source.startswith("imagefolder:"):
+        _check_metadata_labels(raw, image_col, label_col)
     eval_name = next((n for n in ("validation", "valid", "val", "dev") if n in raw), None)
     renamed = {"validation" if name == eval_name else name: split for name, split in raw.items()}
     # Only these splits are used: checking or encoding others (e.g. "unsupervised") would be wasted work.

@@ -128,6 +128,11 @@ def build_groups(model: torch.nn.Module, ordered: list[tuple[str | None, list[st
             name = prefix if len(short) > 1 and "." in prefix else "+".join(short)
         # The output is the covering module that ran last; registration order when no forward was traced.
         output = max(modules, key=lambda m: (ran.get(m, -1), modules.index(m))) if modules else None
+        if output is not None and ran and output not in ran:
+            # A container the forward never calls (PoolFormer iterates its ModuleList of blocks): its last child
+            # that ran gives the group's output.
+            children = [m for m in ran if m.startswith(output + ".") and "." not in m[len(output) + 1:]]
+            output = max(children, key=ran.get) if children else output
         result.append(DepthGroup(i, name, params, modules, is_head=(i == len(groups) - 1), output_module=output))
     return LayerMap(result, source)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .backbones import adapter_for, load_backbone_with_adapter
+from .backbones.adapter import is_plain_layer
 from .backbones.peft_adapter import PEFT_PREFIX, base_param_name, is_lora_param, is_saved_copy_param
 from .engines import holds_shard_placeholders
 from .errors import TransferError
@@ -61,8 +62,14 @@ def resolve_targets(model: torch.nn.Module, config) -> tuple[list[str], str]:
         targets, rule = _match_target_spec(model, config.lora_target_modules, head)
     else:
         targets, rule = adapter.lora_targets()
-    frozen = frozen_by_rule(config.freeze, layer_map, [n for n, _ in model.named_parameters()])
     modules = dict(model.named_modules())
+    unmergeable = [t for t in targets if isinstance(modules[t], (torch.nn.Linear, torch.nn.Conv2d))
+                   and not is_plain_layer(modules[t])]
+    if unmergeable:
+        raise TransferError(f"--lora_target_modules names {unmergeable[0]}, a {type(modules[unmergeable[0]]).__name__} "
+                            "that transforms its weight in its forward (weight standardization, dynamic padding): its "
+                            "merged LoRA would not be the trained model; leave it out of --lora_target_modules")
+    frozen = frozen_by_rule(config.freeze, layer_map, [n for n, _ in model.named_parameters()])
     kept = [t for t in targets if not any(f"{t}.{p}" in frozen for p, _ in modules[t].named_parameters(recurse=False))]
     if not kept:
         raise TransferError(f"--freeze {config.freeze!r} freezes every layer LoRA would adapt ({len(targets)} modules: "

@@ -6,14 +6,21 @@ them exist, ``all_results.json`` last: a run that dies half-way never leaves a f
 
 from __future__ import annotations
 
+import atexit
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import TransferError
+from .errors import ON_RECIPE_EXIT, TransferError
 
 
 def mark_default_output_dir(args) -> None:
@@ -84,6 +91,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False
     The completion marker goes first, so a run that dies from here on never leaves a folder that looks complete.
     """
     folder = Path(output_dir)
+    lock_output_dir(folder)  # one writer per folder, and a folder that cannot be written fails here, not at the save
     earlier = previous_run_files(folder)
     if earlier and not overwrite and not resuming:
         names = ", ".join(p.name for p in earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
@@ -97,6 +105,96 @@ def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+
+
+_HELD_LOCKS: dict[Path, tuple[int, bool]] = {}  # folder -> (its open descriptor, whether this run created it)
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Hold ``output_dir`` for the rest of the run: a second run into the same folder is refused in one line naming
+    the first (two writers would replace each other's model, both saying "model written").
+
+    The lock is an ``flock`` on the folder itself, so the operating system releases it when the run ends in any way
+    (a killed run leaves no stale lock) and nothing is added to the folder; who holds it is recorded in the temporary
+    directory (`_holder_file`). A probe file written and removed here checks that the folder can be written, before
+    anything is loaded or trained. Released by `release_output_locks` (at exit, and when a recipe ends) or when this
+    process locks the same folder again.
+    """
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise TransferError(f"--output_dir {str(folder)!r} is a file, not a folder; choose another --output_dir")
+    key = folder.resolve()
+    if key in _HELD_LOCKS:  # this process again (a library user running twice): the earlier run is over
+        _release(key)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TransferError(f"output folder {str(folder)!r} is being written by another run ({_read_holder(key)}); "
+                                "wait for it to finish or choose another --output_dir") from None
+        except OSError as err:  # a file system without flock (some network / FUSE mounts): run unlocked, and say so
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+            from .runtime import say
+
+            say(f"output folder {folder}: the file system does not support locks; nothing stops a second run from "
+                "writing into it at the same time")
+        _HELD_LOCKS[key] = (fd, created)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except TransferError:
+        raise
+    except OSError as err:
+        if key in _HELD_LOCKS:
+            _release(key)
+        raise TransferError(f"output folder {str(folder)!r} cannot be written ({err.strerror or err}); fix its "
+                            "permissions or choose another --output_dir") from None
+    try:
+        holder = _holder_file(key)
+        holder.parent.mkdir(exist_ok=True)
+        write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "command": " ".join(sys.argv)[:300]})
+    except OSError:
+        pass  # the lock holds without the note; a refused run then says "holder unknown"
+
+
+def _holder_file(key: Path) -> Path:
+    return Path(tempfile.gettempdir()) / "hf_transfer-locks" / (hashlib.sha1(str(key).encode()).hexdigest() + ".json")
+
+
+def _read_holder(key: Path) -> str:
+    try:
+        info = json.loads(_holder_file(key).read_text())
+    except (OSError, ValueError):
+        return "holder unknown"
+    return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: {info.get('command', '')}"
+
+
+def _release(key: Path) -> None:
+    fd, created = _HELD_LOCKS.pop(key)
+    try:
+        _holder_file(key).unlink(missing_ok=True)
+        if created and key.is_dir() and not any(key.iterdir()):
+            key.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def release_output_locks() -> None:
+    """Let go of every output folder this process holds (the run is over)."""
+    for key in list(_HELD_LOCKS):
+        _release(key)
+
+
+atexit.register(release_output_locks)
+ON_RECIPE_EXIT.append(release_output_locks)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .backbones.resume import load_checkpoint_weights
 from .checkpoints import RESUME_LATEST, check_resumable, checkpoint_problem, checkpoint_to_resume, latest_checkpoint  # noqa: F401
 from .engines import (check_engine, detect_engine, hold_pending_groups, parameter_count, plan_named_parameters,
                       untrained_weights)
@@ -165,8 +166,8 @@ class TransferTrainer(ImbalanceCorrection, Trainer):
                 transfer_config = TransferConfig(weight_decay=args.weight_decay)
             if transfer_config.learning_rate is None:
                 # The head's rate: TransferConfig's, else TrainingArguments', else the family default.
-                transfer_config = dataclasses.replace(
-                    transfer_config, learning_rate=args.learning_rate or default_learning_rate(model))
+                transfer_config = dataclasses.replace(transfer_config, learning_rate=default_learning_rate(model)
+                                                      if args.learning_rate is None else args.learning_rate)
             plan = TransferPlan.build(model, transfer_config)
             plan.reinitialize(model)
         optimizer_for(args, model)  # an optimizer that cannot take the plan's groups fails here, not after loading data
@@ -206,6 +207,11 @@ class TransferTrainer(ImbalanceCorrection, Trainer):
             say(note)
         resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir, self.plan, self.model)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # every tensor under the model's own names, whatever transformers renames (backbones/resume.py)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not load_checkpoint_weights(model or self.model, resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _run_length(self) -> tuple[float, str]:
         """(epochs this run trains, how they were counted) from num_train_epochs or max_steps."""

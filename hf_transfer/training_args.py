@@ -61,6 +61,12 @@ class TransferTrainingArguments(TrainingArguments):
         problem = deepspeed_install_problem(self)  # else a packaging traceback from TrainingArguments
         if problem:
             raise TransferError(problem)
+        if self.per_device_train_batch_size < 1 or self.per_device_eval_batch_size < 1:
+            raise TransferError(f"--per_device_train_batch_size {self.per_device_train_batch_size} / --per_device_eval_"
+                                f"batch_size {self.per_device_eval_batch_size}: batch sizes must be >= 1")
+        if self.num_train_epochs <= 0 and (self.max_steps is None or self.max_steps <= 0):
+            raise TransferError(f"--num_train_epochs {self.num_train_epochs:g} trains nothing; pass a positive number "
+                                "of epochs (or --max_steps)")
         super().__post_init__()
         problem = missing_tracker(self.report_to)
         if problem:

@@ -63,12 +63,30 @@ def _scale_to_8bit(image):
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # uint8 2-D: mode L
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image):
+    """The image as it is meant to be seen: EXIF orientation applied (phone photos store it as a tag), as
+    transformers' ``load_image``, ``pipeline()`` and ``datasets`` do; without it training and serving would see
+    different pixels. An image without the tag (or with an unreadable EXIF block) is returned as it is."""
+    from PIL import ImageOps
+
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: the pixels are all there is
+        return image
+    return image if orientation in (1, None) else ImageOps.exif_transpose(image)
+
+
 def _to_rgb(image):
-    """Greyscale, palette, CMYK and RGBA images become RGB (alpha composited on white, not dropped to black).
+    """Greyscale, palette, CMYK and RGBA images become RGB (alpha composited on white, not dropped to black), upright
+    (`upright`).
 
     16-bit (``I;16*``), 32-bit integer (``I``) and float (``F``) images are first scaled to 8 bits by their own
     value range (`_scale_to_8bit`): ``convert("RGB")`` alone would clip them, turning most pixels white.
     """
+    image = upright(image)
     if image.mode == "RGB":
         return image
     if _is_high_depth(image.mode):
@@ -104,7 +122,11 @@ def build_transform(data_cfg: dict, *, image_size: int | None = None, augmentati
     if augmentation == "strong":
         body = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation, antialias=True), v2.RandomHorizontalFlip()]
         return v2.Compose(head + body + tail)
-    body = [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop(size)]
+    # crop_mode "squash" (transformers processors that resize to height x width) stretches to a square, as the saved
+    # processor will at serving time; "center" keeps the aspect ratio and crops, as timm does.
+    squash = data_cfg.get("crop_mode") == "squash"
+    body = [v2.Resize((resize, resize) if squash else resize, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(size)]
     if augmentation in ("gentle", "standard"):
         body.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR))
     if augmentation in ("flip", "standard"):
@@ -117,7 +139,7 @@ def decode_image(value):
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
-        return value
+        return upright(value)
     where = value.get("path") or "<in-memory image>"
     try:
         if value.get("bytes") is not None:
@@ -125,7 +147,7 @@ def decode_image(value):
         else:
             image = Image.open(value["path"])
         image.load()
-        return image
+        return upright(image)
     except Image.DecompressionBombError as err:
         raise TransferError(f"image {where!r} is over PIL's size limit ({err}); raise --max_image_pixels or "
                             "downscale the file") from None

@@ -288,3 +288,80 @@ print("ok", type(model).__module__)
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok") and "hf_transfer" not in done.stdout.split()[1].split(".")[0]
+
+
+def test_data2vec_vision_at_another_size_saves_a_folder_that_loads(tmp_path):
+    """Relative position bias tables are sized from config.image_size: the folder keeps the native size in its config
+    (the processor carries the new one), so it loads and predicts like the trained model. It used to write 96 and
+    fail to load (relative_position_bias_table 228 vs 532)."""
+    from transformers import AutoModelForImageClassification, Data2VecVisionConfig, Data2VecVisionForImageClassification
+
+    from hf_transfer.backbones import load_backbone_with_adapter
+    from hf_transfer.saving import save_model_folder
+
+    torch.manual_seed(0)
+    Data2VecVisionForImageClassification(Data2VecVisionConfig(
+        image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        use_relative_position_bias=True, num_labels=2)).save_pretrained(tmp_path / "src")
+    model, adapter = load_backbone_with_adapter(str(tmp_path / "src"), labels=["a", "b", "c"])
+    report = adapter.change_input_size(96)
+    assert "config.json keeps image_size 64" in report
+    adapter.set_preprocessing(96)
+    save_model_folder(model.eval(), tmp_path / "out", image_size=96)
+    x = torch.randn(2, 3, 96, 96)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, model(pixel_values=x).logits)
+    from transformers import AutoImageProcessor
+
+    assert AutoImageProcessor.from_pretrained(tmp_path / "out").size["height"] == 96
+
+
+def test_channels_last_is_decided_by_a_training_step_in_a_child_and_cached(tmp_path, monkeypatch, capsys):
+    """fastvit's channels_last backward crashes or spins in oneDNN on this CPU: the check runs in a forked child, so
+    the run falls back to contiguous memory and says so; a plain CNN keeps channels_last. Decided once per
+    architecture: the second adapter reads the cache and forks nothing."""
+    import os
+
+    from hf_transfer.backbones import load_backbone_with_adapter
+
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_TRANSFER_CHANNELS_LAST", raising=False)
+
+    def adapter(arch, **model_args):
+        model, adapter = load_backbone_with_adapter(arch, labels=["a", "b"], pretrained=False,
+                                                    model_args=model_args or None)
+        adapter.set_preprocessing(64)
+        return adapter
+
+    fastvit = dict(layers=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64))
+    assert adapter("test_efficientnet").prefers_channels_last() is True
+    verdict = adapter("fastvit_t8", **fastvit).prefers_channels_last()
+    out = capsys.readouterr().out
+    if verdict is False:  # what this machine's oneDNN does (crash or hang); a CPU where it works keeps channels_last
+        assert "channels_last is not used for" in out and "contiguous memory instead" in out
+    cached = (tmp_path / "channels_last.json").read_text()
+    assert cached.count('"channels_last"') == 2
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("the decision should come from the cache"))
+    assert adapter("fastvit_t8", **fastvit).prefers_channels_last() is verdict
+    assert adapter("test_efficientnet").prefers_channels_last() is True
+
+
+def test_blocks_in_a_container_the_forward_never_calls_still_give_features(tmp_path):
+    """PoolFormer iterates a ModuleList of blocks: the list itself never runs, so its last child that ran is the
+    group's output (per-depth features used to refuse with 'the forward never ran depth 1')."""
+    from transformers import PoolFormerConfig, PoolFormerForImageClassification
+
+    from hf_transfer.backbones import load_backbone_with_adapter
+    from hf_transfer.features import FeatureExtractor, parse_layers
+
+    torch.manual_seed(0)
+    PoolFormerForImageClassification(PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                                                      num_labels=2)).save_pretrained(tmp_path / "src")
+    model, adapter = load_backbone_with_adapter(str(tmp_path / "src"), labels=["a", "b", "c"])
+    adapter.set_preprocessing(64)
+    layer_map = adapter.layer_map()
+    assert layer_map.groups[1].output_module == "poolformer.encoder.block.0.0"
+    layers = parse_layers("all", layer_map)
+    features = FeatureExtractor(model.eval(), layers, layer_map)(torch.randn(2, 3, 64, 64))
+    assert len(features) == len(layer_map.body) + 1 and all(f.shape[0] == 2 and f.ndim == 2 for f in features.values())

@@ -120,3 +120,42 @@ def test_a_saved_timm_folder_reloaded_with_new_classes_names_them_everywhere(tmp
     save_model_folder(model, tmp_path)
     reloaded = load_backbone(str(tmp_path), labels=list("abc"))
     assert label_names(reloaded.config.to_dict()) == ["a", "b", "c"] and reloaded.config.num_labels == 3
+
+
+@pytest.mark.parametrize("arch, model_args", [
+    ("xcit_nano_12_p16_224", {"img_size": 48, "depth": 2, "embed_dim": 32}),
+    ("fastvit_t8", {"layers": (1, 1, 1, 1), "embed_dims": (32, 32, 64, 64)}),
+])
+def test_timm_save_for_hf_folder_with_model_args_round_trips(arch, model_args, tmp_path):
+    """A folder timm wrote with non-default architecture arguments: the fine-tuned folder keeps them, so pipeline()
+    and timm's local-dir loader rebuild the same network (it used to write "model_args": {} and fail to load)."""
+    import timm
+    from timm.models import save_for_hf
+    from transformers import AutoModelForImageClassification
+
+    from hf_transfer.saving import save_model_folder
+
+    torch.manual_seed(0)
+    source = timm.create_model(arch, pretrained=False, num_classes=4, **model_args)
+    save_for_hf(source, str(tmp_path / "src"), model_args={"num_classes": 4, **model_args})
+    model = load_backbone(str(tmp_path / "src"), labels=["a", "b"]).eval()
+    save_model_folder(model, tmp_path / "out", image_size=48, timm_layout=True)
+    saved_args = json.loads((tmp_path / "out" / "config.json").read_text())["model_args"]
+    assert "num_classes" not in saved_args
+    assert set(model_args) <= set(saved_args)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+        reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, expected)
+        native = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+        torch.testing.assert_close(native(x), expected)
+
+
+def test_a_model_folder_without_weights_says_so(tmp_path, tiny_hf_folders):
+    import shutil
+
+    shutil.copy(tiny_hf_folders["resnet"] / "config.json", tmp_path / "config.json")
+    with pytest.raises(TransferError, match="has a config.json but no weights .*--no_pretrained"):
+        load_backbone(str(tmp_path), labels=LABELS)
+    assert load_backbone(str(tmp_path), labels=LABELS, pretrained=False).config.num_labels == 3

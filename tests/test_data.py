@@ -117,3 +117,94 @@ def test_auto_augmentation_depends_on_epochs():
     assert resolve_augmentation("strong", 1) == "strong"
     with pytest.raises(TransferError, match="augmentation preset"):
         resolve_augmentation("wild", 1)
+
+
+def _rotated_jpeg(path, orientation=3):
+    """An asymmetric image stored upside down with EXIF Orientation=3 (as phones write it): upright, the top-left
+    quarter is red."""
+    from PIL import Image
+
+    upright = Image.new("RGB", (40, 24), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 20, 12))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.rotate(180).save(path, quality=95, exif=exif)
+    return upright
+
+
+def test_exif_orientation_is_applied_where_images_are_decoded(tmp_path):
+    """Training, evaluation and the probes see what pipeline() (transformers' load_image) sees: the upright image."""
+    from transformers.image_utils import load_image
+
+    from hf_transfer.transforms import build_transform, decode_image
+
+    _rotated_jpeg(tmp_path / "photo.jpg")
+    served = load_image(str(tmp_path / "photo.jpg"))
+    decoded = decode_image({"path": str(tmp_path / "photo.jpg"), "bytes": None})
+    assert decoded.size == served.size == (40, 24)
+    assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(served))
+    assert decoded.convert("RGB").getpixel((2, 2))[0] > 200  # red top-left: upright
+    # A PIL image decoded by someone else (datasets' decode=True path) is put upright too, once.
+    from PIL import Image
+
+    transform = build_transform({"input_size": (3, 24, 24), "mean": (0, 0, 0), "std": (1, 1, 1), "crop_pct": 1.0})
+    with Image.open(tmp_path / "photo.jpg") as raw:
+        assert torch.equal(transform(raw), transform(served))
+
+
+def _class_folders(root, classes=("cat", "dog"), n=4):
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 40 * k + i, np.uint8)).save(root / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("linked", [("cat", "dog"), ("dog",)])
+def test_symlinked_class_folders_are_classes(tmp_path, linked):
+    """Class folders that are symbolic links (all of them, or one beside a real one) load with their folder's name;
+    they used to give 'corresponds to no data' or 'no label column found'."""
+    _class_folders(tmp_path / "store")
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in ("cat", "dog"):
+        if name in linked:
+            (train / name).symlink_to(tmp_path / "store" / name, target_is_directory=True)
+        else:
+            (tmp_path / "store" / name).rename(train / name)
+    data = load_image_classification_data(train_dir=str(train), validation_split=0.25, seed=0)
+    assert data.labels == ["cat", "dog"]
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 8
+
+
+@pytest.mark.parametrize("flag", ["validation_dir", "test_dir"])
+def test_evaluating_on_the_training_folder_is_refused(tmp_path, flag):
+    _class_folders(tmp_path / "train")
+    with pytest.raises(TransferError, match=f"--{flag} .* is the --train_dir folder") as info:
+        load_image_classification_data(train_dir=str(tmp_path / "train"), **{flag: str(tmp_path / "train" / ".." / "train")})
+    assert "\n" not in str(info.value)
+
+
+def test_metadata_labels_that_contradict_the_class_folders_are_refused(tmp_path):
+    _class_folders(tmp_path / "train", n=3)
+    rows = [f"{c}/{i}.png,{'dog' if (c, i) == ('cat', 0) else c}" for c in ("cat", "dog") for i in range(3)]
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(TransferError, match=r"contradicts the class folders for 1 of 6 train images .*cat/ labelled 'dog'"):
+        load_image_classification_data(train_dir=str(tmp_path / "train"), validation_split=0.4)
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,label\n" + "\n".join(r.rsplit(",", 1)[0] + "," + r.split("/")[0] for r in rows) + "\n")
+    agreeing = load_image_classification_data(train_dir=str(tmp_path / "train"), validation_split=0.4)
+    assert agreeing.labels == ["cat", "dog"]
+
+
+def test_a_label_column_picked_among_several_is_said():
+    import datasets
+
+    images = [Image.fromarray(np.full((8, 8, 3), i, np.uint8)) for i in range(8)]
+    ds = datasets.Dataset.from_dict({"img": images, "coarse_label": [0, 1] * 4, "fine_label": [0, 1, 2, 3] * 2},
+                                    features=datasets.Features({"img": datasets.Image(),
+                                                                "coarse_label": datasets.ClassLabel(names=["x", "y"]),
+                                                                "fine_label": datasets.ClassLabel(names=list("abcd"))}))
+    from hf_transfer.data import _other_label_columns
+
+    notes = _other_label_columns(ds, "img", "fine_label")
+    assert notes == ["label column 'fine_label' chosen; 'coarse_label' could be labels too: pass --label_column_name "
+                     "to train on another"]

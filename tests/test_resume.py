@@ -92,3 +92,61 @@ def test_same_command_twice_gives_identical_model_and_metrics(tmp_path):
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert eval_metrics(tmp_path / "a") == eval_metrics(tmp_path / "b")
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_folder(tmp_path_factory):
+    """A transformers 5 ViT: its files keep the old key names (encoder.layer.N.attention.attention.query) while the
+    model in memory has the new ones (vit.layers.N.attention.q_proj)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("vit") / "vit"
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
+                                        num_attention_heads=2, intermediate_size=64, num_labels=3)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_transformers_vit_resumes_to_the_uninterrupted_result(tmp_path, tiny_vit_folder):
+    """A checkpoint of a renamed-keys model resumes every tensor: the result equals an uninterrupted run's, bit for bit.
+    The interruption is simulated by removing what the run wrote after checkpoint-8 (the kill itself is tested above)."""
+    import shutil
+
+    args = ["--model_name_or_path", tiny_vit_folder, "--num_train_epochs", "2", "--gradual_unfreeze_epochs", "0"]
+    out = tmp_path / "run"
+    reference = finetune(out, *args)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected, expected_metrics = weights(out), eval_metrics(out)
+    for path in out.iterdir():
+        if path.name != "checkpoint-8":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    resumed = finetune(out, *args, "--resume_from_checkpoint", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "missing keys" not in resumed.stdout + resumed.stderr
+    got = weights(out)
+    assert expected.keys() == got.keys()
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    assert eval_metrics(out) == expected_metrics
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused(tmp_path, tiny_vit_folder):
+    """Weights that would leave missing or unexpected keys: one line, before any step."""
+    from hf_transfer import TransferError
+    from hf_transfer.backbones import load_backbone
+    from hf_transfer.backbones.resume import load_checkpoint_weights
+    from safetensors.torch import save_file
+
+    model = load_backbone(str(tiny_vit_folder), labels=["a", "b", "c"])
+    model.save_pretrained(tmp_path / "ok")
+    assert load_checkpoint_weights(model, tmp_path / "ok") is True  # renamed on disk, loaded under the model's names
+    state = weights(tmp_path / "ok")
+    state.pop(next(k for k in state if "query" in k))
+    state["extra.weight"] = torch.zeros(1)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    save_file(state, tmp_path / "bad" / "model.safetensors")
+    with pytest.raises(TransferError, match="missing 1 .*unexpected 1") as info:
+        load_checkpoint_weights(model, tmp_path / "bad")
+    assert "\n" not in str(info.value)

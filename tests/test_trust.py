@@ -338,3 +338,130 @@ def test_recipe_lists_every_bad_image_then_skip_trains_without_them(image_folder
     skipped = json.loads((out / "bad_images.json").read_text())
     assert sorted(Path(entry["path"]).name for entry in skipped) == ["empty.png", "notes.png"], last
     assert json.loads((out / "all_results.json").read_text())["skipped_bad_images"] == 2
+
+
+# ============================================================ Trust II: the folder you get is the model you trained
+def _tiny_bit(labels=3):
+    from transformers import BitConfig, BitForImageClassification
+
+    torch.manual_seed(0)
+    return BitForImageClassification(BitConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                                               num_groups=8, num_labels=labels))
+
+
+def test_lora_on_weight_standardized_convolutions_is_refused():
+    """BiT standardizes each conv's weight in its forward: LoRA's branch adds outside the standardization, the merge
+    inside it, so the merged folder was not the trained model (logits differed by up to 0.81)."""
+    pytest.importorskip("peft")
+    from hf_transfer.lora import wrap_with_lora
+
+    with pytest.raises(TransferError, match="weight standardization .*--strategy partial or full") as info:
+        wrap_with_lora(_tiny_bit(), TransferConfig(strategy="lora"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(TransferError, match="WeightStandardizedConv2d that transforms its weight"):
+        wrap_with_lora(_tiny_bit(), TransferConfig(strategy="lora", lora_target_modules="bit.embedder.convolution"))
+
+
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "test_resnet", "test_vit"])
+def test_merged_lora_logits_equal_the_trained_adapters(arch, tmp_path):
+    """Merged folder == load_lora(folder) to 1e-4 on every image, with non-zero LoRA updates (Conv2dSame included)."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForImageClassification
+
+    from hf_transfer.backbones import adapter_for
+    from hf_transfer.lora import load_lora, save_lora_output, wrap_with_lora
+
+    torch.manual_seed(0)
+    model = load_backbone(arch, labels=["a", "b", "c"], pretrained=False)
+    model.save_pretrained(tmp_path / "base")
+    model = load_backbone(str(tmp_path / "base"), labels=["a", "b", "c"])
+    wrapped = wrap_with_lora(model, TransferConfig(strategy="lora"), source=str(tmp_path / "base"))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    save_lora_output(wrapped, tmp_path / "out")
+    size = int(adapter_for(model).data_config()["input_size"][-1])
+    x = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trained = adapter_for(load_lora(tmp_path / "out")).run(x).logits
+        merged = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()(pixel_values=x).logits
+    assert (merged - trained).abs().max() < 1e-4
+
+
+def test_one_writer_per_output_folder(tmp_path):
+    """A second run into a folder another run is writing is refused, naming that run; the lock dies with its holder."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from hf_transfer.saving import lock_output_dir; "
+                               f"lock_output_dir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TransferError, match=rf"being written by another run \(pid {holder.pid} ") as info:
+            prepare_output_dir(out)
+        assert "\n" not in str(info.value)
+        result = run_recipe("--output_dir", out)
+        one_line_error(result, "being written by another run", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    prepare_output_dir(out)  # a killed holder leaves no stale lock
+    from hf_transfer.saving import release_output_locks
+
+    assert list(out.iterdir()) == []  # the lock adds nothing to the folder
+    release_output_locks()
+    prepare_output_dir(tmp_path / "new")
+    release_output_locks()
+    assert not (tmp_path / "new").exists()  # created for the lock, nothing written: removed again
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_written_is_refused_before_loading(tmp_path):
+    (tmp_path / "file").write_text("x")
+    one_line_error(run_recipe("--output_dir", tmp_path / "file"), "is a file, not a folder")
+    import os
+
+    if os.geteuid() == 0:  # root writes through permission bits: use a folder the kernel refuses even to root
+        unwritable = Path("/sys/kernel")
+        if not unwritable.is_dir():
+            pytest.skip("no folder unwritable by root here")
+    else:
+        unwritable = tmp_path / "readonly"
+        unwritable.mkdir()
+        unwritable.chmod(0o555)
+    one_line_error(run_recipe("--output_dir", unwritable), "cannot be written", "choose another --output_dir")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--learning_rate", "0"], ["--learning_rate 0 ", "must be > 0"]),  # it used to train at 0.001
+    (["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size 0", "must be >= 1"]),
+    (["--num_train_epochs", "0"], ["--num_train_epochs 0 trains nothing"]),  # it blamed --gradual_unfreeze_epochs
+])
+def test_run_lengths_and_rates_of_zero_are_refused_before_loading(flags, fragments, tmp_path):
+    last = one_line_error(run_recipe(*flags, "--output_dir", tmp_path / "o"), *fragments)
+    assert "gradual_unfreeze" not in last
+    assert not (tmp_path / "o").exists()
+
+
+def test_library_trainer_keeps_a_zero_learning_rate_and_the_plan_refuses_it(tiny_training_args):
+    model = load_backbone("test_resnet", labels=["a", "b"], pretrained=False)
+    with pytest.raises(TransferError, match="--learning_rate 0 "):
+        TransferTrainer(model=model, args=tiny_training_args(learning_rate=0.0))
+
+
+def test_an_image_size_beyond_memory_is_refused_from_an_estimate():
+    """--image_size 10000 ran the forward check for minutes; the estimate refuses it at once, in one line."""
+    import time
+
+    from hf_transfer.resolution import activation_bytes, check_input_size
+
+    model = load_backbone("embedded:efficientnet_lite0", labels=["a", "b"])
+    small, double = activation_bytes(model, 224), activation_bytes(model, 448)
+    assert small > 0 and double == 4 * small
+    start = time.perf_counter()
+    with pytest.raises(TransferError, match=r"--image_size 10000 needs about \d+ GiB of activations") as info:
+        check_input_size(model, 10000, forward=False)
+    assert time.perf_counter() - start < 10 and "\n" not in str(info.value)
+    check_input_size(model, 256, forward=False)

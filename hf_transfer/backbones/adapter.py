@@ -244,12 +244,22 @@ class BackboneAdapter:
         return self.model
 
     def prefers_channels_last(self) -> bool:
-        """CNNs run markedly faster on CPU (measured ~1.7x for EfficientNet) with channels_last weights."""
-        modules = list(self.model.modules())
-        has_conv = any(isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) or isinstance(m, torch.nn.BatchNorm2d)
-                       for m in modules)
-        has_attention = any("attention" in type(m).__name__.lower() or type(m).__name__ == "Attention" for m in modules)
-        return has_conv and not has_attention
+        """CNNs run markedly faster on CPU (measured ~1.7x for EfficientNet) with channels_last weights, where a
+        one-step training check in a child process passes on this CPU (`channels_last_works`: fastvit hangs in a
+        channels_last kernel); decided once per architecture."""
+        if not hasattr(self, "_channels_last"):
+            modules = list(self.model.modules())
+            has_conv = any(isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1) or isinstance(m, torch.nn.BatchNorm2d)
+                           for m in modules)
+            has_attention = any("attention" in type(m).__name__.lower() or type(m).__name__ == "Attention" for m in modules)
+            if not has_conv or has_attention:
+                self._channels_last = False
+            else:
+                from .channels_last import channels_last_works
+
+                size = int(self.image_size or self.data_config()["input_size"][-1])
+                self._channels_last = channels_last_works(self.model, self.run, size)
+        return self._channels_last
 
     # ------------------------------------------------------------------------------------------------ LoRA
     def lora_targets(self) -> tuple[list[str], str]:
@@ -299,25 +309,60 @@ def structural_lora_targets(model: torch.nn.Module, layer_map: LayerMap) -> tupl
             raise TransferError(f"cannot tell the query/value projections of {type(model).__name__}'s attention "
                                 f"({some[0]} has {', '.join(some[1])}); pass --lora_target_modules with their names")
         return chosen, f"attention projections ({', '.join(dict.fromkeys(schemes))})"
-    chosen, kinds = [], {"pointwise conv": 0, "kxk conv": 0, "linear": 0}
+    chosen, unmergeable, kinds = [], [], {"pointwise conv": 0, "kxk conv": 0, "linear": 0}
     for name, module in modules.items():
         if not name or not in_body(name, module) or any(f"{name}.{p}" in stem for p, _ in module.named_parameters(recurse=False)):
             continue
         if isinstance(module, torch.nn.Linear):
             kinds["linear"] += 1
         elif isinstance(module, torch.nn.Conv2d) and module.groups == 1:
-            pointwise = module.kernel_size == (1, 1) and module.stride == (1, 1)
-            if not pointwise and type(module) is not torch.nn.Conv2d:
-                continue  # pads in its forward: LoRA's plain Conv2d branch would not match its output
+            if not is_plain_layer(module):
+                unmergeable.append(name)  # pads or standardizes its weight: a merged LoRA would not be the trained model
+                continue
             kinds["pointwise conv" if module.kernel_size == (1, 1) else "kxk conv"] += 1
         else:
             continue
         chosen.append(name)
+    if not chosen and unmergeable:
+        raise TransferError(f"the {len(unmergeable)} dense convolutions of {type(model).__name__} transform their weight "
+                            f"in their forward ({type(modules[unmergeable[0]]).__name__}: weight standardization or "
+                            "dynamic padding), so a merged LoRA would not be the trained model; use --strategy partial "
+                            "or full")
     if not chosen:
         raise TransferError(f"{type(model).__name__} has no attention projection, dense convolution or linear layer in "
                             "its body for LoRA; pass --lora_target_modules")
     what = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in kinds.items() if n)
     return chosen, f"dense layers after the stem ({what})"
+
+
+def is_plain_layer(module: torch.nn.Module) -> bool:
+    """True when the module's output is the plain linear map / convolution of its own weight and bias.
+
+    LoRA adds ``B(A(x))`` beside that map and a merge folds ``BA`` into the weight, so both agree only when the
+    forward uses the weight as it is. Subclasses that pad dynamically (timm ``Conv2dSame`` with k > 1) or standardize
+    their weight (BiT's ``WeightStandardizedConv2d``, timm ``StdConv2d``) do not: their merged model would not be the
+    trained one. Checked by running the module once on a small random input.
+    """
+    if type(module) in (torch.nn.Linear, torch.nn.Conv2d):
+        return True
+    functional = torch.nn.functional
+    weight = module.weight
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if isinstance(module, torch.nn.Linear):
+            x = torch.randn(2, module.in_features, generator=g).to(weight)
+            plain = functional.linear(x, weight, module.bias)
+        elif isinstance(module, torch.nn.Conv2d) and isinstance(module.padding, tuple):
+            side = max(module.kernel_size) + 2 * max(module.stride) + 3
+            x = torch.randn(1, module.in_channels, side, side, generator=g).to(weight)
+            plain = functional.conv2d(x, weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
+        else:
+            return False
+        try:
+            out = module(x)
+        except Exception:  # noqa: BLE001 - a layer that cannot run alone is not a plain one
+            return False
+    return out.shape == plain.shape and torch.allclose(out, plain, rtol=1e-4, atol=1e-5)
 
 
 def name_some(names, strip: str = "") -> str:

@@ -204,6 +204,12 @@ def _load_local(path: Path, labels: Sequence[str] | None, pretrained: bool, trus
     if not config_file.is_file():
         raise TransferError(f"model folder {str(path)!r} has no config.json; pass a folder written by save_pretrained or timm")
     config = json.loads(config_file.read_text())
+    weights = [p.name for p in path.iterdir() if p.name.endswith((".safetensors", ".bin", ".safetensors.index.json",
+                                                                 ".bin.index.json", ".pth"))]
+    if pretrained and not weights:
+        raise TransferError(f"model folder {str(path)!r} has a config.json but no weights (model.safetensors or "
+                            "pytorch_model.bin); copy the weights in, or pass --no_pretrained to train this architecture "
+                            "from random weights")
     if "model_type" not in config and "architecture" in config:
         # A folder written by timm (`save_for_hf`): let timm read it, then wrap. Going through transformers
         # instead fails when timm stored `num_classes` inside `model_args`.
@@ -211,7 +217,10 @@ def _load_local(path: Path, labels: Sequence[str] | None, pretrained: bool, trus
 
         kwargs = {"num_classes": len(labels)} if labels is not None else {}
         model = timm.create_model(f"local-dir:{path}", pretrained=pretrained, **kwargs)
-        return _set_labels(wrap_timm_model(model), labels)
+        # The architecture's arguments (img_size, depth, embed_dim...) travel on, or the saved folder would rebuild
+        # the default-sized model; num_classes is the head's, which the wrapper's config carries on its own.
+        model_args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
+        return _set_labels(wrap_timm_model(model, model_args=model_args), labels)
     return _load_transformers(str(path), labels, pretrained=pretrained, trust_remote_code=trust_remote_code)
 
 

@@ -41,7 +41,10 @@ class TimmAdapter(BackboneAdapter):
 
     @property
     def note(self) -> str | None:
-        return None
+        if hasattr(self.inner, "group_matcher"):
+            return None
+        return (f"timm {type(self.inner).__name__} has no group_matcher: depth groups from generic rules (pass "
+                "--layer_regex if the depth table looks wrong)")
 
     # ------------------------------------------------------------------------------------------- structure
     def classifier_names(self) -> list[str]:
@@ -50,6 +53,15 @@ class TimmAdapter(BackboneAdapter):
 
     def head_roots(self) -> list[str]:
         return list(dict.fromkeys(self.prefix + name.split(".")[0] for name in self.classifier_names()))
+
+    def classifier_linears(self) -> list[tuple[str, torch.nn.Linear]]:
+        """The linears timm names as classifiers (RepViT keeps both twins under one ``head``: ``head.head.l`` and
+        ``head.head_dist.l``); the generic search when a named one is not a Linear."""
+        modules = dict(self.model.named_modules())
+        named = [(self.prefix + n, modules.get(self.prefix + n)) for n in self.classifier_names()]
+        if len(named) > 1 and all(isinstance(m, torch.nn.Linear) for _, m in named):
+            return named
+        return super().classifier_linears()
 
     def run(self, pixel_values):
         return self.model(pixel_values=pixel_values) if self.wrapped else self.model(pixel_values)
@@ -75,7 +87,7 @@ class TimmAdapter(BackboneAdapter):
         return self._head_params
 
     def _build_layer_map(self, layer_regex: str | None) -> LayerMap:
-        if layer_regex:
+        if layer_regex or not hasattr(self.inner, "group_matcher"):  # (PiT has none: the generic rules take it)
             return super()._build_layer_map(layer_regex)
         from timm.models import group_parameters
 

@@ -89,8 +89,10 @@ class TransformersAdapter(BackboneAdapter):
                                                     "the weights are unchanged")
         # Tables tied to a grid or a window that the model interpolates or pads at run time (Swin, DINOv2): the
         # forward decides; a model that cannot take the size fails here, not at the next training step.
+        kept = "" if self.config_fits(image_size) else (
+            f"; config.json keeps image_size {self.model.config.image_size} so that the saved tables load")
         return self._forward_check(image_size, f"{image_size} px: taken as it is ({name_some(fixed)} interpolated or "
-                                                "windowed at run time); the weights are unchanged")
+                                                f"windowed at run time); the weights are unchanged{kept}")
 
     def total_stride(self) -> int | None:
         patch = getattr(self.model.config, "patch_size", None)
@@ -103,10 +105,14 @@ class TransformersAdapter(BackboneAdapter):
         """From the checkpoint's image processor, else from the config (mean/std 0.5)."""
         size = getattr(self.model.config, "image_size", 224)
         size = size[0] if isinstance(size, (list, tuple)) else size
+        # crop_mode "squash": the processor saved beside the model resizes to height x width (image_processor), so
+        # training stretches non-square images the same way; shortest-edge processors keep "center".
         cfg = {"input_size": (3, int(size), int(size)), "interpolation": "bilinear", "mean": (0.5,) * 3,
-               "std": (0.5,) * 3, "crop_pct": 1.0}
+               "std": (0.5,) * 3, "crop_pct": 1.0, "crop_mode": "squash"}
         processor = self.image_processor_
         if processor is not None:
+            if "shortest_edge" in (getattr(processor, "size", None) or {}):
+                cfg["crop_mode"] = "center"
             crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
             size = self.image_size or crop.get("height") or crop.get("shortest_edge") or size
             cfg.update(
@@ -122,7 +128,25 @@ class TransformersAdapter(BackboneAdapter):
         if image_size is None:
             return
         super().set_preprocessing(image_size)  # wins over the processor's own size
-        self.model.config.image_size = int(image_size)
+        if self.config_fits(int(image_size)):
+            self.model.config.image_size = _like(getattr(self.model.config, "image_size", None), int(image_size))
+        # else the config keeps the size its tables were built for (Data2VecVision / BEiT relative position bias):
+        # a saved folder then rebuilds tables that fit its weights, and the processor alone carries the new size.
+
+    def config_fits(self, image_size: int) -> bool:
+        """Whether a model built from the config at ``image_size`` has exactly this model's parameter shapes (what
+        loading a saved folder does); built on the meta device, no memory."""
+        import copy
+
+        config = copy.deepcopy(self.model.config)
+        config.image_size = _like(getattr(config, "image_size", None), image_size)
+        try:
+            with torch.device("meta"):
+                fresh = type(self.model)(config)
+        except Exception:  # noqa: BLE001 - a config this size cannot describe: keep the current one
+            return False
+        mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        return mine == {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
 
     def image_processor(self, image_size: int | None = None):
         """The checkpoint's processor resized to the training resolution, or a plain resize-and-normalize one."""
@@ -140,6 +164,11 @@ class TransformersAdapter(BackboneAdapter):
         return processor
 
 
+def _like(current, size: int):
+    """``size`` in the form config.image_size has: a number, or a [height, width] pair (Hiera)."""
+    return [size, size] if isinstance(current, (list, tuple)) else size
+
+
 @register_adapter
 class TransformersPatchEmbeddingAdapter(TransformersAdapter):
     """ViT-style models (ViT, DeiT, BEiT …): position embeddings for a fixed patch grid, resampled on a size change."""
@@ -152,7 +181,10 @@ class TransformersPatchEmbeddingAdapter(TransformersAdapter):
         if not TransformersAdapter.matches(model):
             return False
         embeddings = getattr(getattr(model, model.base_model_prefix), "embeddings", None)
-        return (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(embeddings, "patch_embeddings")
+        patches = getattr(embeddings, "patch_embeddings", None)
+        # a plain patch grid (patch_size, image_size): Hiera's mask-unit embeddings have neither, and go generic
+        return (hasattr(embeddings, "interpolate_pos_encoding") and hasattr(patches, "patch_size")
+                and hasattr(patches, "image_size")
                 and isinstance(getattr(embeddings, "position_embeddings", None), torch.nn.Parameter))
 
     def change_input_size(self, image_size: int) -> str:
