@@ -1,0 +1,189 @@
+"""Scaling bugs a GPU run would hit, settled on CPU: the launcher's mixed precision reaching DeepSpeed's config
+merge, DataParallel in one process, float32 master weights saved under DeepSpeed, BatchNorm under 16-bit weights.
+
+DeepSpeed runs here for real (one process, gloo, `pip install -e '.[test]'` brings it); without it those tests skip.
+"""
+
+import json
+import socket
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_transfer import TransferError, load_backbone
+from hf_transfer.engines import SETTING_REFUSALS, detect_engine
+from hf_transfer.plan import TransferConfig, TransferPlan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_deepspeed_process(monkeypatch):
+    """The variables torchrun gives a single process; accelerate's and torch's process state reset afterwards."""
+    pytest.importorskip("deepspeed")
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    yield
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------ 1. mixed precision from accelerate
+@pytest.mark.parametrize("config", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_configs_need_no_precision_flag(config, one_deepspeed_process, monkeypatch, tmp_path):
+    """`accelerate launch --config_file recipes/accelerate/deepspeed_zero2.yaml recipes/finetune.py`: accelerate puts
+    bf16 into DeepSpeed's config; transformers merges the arguments into it and refuses any disagreement."""
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from hf_transfer.training_args import TransferTrainingArguments
+    from test_engines import launcher_environment
+
+    env, _ = launcher_environment(str(ROOT / "recipes" / "accelerate" / f"{config}.yaml"), ["--num_processes", "2"])
+    for key, value in {**env, "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    args = TransferTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert args.bf16 and not args.fp16 and args.deepspeed_plugin.deepspeed_config["bf16"]["enabled"] is True
+    merged = HfTrainerDeepSpeedConfig(args.deepspeed_plugin.deepspeed_config)  # as Trainer.propagate_args_to_deepspeed
+    merged.trainer_config_process(args)
+    assert merged.mismatches == []
+
+
+def test_a_contradicting_precision_flag_is_one_line(monkeypatch, tmp_path):
+    from hf_transfer.engines import align_mixed_precision
+
+    args = types.SimpleNamespace(bf16=False, fp16=True, deepspeed=None)
+    with pytest.raises(TransferError) as err:
+        align_mixed_precision(args, env={"ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert str(err.value) == SETTING_REFUSALS["precision_conflict"]
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"fp16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
+    args = types.SimpleNamespace(bf16=False, fp16=False, deepspeed=str(ds))
+    assert align_mixed_precision(args, env={}) == "fp16" and args.fp16  # a --deepspeed file's own precision
+    args = types.SimpleNamespace(bf16=False, fp16=False, deepspeed=None)
+    assert align_mixed_precision(args, env={"ACCELERATE_MIXED_PRECISION": "no"}) is None and not args.bf16
+
+
+# ------------------------------------------------------------------------------------- 2. DataParallel refused
+def test_several_gpus_in_one_process_are_refused_before_training(monkeypatch, tmp_path, random_images):
+    """Plain `python recipes/finetune.py` on a 2-GPU host: Trainer would wrap the model in nn.DataParallel (its
+    replicas run frozen BatchNorm with batch statistics). The device count is faked: this CPU has no GPU."""
+    from hf_transfer.arguments import finetune_argument_types, parse_args
+    from hf_transfer.jobs.finetune import run_finetune
+    from hf_transfer.trainer import TransferTrainer
+    from hf_transfer.training_args import TransferTrainingArguments
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the devices stay the CPU's
+    args = TransferTrainingArguments(output_dir=str(tmp_path / "lib"), report_to=[])
+    assert args.n_gpu == 2  # what Trainer reads to choose nn.DataParallel
+    assert detect_engine(args, env={}).gpus_per_process == 2
+    model = load_backbone("test_resnet", labels=["a", "b"], pretrained=False)
+    with pytest.raises(TransferError) as err:
+        TransferTrainer(model=model, args=args, plan=TransferPlan.build(model, TransferConfig(bn_policy="frozen")),
+                        train_dataset=random_images(n=8, size=32))
+    assert str(err.value) == SETTING_REFUSALS["data_parallel"] and "accelerate launch" in str(err.value)
+    out = tmp_path / "out"  # the recipe refuses before the output folder, the data or the model
+    with pytest.raises(TransferError) as err:
+        run_finetune(*parse_args(finetune_argument_types(), ["--dataset_name", "nobody/not-loaded", "--output_dir", str(out)]))
+    assert str(err.value) == SETTING_REFUSALS["data_parallel"] and not out.exists()
+    # one GPU, or --use_cpu: one process, nothing to refuse
+    assert detect_engine(TransferTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]), env={}).gpus_per_process == 1
+
+
+# --------------------------------------------------------------------------- 3. float32 masters under DeepSpeed
+def _deepspeed_run(tmp_path, arch: str, stage: int = 2, steps: int = 3):
+    from hf_transfer.trainer import TransferTrainer
+    from hf_transfer.training_args import TransferTrainingArguments
+    from conftest import RandomImages
+
+    torch.manual_seed(0)
+    model = load_backbone(arch, labels=["a", "b"], pretrained=False)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = TransferPlan.build(model, TransferConfig(learning_rate=1e-2, freeze="depth:1", bn_policy="frozen"))
+    config = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}}
+    args = TransferTrainingArguments(output_dir=str(tmp_path / "run"), deepspeed=config, use_cpu=True, max_steps=steps,
+                                     per_device_train_batch_size=4, report_to=[], logging_strategy="no",
+                                     disable_tqdm=True, eval_strategy="no", learning_rate=1e-2)
+    assert args.bf16  # from the DeepSpeed config
+    trainer = TransferTrainer(model=model, args=args, plan=plan, train_dataset=RandomImages(n=16, size=32))
+    trainer.train()
+    return trainer, plan, initial
+
+
+@pytest.mark.slow
+def test_deepspeed_bf16_trains_batchnorm_and_saves_the_float32_masters(one_deepspeed_process, tmp_path):
+    """DeepSpeed ZeRO-2 under bf16, for real on CPU, with a BatchNorm CNN (one run: DeepSpeed keeps process-wide
+    state). 5: DeepSpeed casts BatchNorm weights to bf16 and keeps the running statistics float32, a mix
+    torch.batch_norm refuses at the first step unless BatchNorm computes in float32. 3: the folder holds the
+    optimizer's float32 masters, not the module's bf16 copies; the frozen stem and its statistics stay exact."""
+    from deepspeed.utils import safe_get_full_fp32_param
+    from safetensors.torch import load_file
+
+    from hf_transfer.saving import save_model_folder, trained_weights
+
+    trainer, plan, initial = _deepspeed_run(tmp_path, "test_resnet")
+    module = trainer.accelerator.unwrap_model(trainer.model)
+    assert module.timm_model.fc.weight.dtype == torch.bfloat16  # DeepSpeed trains 16-bit copies ...
+    assert module.timm_model.layer4[0].bn1.running_mean.dtype == torch.float32  # ... beside float32 statistics
+    name = "timm_model.layer4.0.bn1.running_mean"
+    assert not torch.equal(module.get_buffer(name), initial[name])  # trained BatchNorm statistics moved
+    masters = {n: safe_get_full_fp32_param(p) for n, p in module.named_parameters() if p.requires_grad}
+    trained, weights = trained_weights(trainer)
+    save_model_folder(trained, tmp_path / "out", image_size=32, timm_layout=True, state_dict=weights)
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+    for param_name, master in masters.items():
+        assert torch.equal(saved[param_name.removeprefix("timm_model.")], master.float()), param_name
+    rounded = [n for n, p in module.named_parameters() if p.requires_grad and not torch.equal(p.float(), masters[n])]
+    assert rounded  # the bf16 copies differ from the masters: saving them would have lost precision
+    stem = [n for g in plan.groups if g.frozen for n in g.params] + ["timm_model.bn1.running_mean"]
+    assert "timm_model.bn1" in plan.frozen_batchnorm_names(module)
+    assert len(stem) > 1 and all(torch.equal(saved[n.removeprefix("timm_model.")], initial[n]) for n in stem)
+
+
+# ------------------------------------------------------------------------------ 5. BatchNorm under bf16 weights
+def test_float32_batchnorm_matches_torch_and_timm_in_float32():
+    """The float32 BatchNorm forward is torch's own arithmetic: same outputs and running statistics as the module in
+    float32, in training and eval, for nn.BatchNorm2d and timm's BatchNormAct2d (activation kept)."""
+    from timm.layers import BatchNormAct2d
+
+    from hf_transfer.engines import keep_batchnorm_float32
+
+    for make in (lambda: torch.nn.BatchNorm2d(4), lambda: torch.nn.BatchNorm2d(4, momentum=None),
+                 lambda: BatchNormAct2d(4, act_layer=torch.nn.ReLU)):
+        torch.manual_seed(0)
+        reference, patched = make(), make()
+        patched.load_state_dict(reference.state_dict())
+        assert keep_batchnorm_float32(torch.nn.Sequential(patched)) == 1
+        x = torch.randn(3, 4, 5, 5)
+        for mode in (True, False, True):
+            reference.train(mode), patched.train(mode)
+            assert torch.equal(reference(x), patched(x))
+        for key, value in reference.state_dict().items():
+            assert torch.equal(value, patched.state_dict()[key]), key
+        patched.to(torch.bfloat16)  # weights and statistics cast: computed in float32, returned in bf16
+        out = patched(x.bfloat16())
+        assert out.dtype == torch.bfloat16 and patched.running_mean.dtype == torch.float32
+
+
+def test_find_unused_parameters_only_when_something_unfreezes(tiny_training_args, random_images):
+    from hf_transfer.trainer import TransferTrainer
+
+    for config, expected in ((TransferConfig(freeze="depth:1"), False), (TransferConfig(gradual_unfreeze_epochs=1), True)):
+        model = load_backbone("test_resnet", labels=["a", "b"], pretrained=False)
+        args = tiny_training_args()
+        TransferTrainer(model=model, args=args, plan=TransferPlan.build(model, config), train_dataset=random_images(n=8))
+        assert args.ddp_find_unused_parameters is expected
