@@ -187,3 +187,42 @@ def test_find_unused_parameters_only_when_something_unfreezes(tiny_training_args
         args = tiny_training_args()
         TransferTrainer(model=model, args=args, plan=TransferPlan.build(model, config), train_dataset=random_images(n=8))
         assert args.ddp_find_unused_parameters is expected
+
+
+# --------------------------------------------------------------------- 4. the shipped FSDP2 config, 2 processes
+@pytest.mark.slow
+def test_shipped_fsdp2_config_trains_on_two_cpu_processes(tmp_path):
+    """`accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 2 recipes/finetune.py` with the
+    default CNN (embedded EfficientNet-Lite0, channels_last, BatchNorm, bf16 from the config): both processes end
+    with the same weights, the folder holds them in float32, the frozen stem is untouched."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    record, out = tmp_path / "record", tmp_path / "out"
+    record.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_TEST_RECORD": str(record),
+           "HF_TRANSFER_NUM_THREADS": "1"}
+    cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "fsdp2.yaml"),
+           "--num_processes", "2", str(ROOT / "tests" / "multiprocess_recipe.py"), "--use_cpu", "--max_steps", "1", "--warmup_steps", "0",
+           "--max_train_samples", "32", "--max_eval_samples", "16", "--image_size", "48", "--freeze", "depth:1",
+           "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--output_dir", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "engine: FSDP v2, 2 processes, bf16" in result.stdout
+    ranks = [load_file(record / f"rank{r}.safetensors") for r in (0, 1)]
+    final = {k[len("final/"):]: v for k, v in ranks[0].items() if k.startswith("final/")}
+    initial = {k[len("initial/"):]: v for k, v in ranks[0].items() if k.startswith("initial/")}
+    saved = load_file(out / "model.safetensors")
+    assert {f"timm_model.{k}" for k in saved} == set(final)
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+    assert all(torch.equal(saved[k], final[f"timm_model.{k}"].float()) for k in saved)
+    plan = json.loads((out / "transfer_plan.json").read_text())
+    frozen = [n for g in plan["groups"] if g["frozen"] for n in g["params"]]
+    assert frozen and all(torch.equal(saved[n.removeprefix("timm_model.")], initial[n].float()) for n in frozen)
+    head = [n for n in saved if n.startswith("classifier.")]
+    assert head and any(not torch.equal(saved[n], initial[f"timm_model.{n}"].float()) for n in head)  # it trained
+    assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 16
