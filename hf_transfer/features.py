@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .fingerprint import split_fingerprint
 from .errors import TransferError
 from .backbones import adapter_for, build_layer_map
 from .layers import LayerMap
@@ -506,7 +507,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
     hits: dict[str, bool] = {}
     forwarded = 0
     for split_name, dataset in splits.items():
-        data_key = dataset_fingerprint(dataset)
+        data_key = split_fingerprint(dataset)  # datasets' own fingerprint (fingerprint.py): no table hashed
         split_transform = transform_key or dataset_transform_fingerprint(dataset)
         split_cache = cache if split_transform else FeatureCache(cache.dir, enabled=False)
         keys = {layer.key: FeatureCache.key(weights=weights, layer=layer.key, transform=split_transform, data=data_key,

@@ -54,10 +54,8 @@ class TransferTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: transforms read raw columns."})
     dataloader_num_workers: int | None = field(
-        default=None,
-        metadata={"help": "Data-loading worker processes; default: none when the images fit the in-memory store, else "
-                          "this process's share of the CPU cores (persistent, prefetching), so decoding overlaps the "
-                          "training step."},
+        # default: this process's share of the cores when images are decoded per step, none when they fit in memory
+        default=None, metadata={"help": "Data-loading worker processes (default: auto)."},
     )
     seed: int = field(default=42, metadata={"help": "Seed for splits, init and shuffling."})
 

@@ -106,6 +106,10 @@ def run_finetune(
     splits, collator, note = prepare_splits(data, splits, adapter.data_config(), image_size=image_size,
                                             augmentation=data_args.augmentation, channels_last=channels_last)
     say(note)
+    from ..fastdata import resolve_loader_workers
+
+    if workers_note := resolve_loader_workers(training_args, splits):  # decoding per step: worker processes
+        say(workers_note)
 
     trainer = TransferTrainer(
         model=model,
