@@ -187,7 +187,7 @@ def check_images(splits, image_column: str, sample: int | None = None, seed: int
         # Over the limit but under twice it, PIL warns once per image; the report collects them instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for split_name, split in splits.items():
-            rows = sampled_rows(len(split), sample, seed)
+            length, rows = len(split), sampled_rows(len(split), sample, seed)
             if rows is not None:
                 report.sampled[split_name] = len(rows)
                 split = split.select(rows)
@@ -200,7 +200,7 @@ def check_images(splits, image_column: str, sample: int | None = None, seed: int
                 elif Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
                     entry.reason = f"{pixels:,} pixels, over PIL's MAX_IMAGE_PIXELS of {Image.MAX_IMAGE_PIXELS:,}"
                     report.oversized.append(entry)
-            report.images[split_name] = len(split)
+            report.images[split_name] = length
     report.seconds = time.perf_counter() - start
     return report
 

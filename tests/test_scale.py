@@ -226,3 +226,133 @@ def test_shipped_fsdp2_config_trains_on_two_cpu_processes(tmp_path):
     head = [n for n in saved if n.startswith("classifier.")]
     assert head and any(not torch.equal(saved[n], initial[f"timm_model.{n}"].float()) for n in head)  # it trained
     assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 16
+
+
+# ------------------------------------------------------------------------------------------- data at scale
+def _folder_splits(root, cache_dir):
+    import datasets
+
+    return datasets.DatasetDict({"train": datasets.load_dataset("imagefolder", data_dir=str(root),
+                                                                cache_dir=str(cache_dir))["train"]})
+
+
+def _checks_in_parallel(root, datasets_cache, check_cache, processes: int) -> list[bool]:
+    """`processes` forked processes run the cached check at once -> whether each read the cache."""
+    import multiprocessing
+
+    from hf_transfer.datacheck import checked_images
+
+    splits = _folder_splits(root, datasets_cache)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes) as pool:
+        return pool.starmap(_cached_flag, [(splits, str(check_cache))] * processes)
+
+
+def _cached_flag(splits, check_cache) -> bool:
+    from hf_transfer.datacheck import checked_images
+
+    return checked_images(splits, "image", "full", cache_dir=check_cache).cached
+
+
+def test_data_check_runs_once_per_machine_and_again_when_a_file_changes(image_folder, tmp_path):
+    """Two processes start the check together: one checks, the other waits and reads its result; a rerun reads it
+    back; an edited or removed file (the datasets fingerprint: files + modification times) checks again."""
+    import time
+
+    from PIL import Image
+
+    from hf_transfer.datacheck import checked_images
+
+    cache = tmp_path / "check-cache"
+    assert sorted(_checks_in_parallel(image_folder, tmp_path / "ds", cache, 2)) == [False, True]
+    again = checked_images(_folder_splits(image_folder, tmp_path / "ds"), "image", cache_dir=str(cache))
+    assert again.cached and again.total == 24 and again.bad == []
+    time.sleep(0.01)
+    (image_folder / "digit_0" / "0.png").write_bytes(b"")  # now unreadable: the old result must not be served
+    changed = checked_images(_folder_splits(image_folder, tmp_path / "ds"), "image", cache_dir=str(cache))
+    assert not changed.cached and [(b.row, b.reason) for b in changed.bad] == [(0, "zero bytes")]
+    (image_folder / "digit_0" / "0.png").unlink()
+    removed = checked_images(_folder_splits(image_folder, tmp_path / "ds"), "image", cache_dir=str(cache))
+    assert not removed.cached and removed.total == 23 and removed.bad == []
+    assert len(list(cache.glob("*.json"))) == 3
+
+
+def test_data_check_modes(image_folder, tmp_path, monkeypatch):
+    """sample: a seeded random subset per split, its bad rows named by their real row numbers; off: nothing checked
+    (and the run says so); an unknown mode: one line."""
+    import hf_transfer.datacheck as datacheck
+    from hf_transfer import TransferError
+
+    (image_folder / "digit_1" / "9.png").write_bytes(b"not a png")
+    splits = _folder_splits(image_folder, tmp_path / "ds")
+    monkeypatch.setattr(datacheck, "SAMPLE_IMAGES", 23)
+    rows = datacheck.sampled_rows(24, 23, seed=0)
+    report = datacheck.checked_images(splits, "image", "sample", cache_dir=str(tmp_path / "c"))
+    assert report.sampled == {"train": 23} and report.total == 24
+    bad_row = [i for i, p in enumerate(splits["train"].cast_column("image", __import__("datasets").Image(decode=False))["image"])
+               if p["path"].endswith("digit_1/9.png")][0]
+    assert [b.row for b in report.bad] == ([bad_row] if bad_row in rows else [])
+    assert "random sample: 23 of 24 images" in datacheck.describe_check(report)
+    assert datacheck.checked_images(splits, "image", "off") is None
+    assert datacheck.describe_check(None).startswith("data check off")
+    with pytest.raises(TransferError, match=r"^--data_check 'fast' is not understood; use full, sample, off$"):
+        datacheck.checked_images(splits, "image", "fast")
+
+
+def test_fingerprints_never_read_the_table(image_folder, tmp_path, monkeypatch):
+    """The features cache and the data check key on datasets' own fingerprint: a subsample's key comes without
+    hashing the Arrow table or stat-ing the files (the old key read both for the whole underlying data)."""
+    import os
+
+    from hf_transfer.fingerprint import folder_fingerprint, split_fingerprint
+
+    split = _folder_splits(image_folder, tmp_path / "ds")["train"]
+    subsample, same, reordered = split.select([3, 1, 2]), split.select([3, 1, 2]), split.select([1, 2, 3])
+    real_stat, root = os.stat, str(image_folder)
+
+    def no_image_stat(path, *args, **kwargs):
+        assert not str(path).startswith(root), f"stat of {path}"
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", no_image_stat)
+    keys = {split_fingerprint(subsample), split_fingerprint(reordered), split_fingerprint(split)}
+    assert len(keys) == 3  # row order and rows both count
+    assert split_fingerprint(subsample) == split_fingerprint(same)
+    monkeypatch.undo()
+    before = folder_fingerprint(image_folder)
+    assert folder_fingerprint(image_folder) == before
+    (image_folder / "digit_0" / "new.png").write_bytes((image_folder / "digit_0" / "0.png").read_bytes())
+    assert folder_fingerprint(image_folder) != before
+
+
+def test_store_budget_and_loader_workers_per_local_process(monkeypatch):
+    """Every local process holds its own store, so each gets its share of the machine's budget; workers are the
+    process's share of the cores (less one for the loop) when images are decoded per step, none when stored."""
+    from hf_transfer import fastdata
+
+    monkeypatch.setenv("HF_TRANSFER_IMAGE_STORE_BYTES", str(8 << 30))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert fastdata.store_budget_bytes() == 1 << 30
+    monkeypatch.setattr(os_module(), "sched_getaffinity", lambda pid: set(range(96)))
+    args = types.SimpleNamespace(dataloader_num_workers=0, dataloader_num_workers_was_defaulted=True,
+                                 dataloader_persistent_workers=False, dataloader_prefetch_factor=None)
+    stored = fastdata.PreparedImages(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None)
+    assert fastdata.resolve_loader_workers(args, {"train": stored, "validation": stored}) is None
+    assert args.dataloader_num_workers == 0
+    note = fastdata.resolve_loader_workers(args, {"train": [1, 2], "validation": stored})
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_prefetch_factor) == (8, True, 4)
+    assert note.startswith("images decoded per step (train): 8 data-loader worker processes per training process")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(os_module(), "sched_getaffinity", lambda pid: {0, 1})
+    args = types.SimpleNamespace(dataloader_num_workers=0, dataloader_num_workers_was_defaulted=True,
+                                 dataloader_persistent_workers=False, dataloader_prefetch_factor=None)
+    fastdata.resolve_loader_workers(args, {"train": [1]})
+    assert args.dataloader_num_workers == 1  # at least one: decoding leaves the training loop
+    chosen = types.SimpleNamespace(dataloader_num_workers=3, dataloader_num_workers_was_defaulted=False)
+    assert fastdata.resolve_loader_workers(chosen, {"train": [1]}) is None and chosen.dataloader_num_workers == 3
+
+
+def os_module():
+    import os
+
+    return os
