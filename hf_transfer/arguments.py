@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
@@ -100,86 +101,42 @@ class DataArguments:
         )
 
 
-@dataclass
-class TransferArguments:
-    """How to transfer: what trains when, BatchNorm, re-initialization and layer-wise learning rates."""
+def _transfer_arguments() -> type:
+    """`TransferArguments`: every `TransferConfig` option that is a flag (declared there once, with its help), plus
+    the flags that are not part of a plan (the time budget, how a LoRA run is written)."""
+    import typing
 
-    strategy: str = field(
-        default="full",
-        metadata={"help": "full | linear_probe (head only) | partial (--freeze) | lp_ft (head for --lp_epochs, then all) | "
-                          "scratch | auto (the advisor measures and picks) | lora (peft; --help_all)."},
-    )
-    freeze: str = field(
-        default="none",
-        metadata={"help": "none | backbone | depth:K | fraction:F (the first K, or share F, of the depth groups) | "
-                          "regex:PATTERN. Frozen for the whole run."},
-    )
-    bn_policy: str = field(
-        default="frozen",
-        metadata={"help": "frozen: BatchNorm in frozen parts keeps its statistics | eval: everywhere | train: none does."},
-    )
-    backbone_lr_multiplier: float = field(
-        default=0.1, metadata={"help": "Factor on --learning_rate for every pretrained parameter."}
-    )
-    layer_decay: float = field(
-        default=1.0, metadata={"help": "Depth group i of L gets the extra factor D^(L-i) (BEiT-style); 1 = off."}
-    )
-    lr_multipliers: str | None = field(
-        default=None, metadata={"help": "'regex=factor,...' extra lr factors for matching parameter names (first match wins)."}
-    )
-    reinit: str | None = field(
-        default=None, metadata={"help": "Re-initialize modules whose name matches this regex (trained as new, at the head's lr)."}
-    )
-    gradual_unfreeze_epochs: int = field(
-        default=0, metadata={"help": "N > 0: head only first, then one more depth group from the top every N epochs."}
-    )
-    lp_epochs: int = field(default=0, metadata={"help": "Head-only epochs before full fine-tuning (--strategy lp_ft)."})
-    layer_regex: str | None = field(
-        default=None, metadata={"help": "Regex with one (\\d+) group numbering the blocks (unknown architectures)."}
-    )
-    time_budget: float | None = field(
-        default=None, metadata={"help": "Seconds for the run: training stops cleanly in time to evaluate and save."}
-    )
-    head_init_from: str | None = field(
-        default=None, metadata={"help": "A pooled linear_probe.py output of this backbone: the head starts from it (LP-FT)."}
-    )
-    class_weighting: str = field(
-        default="none", metadata={"help": "none (default) | balanced: class weights 1/(train images) in the loss."}
-    )
-    sampler: str = field(
-        default="random", metadata={"help": "random (default) | balanced: draw every class equally often."}
-    )
+    from .config import TransferConfig
 
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (--strategy lora)."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
-    lora_target_modules: str | None = field(
-        default=None, metadata={"help": "Modules that get LoRA: comma-separated names or name endings ('qkv', "
-                                        "'q_proj,v_proj') or regex:PATTERN; default per family: attention projections for "
-                                        "ViTs, the dense layers after the stem for CNNs. --freeze keeps LoRA out of frozen layers."}
-    )
-    lora_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the LoRA weights (default 3e-3; the head keeps --learning_rate)."}
-    )
-    lora_adapter_only: bool = field(
-        default=False, metadata={"help": "Write adapter/ alone, without the merged model (LoRA folded into the weights, "
-                                         "which pipeline() loads)."}
-    )
+    hints = typing.get_type_hints(TransferConfig)
+    specs = []
+    for option in dataclasses.fields(TransferConfig):
+        if not option.metadata.get("flag", True):
+            continue
+        default = None if option.name == "lora_learning_rate" else option.default  # None: the config's default
+        hint = float | None if option.name == "lora_learning_rate" else hints[option.name]
+        specs.append((option.name, hint, field(default=default, metadata=dict(option.metadata))))
+        if option.name == "layer_regex":
+            specs.append(("time_budget", float | None, field(default=None, metadata={
+                "help": "Seconds for the run: training stops cleanly in time to evaluate and save."})))
+    specs.append(("lora_adapter_only", bool, field(default=False, metadata={
+        "help": "Write adapter/ alone, without the merged model (LoRA folded into the weights, which pipeline() loads)."})))
 
     def to_config(self, training_args, learning_rate: float | None = None):
-        from .plan import TransferConfig
+        """The `TransferConfig` of this run (the head's rate and weight decay from ``training_args``)."""
+        values = {name: getattr(self, name) for name in TransferConfig.__dataclass_fields__ if hasattr(self, name)}
+        if values["lora_learning_rate"] is None:
+            del values["lora_learning_rate"]
+        return TransferConfig(**values, learning_rate=learning_rate or training_args.learning_rate or 1e-3,
+                              weight_decay=training_args.weight_decay)
 
-        return TransferConfig(
-            strategy=self.strategy, freeze=self.freeze, bn_policy=self.bn_policy,
-            learning_rate=learning_rate or training_args.learning_rate or 1e-3, weight_decay=training_args.weight_decay,
-            backbone_lr_multiplier=self.backbone_lr_multiplier, layer_decay=self.layer_decay,
-            lr_multipliers=self.lr_multipliers, reinit=self.reinit,
-            gradual_unfreeze_epochs=self.gradual_unfreeze_epochs, lp_epochs=self.lp_epochs, layer_regex=self.layer_regex,
-            head_init_from=self.head_init_from, class_weighting=self.class_weighting, sampler=self.sampler,
-            lora_r=self.lora_r, lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout, lora_target_modules=self.lora_target_modules,
-            **({"lora_learning_rate": self.lora_learning_rate} if self.lora_learning_rate is not None else {}),
-        )
+    return dataclasses.make_dataclass(
+        "TransferArguments", specs, namespace={"to_config": to_config, "__module__": __name__, "__doc__":
+                                               "How to transfer: what trains when, BatchNorm, re-initialization and "
+                                               "layer-wise learning rates (the fields of `TransferConfig`)."})
+
+
+TransferArguments = _transfer_arguments()
 
 
 def parse_args(dataclass_types, args: list[str] | None = None, prog: str | None = None):

@@ -25,6 +25,7 @@ import numpy as np
 
 from .arguments import DataArguments
 from .errors import TransferError
+from .record import RunRecord
 from .runtime import say
 
 METRICS = ("accuracy", "macro_f1")
@@ -289,13 +290,13 @@ def _num(value) -> str:
 
 def fold_metrics(results: dict) -> dict[str, float]:
     """A job's results on the fold's validation rows (``eval_*``) without the prefix: accuracy, macro_f1, and
-    ``recall/<label>`` (the fine-tune reports them flat, the probe job as an ``eval_per_class_recall`` mapping)."""
-    metrics = {key[len("eval_"):]: float(value) for key, value in results.items()
-               if key.startswith("eval_") and isinstance(value, (int, float)) and not key.startswith("eval_samples")}
-    for label, value in (results.get("eval_per_class_recall") or {}).items():
-        metrics.setdefault(f"recall/{label}", float(value))
-    if isinstance(results.get("train_runtime"), (int, float)):
-        metrics["train_runtime"] = float(results["train_runtime"])  # where a fold's time went
+    ``recall/<label>`` (read through the `RunRecord`, whichever layout the job wrote)."""
+    run = RunRecord.from_results(results)
+    metrics = {key[len("eval_"):]: float(value) for key, value in run.metrics.items()
+               if key.startswith("eval_") and isinstance(value, (int, float))}
+    metrics.update({f"recall/{label}": float(value) for label, value in run.recall("eval").items()})
+    if isinstance(run.metrics.get("train_runtime"), (int, float)):
+        metrics["train_runtime"] = float(run.metrics["train_runtime"])  # where a fold's time went
     return metrics
 
 

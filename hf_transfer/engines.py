@@ -162,6 +162,11 @@ class Engine:
             return f"fsdp{self.fsdp_version or 1}"
         return self.kind
 
+    @property
+    def trains_16_bit_copies(self) -> bool:
+        """DeepSpeed under bf16/fp16 trains 16-bit copies of the weights (what never trains must be restored)."""
+        return self.kind == "deepspeed" and self.mixed_precision in ("bf16", "fp16")
+
     def describe(self) -> str:
         name = {"single": "one process", "ddp": "DDP", "deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}",
                 "fsdp": f"FSDP v{self.fsdp_version}"}[self.kind]
@@ -291,15 +296,8 @@ def align_mixed_precision(args, env: Mapping[str, str] | None = None) -> str | N
 
 # -------------------------------------------------------------------------------------------------- the check
 def features_used(config) -> list[str]:
-    """The plan features a `TransferConfig` asks for (known before the model loads)."""
-    used = ["layer_rates", "bn_policy"]  # every plan has groups (head vs. pretrained) and a BatchNorm policy
-    if config.freeze not in (None, "", "none") or config.strategy in ("linear_probe", "partial", "lora"):
-        used.append("freeze")
-    if config.strategy in ("lp_ft", "lora") and config.lp_epochs > 0 or config.gradual_unfreeze_epochs > 0:
-        used.append("unfreeze")
-    if config.strategy == "lora":
-        used.append("lora")
-    return used
+    """The plan features a `TransferConfig` asks for (known before the model loads): its strategy says."""
+    return config.strategy_object.engine_features(config)
 
 
 def setting_refusals(engine: Engine, config=None) -> list[str]:
@@ -337,8 +335,7 @@ def check_engine(engine: Engine, config) -> None:
     for feature in features_used(config):
         support = SUPPORT[(engine.key, feature)]
         if not support.works:
-            flags = {"unfreeze": "--strategy lp_ft" if config.strategy == "lp_ft" else "--gradual_unfreeze_epochs",
-                     "lora": "--strategy lora"}.get(feature, feature)
+            flags = config.strategy_object.flag_for(feature, config)
             raise TransferError(f"{flags} under {ENGINES[engine.key]}: {support.how}")
 
 
@@ -438,3 +435,71 @@ def _float32_batchnorm_forward(self, input):
     if hasattr(self, "act") and hasattr(self, "drop"):
         out = self.act(self.drop(out))
     return out
+
+
+# ------------------------------------------------------------------------- what engines do to the model it trains
+# Modules that wrap a model for an engine put their own name into every parameter path: FSDP v1
+# (`_fsdp_wrapped_module.`), activation checkpointing (`_checkpoint_wrapped_module.`), torch.compile (`_orig_mod.`).
+WRAPPER_NAME_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
+
+def plan_name(name: str) -> str:
+    """A parameter or module path as the plan knows it: without the parts engine wrappers insert."""
+    if not any(part in name for part in WRAPPER_NAME_PARTS):
+        return name
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAME_PARTS)
+
+
+def plan_named_parameters(model):
+    """``model.named_parameters()`` under the plan's names, for a bare model or one an engine wrapped (FSDP v1)."""
+    return ((plan_name(n), p) for n, p in model.named_parameters())
+
+
+def plan_named_modules(model):
+    return ((plan_name(n), m) for n, m in model.named_modules())
+
+
+def parameter_count(parameter) -> int:
+    """Values in a parameter; a DeepSpeed ZeRO-3 parameter holds only its shard and records the full size in ds_numel."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
+def hold_pending_groups(optimizer, epoch: int) -> None:
+    """Keep parameters that have not unfrozen yet exactly as they are, even where an engine gives them a gradient.
+
+    One process, DDP and FSDP leave their gradient None, so the optimizer skips them. DeepSpeed ZeRO-1/2 fills
+    missing gradients with zeros: AdamW would still decay those weights and count steps for them, so their group's
+    weight decay is held at 0 until its epoch (zero gradients then move nothing), and its optimizer state is dropped
+    when it starts to train (fresh moments and step count, as if it had just joined). The hold is a key of the group,
+    so it is saved in checkpoints and a resumed run releases it the same way.
+    """
+    state = optimizer.state
+    for group in optimizer.param_groups:
+        start = group.get("trains_from_epoch")
+        if start is None:
+            continue
+        if start > epoch and "held_weight_decay" not in group:
+            group["held_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
+        elif start <= epoch and "held_weight_decay" in group:
+            group["weight_decay"] = group.pop("held_weight_decay")
+            for param in group["params"]:
+                state.pop(param, None)
+
+
+def untrained_weights(plan, model) -> dict:
+    """CPU copies of the parameters the plan never trains and of the BatchNorm statistics it never updates: what a
+    16-bit engine copy would round, restored into the saved folder (`saving.trained_weights`)."""
+    never = {n for g in plan.groups if g.frozen for n in g.params}
+    frozen_bn = set(plan.frozen_batchnorm_names(model))
+    never |= {n for n, _ in model.named_buffers() if n.rpartition(".")[0] in frozen_bn}
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items() if name in never}
+
+
+def gathers_weights(trainer) -> bool:
+    """Whether the trainer's engine shards or copies the weights, so saving must gather them (DeepSpeed, FSDP)."""
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+
+
+def holds_shard_placeholders(model) -> bool:
+    """Whether ZeRO-3 or FSDP left empty placeholders in ``model`` (its real weights live sharded elsewhere)."""
+    return any(p.numel() == 0 for p in model.parameters())

@@ -24,16 +24,12 @@ from typing import Callable
 import torch
 from torchvision.transforms import v2
 
+from .runtime import local_processes
 from .transforms import build_transform, decode_image
 
 # Budget for all prepared splits together; HF_TRANSFER_IMAGE_STORE_BYTES overrides it (0 turns the store off).
 DEFAULT_STORE_BYTES = 4 << 30
 CHUNK = 256  # images decoded before one batched resize: bounds the memory held by full-size originals
-
-
-def local_processes() -> int:
-    """Processes of this job on this machine (`accelerate launch` / torchrun export LOCAL_WORLD_SIZE)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
 
 def store_budget_bytes() -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import TransferError
+from .runtime import say
 
 CLASS_WEIGHTINGS = ("none", "balanced")
 SAMPLERS = ("random", "balanced")
@@ -133,3 +134,85 @@ def describe_balance(counts: Sequence[int], labels: Sequence[str], weights: torc
     else:
         what = "no imbalance correction"
     return f"{what}; train images per class, rarest first (max/min {ratio:.1f}): {', '.join(map(item, shown))}{more}"
+
+
+class ImbalanceCorrection:
+    """A `transformers.Trainer` mixin: the config's ``class_weighting`` makes `compute_loss` a class-weighted
+    cross-entropy (weights from the train split's class counts, or ``class_weights=``); ``sampler="balanced"``
+    makes `_get_train_sampler` a seeded class-balanced draw, the same on every process, which accelerate shards by
+    batch. Put it before `Trainer` in the bases and call `setup_imbalance_correction` at the end of ``__init__``.
+    """
+
+    imbalance_config = None  # a TransferConfig (its class_weighting and sampler)
+    class_weights = None
+    class_counts = None
+
+    def setup_imbalance_correction(self, config, class_weights=None) -> None:
+        """Call at the end of the trainer's __init__ (it needs the model, args and train_dataset)."""
+        self.imbalance_config = config
+        self.class_weights, self.class_counts = self._imbalance_correction(class_weights)
+
+    def _imbalance_correction(self, class_weights):
+        """(loss weights or None, train images per class or None) for the plan's --class_weighting / --sampler."""
+        config = self.imbalance_config
+        if class_weights is None and config.class_weighting == "none" and config.sampler == "random":
+            return None, None
+        if class_weights is not None and config.sampler == "balanced":
+            raise TransferError("class_weights and --sampler balanced both correct for imbalance; pick one")
+        if config.sampler == "balanced" and self.args.train_sampling_strategy != "random":
+            raise TransferError(f"--sampler balanced replaces the training order; drop --train_sampling_strategy "
+                                f"{self.args.train_sampling_strategy}")
+        num_classes = int(self.model.config.num_labels)
+        counts = None
+        if self.train_dataset is not None and (class_weights is None or config.sampler == "balanced"):
+            counts = class_counts(train_label_ids(self.train_dataset), num_classes)
+        weights = None
+        if class_weights is not None:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
+            if len(weights) != num_classes:
+                raise TransferError(f"class_weights has {len(weights)} values for a model with {num_classes} classes")
+        elif config.class_weighting == "balanced":
+            if counts is None:
+                raise TransferError("--class_weighting balanced needs a train_dataset to count the classes in")
+            weights = balanced_class_weights(counts)
+        if weights is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
+        if counts is not None:
+            labels = [str(self.model.config.id2label.get(k, k)) for k in range(num_classes)]
+            say(describe_balance(counts, labels, weights, config.sampler))
+        return weights, counts
+
+    def imbalance_summary(self) -> dict:
+        """What all_results.json and the model card record about the imbalance correction (empty when none)."""
+        config = self.imbalance_config
+        if self.class_weights is None and getattr(config, "sampler", "random") == "random":
+            return {}
+        id2label = self.model.config.id2label
+        name = lambda k: str(id2label.get(k, k))  # noqa: E731
+        weighting = "none" if self.class_weights is None else (
+            "custom" if config.class_weighting == "none" else config.class_weighting)  # custom: class_weights= given
+        summary = {"class_weighting": weighting, "sampler": config.sampler}
+        if self.class_counts is not None:
+            summary["train_class_counts"] = {name(k): int(n) for k, n in enumerate(self.class_counts)}
+        if self.class_weights is not None:
+            summary["class_weights"] = {name(k): round(float(w), 6) for k, w in enumerate(self.class_weights)}
+        return summary
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = weighted_cross_entropy(logits, labels, self.class_weights, self.args.label_smoothing_factor)
+        if not isinstance(outputs, dict):
+            outputs = (loss, *outputs)  # as with labels: prediction_step reads the logits after the loss
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        if getattr(self.imbalance_config, "sampler", "random") != "balanced":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        # Same draw on every process (seed + epoch); accelerate shards the batches between processes.
+        return BalancedClassSampler(train_label_ids(dataset), len(dataset), seed=seed)

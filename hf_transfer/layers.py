@@ -11,6 +11,7 @@ business (`hf_transfer.backbones`), so nothing here knows a model family.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -179,3 +180,43 @@ def compile_layer_regex(layer_regex: str) -> re.Pattern:
     if pattern.groups != 1:
         raise TransferError(f"--layer_regex {layer_regex!r} needs exactly one (\\d+) group that numbers the blocks")
     return pattern
+
+
+def frozen_by_rule(rule: str, layer_map: LayerMap, names: list[str]) -> set[str]:
+    """Parameter names a --freeze rule freezes for the whole run."""
+    rule = (rule or "none").strip()
+    body_depths = [g.index for g in layer_map.body]
+    if rule == "none":
+        return set()
+    if rule == "backbone":
+        return set(layer_map.param_names(body_depths))
+    kind, _, value = rule.partition(":")
+    if kind == "depth":
+        try:
+            k = int(value)
+        except ValueError:
+            k = -1
+        if not 0 < k <= len(body_depths):
+            raise TransferError(f"--freeze {rule!r}: K must be an integer in 1..{len(body_depths)} (the body has {len(body_depths)} depth groups)")
+        return set(layer_map.param_names(body_depths[:k]))
+    if kind == "fraction":
+        try:
+            f = float(value)
+        except ValueError:
+            f = -1.0
+        if not 0 < f <= 1:
+            raise TransferError(f"--freeze {rule!r}: F must be a number in (0, 1], e.g. fraction:0.5")
+        k = int(math.floor(f * len(body_depths) + 1e-9))
+        if k == 0:
+            raise TransferError(f"--freeze {rule!r} freezes no depth group ({len(body_depths)} in the body); raise F")
+        return set(layer_map.param_names(body_depths[:k]))
+    if kind == "regex":
+        try:
+            pattern = re.compile(value)
+        except re.error as err:
+            raise TransferError(f"--freeze {rule!r}: invalid regular expression ({err})") from None
+        matched = {n for n in names if pattern.search(n)}
+        if not matched:
+            raise TransferError(f"--freeze {rule!r} matches no parameter; check the names with build_layer_map(model).table()")
+        return matched
+    raise TransferError(f"--freeze {rule!r} is unknown; use none, backbone, depth:K, fraction:F or regex:PATTERN")

@@ -27,8 +27,9 @@ import torch
 
 from .backbones import adapter_for, load_backbone_with_adapter
 from .backbones.peft_adapter import PEFT_PREFIX, base_param_name, is_lora_param, is_saved_copy_param
+from .engines import holds_shard_placeholders
 from .errors import TransferError
-from .plan import TransferConfig, _frozen_by_rule
+from .layers import frozen_by_rule
 from .runtime import say
 from .saving import save_model_folder, write_json
 
@@ -47,7 +48,7 @@ def require_peft():
 
 
 # ----------------------------------------------------------------------------------------------- targets
-def resolve_targets(model: torch.nn.Module, config: TransferConfig) -> tuple[list[str], str]:
+def resolve_targets(model: torch.nn.Module, config) -> tuple[list[str], str]:
     """Full names of the modules that get LoRA and a line saying how they were chosen.
 
     The family default or ``--lora_target_modules``; the head never (it trains in full); layers frozen by
@@ -60,7 +61,7 @@ def resolve_targets(model: torch.nn.Module, config: TransferConfig) -> tuple[lis
         targets, rule = _match_target_spec(model, config.lora_target_modules, head)
     else:
         targets, rule = adapter.lora_targets()
-    frozen = _frozen_by_rule(config.freeze, layer_map, [n for n, _ in model.named_parameters()])
+    frozen = frozen_by_rule(config.freeze, layer_map, [n for n, _ in model.named_parameters()])
     modules = dict(model.named_modules())
     kept = [t for t in targets if not any(f"{t}.{p}" in frozen for p, _ in modules[t].named_parameters(recurse=False))]
     if not kept:
@@ -115,7 +116,7 @@ def _match_target_spec(model: torch.nn.Module, spec: str, head: set[str]) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ wrapping
-def wrap_with_lora(model: torch.nn.Module, config: TransferConfig, source: str | None = None):
+def wrap_with_lora(model: torch.nn.Module, config, source: str | None = None):
     """The peft model: LoRA on the chosen layers, the head in ``modules_to_save``; checked and reported.
 
     ``source`` (the --model_name_or_path) is recorded in the adapter's config, so the adapter names its base.
@@ -185,8 +186,7 @@ def save_lora_output(wrapped, folder, image_size: int | None = None, merge: bool
     the merged model in the layout of a normal fine-tune (pipeline() and timm's local-dir: load it). Without
     ``merge`` the folder keeps config.json and the preprocessing, so the model card and labels are still there."""
     folder = Path(folder)
-    if any(p.numel() == 0 for p in wrapped.parameters()):
-        # ZeRO-3 / FSDP leave empty placeholders here: merging them would write a broken model
+    if holds_shard_placeholders(wrapped):  # merging them would write a broken model
         raise TransferError("the LoRA model's weights are sharded (DeepSpeed ZeRO-3 or FSDP), which saving a LoRA run "
                             "does not support yet; train LoRA with DDP (recipes/accelerate/multi_gpu.yaml): the adapter is small")
     base = wrapped.get_base_model()

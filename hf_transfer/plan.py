@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import TransferError
 from .backbones import build_layer_map
-from .layers import LayerMap
+from .config import BN_POLICIES, TransferConfig  # noqa: F401 (TransferConfig is imported from here too)
+from .engines import plan_name, plan_named_modules, plan_named_parameters  # noqa: F401 (wrapper-name stripping)
+from .errors import TransferError
+from .layers import LayerMap, frozen_by_rule as _frozen_by_rule  # noqa: F401 (the old name)
 
-STRATEGIES = ("full", "linear_probe", "partial", "lp_ft", "scratch", "lora")
-BN_POLICIES = ("frozen", "eval", "train")
 PLAN_FILE = "transfer_plan.json"
 PLAN_VERSION = 1
 
@@ -49,112 +49,6 @@ def default_learning_rate(model: torch.nn.Module) -> float:
     """
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return 1e-2 if has_batchnorm else 1e-3
-
-
-@dataclass
-class TransferConfig:
-    """What the user asked for (the `TransferArguments` flags plus the head's learning rate and weight decay)."""
-
-    strategy: str = "full"
-    freeze: str = "none"
-    bn_policy: str = "frozen"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    backbone_lr_multiplier: float = 0.1
-    layer_decay: float = 1.0
-    lr_multipliers: str | None = None
-    reinit: str | None = None
-    gradual_unfreeze_epochs: int = 0
-    lp_epochs: int = 0
-    head_init_from: str | None = None  # an exported linear probe gave the head its start (LP-FT hand-off)
-    layer_regex: str | None = None
-    class_weighting: str = "none"  # imbalance.py: loss weights from train class counts (none | balanced)
-    sampler: str = "random"  # imbalance.py: training order (random | balanced draws with replacement)
-    # --strategy lora (hf_transfer.lora wraps the model; the plan trains its LoRA weights and the head's copy)
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_target_modules: str | None = None
-    # The LoRA weights' own rate: on the embedded default (Lite0, BatchNorm statistics frozen) LoRA diverged at the
-    # head's 1e-2 (0.15 accuracy after 30 steps) and reached 0.89 at 3e-3; LoRA on ViTs usually runs at 1e-3 to 5e-3.
-    lora_learning_rate: float = 3e-3
-
-    def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise TransferError(f"--strategy {self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
-        if self.bn_policy not in BN_POLICIES:
-            raise TransferError(f"--bn_policy {self.bn_policy!r} is unknown; choose one of {', '.join(BN_POLICIES)}")
-        if self.strategy == "partial" and self.freeze in ("none", "", None):
-            raise TransferError("--strategy partial needs a --freeze rule; pass e.g. --freeze fraction:0.5")
-        if self.strategy == "lp_ft" and self.lp_epochs < 1 and not self.head_init_from:
-            raise TransferError("--strategy lp_ft needs --lp_epochs N (N >= 1 head-only epochs) or a probe's head "
-                                "(--head_init_from DIR, from recipes/linear_probe.py)")
-        if self.lp_epochs and self.strategy not in ("lp_ft", "lora"):
-            raise TransferError("--lp_epochs only applies to --strategy lp_ft (or lora); add --strategy lp_ft or drop it")
-        if self.gradual_unfreeze_epochs < 0:
-            raise TransferError("--gradual_unfreeze_epochs must be >= 0")
-        if self.gradual_unfreeze_epochs and (self.strategy in ("linear_probe", "lp_ft") or self.lp_epochs):
-            raise TransferError(f"--gradual_unfreeze_epochs cannot be combined with --strategy {self.strategy}"
-                                f"{' --lp_epochs' if self.strategy == 'lora' else ''}; pick one schedule")
-        self._validate_lora()
-        if not 0 < self.layer_decay <= 1:
-            raise TransferError(f"--layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
-        if self.backbone_lr_multiplier < 0 or self.learning_rate <= 0:
-            raise TransferError("--learning_rate must be > 0 and --backbone_lr_multiplier >= 0")
-        from .imbalance import CLASS_WEIGHTINGS, SAMPLERS
-
-        if self.class_weighting not in CLASS_WEIGHTINGS:
-            raise TransferError(f"--class_weighting {self.class_weighting!r} is unknown; choose {' or '.join(CLASS_WEIGHTINGS)}")
-        if self.sampler not in SAMPLERS:
-            raise TransferError(f"--sampler {self.sampler!r} is unknown; choose {' or '.join(SAMPLERS)}")
-        if self.class_weighting == "balanced" and self.sampler == "balanced":
-            raise TransferError("--class_weighting balanced and --sampler balanced both correct for imbalance (together "
-                                "rare classes count ~(n_max/n_min)^2 times more); pick one")
-
-
-    def _validate_lora(self) -> None:
-        """LoRA's flags, and what does not combine with it (all before anything is loaded)."""
-        if self.strategy != "lora":
-            if self.lora_target_modules:
-                raise TransferError("--lora_target_modules only applies to --strategy lora; add --strategy lora or drop it")
-            return
-        import importlib.util
-
-        if importlib.util.find_spec("peft") is None:
-            raise TransferError('--strategy lora needs peft, which is not installed; pip install -e ".[peft]" (or pip install peft)')
-        if self.lora_learning_rate <= 0:
-            raise TransferError("--lora_learning_rate must be > 0")
-        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise TransferError(f"--lora_r {self.lora_r}, --lora_alpha {self.lora_alpha:g}, --lora_dropout "
-                                f"{self.lora_dropout:g}: the rank must be >= 1, alpha > 0 and the dropout in [0, 1)")
-        if (self.freeze or "").strip() == "backbone":
-            raise TransferError("--freeze backbone leaves no layer for LoRA; use --strategy linear_probe, or --freeze "
-                                "depth:K / fraction:F to keep LoRA out of the first layers")
-        if self.bn_policy == "train":
-            raise TransferError("--bn_policy train cannot be combined with --strategy lora: BatchNorm statistics are not "
-                                "part of the adapter, so a reloaded adapter would predict differently; use frozen or eval")
-        if self.reinit:
-            raise TransferError("--reinit cannot be combined with --strategy lora (LoRA adapts pretrained layers; "
-                                "re-initialized ones would have to train in full); drop one of them")
-
-    def first_body_epoch(self) -> int:
-        """The epoch from which the first pretrained layers (or LoRA weights) train (the head trains from epoch 0)."""
-        return self.lp_epochs if self.strategy in ("lp_ft", "lora") and self.lp_epochs else self.gradual_unfreeze_epochs
-
-    def check_run_length(self, total_epochs: float, run_note: str = "") -> None:
-        """Refuse an LP-FT split or gradual unfreezing that would start the body only after the run ends.
-
-        Epoch e runs when e < ceil(total_epochs) (a fractional last epoch still runs). Such a run would silently be
-        a linear probe.
-        """
-        first = self.first_body_epoch()
-        if self.strategy in ("linear_probe", "scratch") or first < math.ceil(total_epochs - 1e-9):
-            return
-        why = (f"--strategy {self.strategy} trains the head alone for --lp_epochs {self.lp_epochs} epoch(s)" if self.lp_epochs
-               else f"--gradual_unfreeze_epochs {self.gradual_unfreeze_epochs} unfreezes the first body group at epoch {first}")
-        raise TransferError(f"{why}, but the run has {total_epochs:g} epoch(s){run_note}: the pretrained layers would "
-                            f"never train; raise --num_train_epochs above {first}, or use --strategy linear_probe for a "
-                            "head-only run")
 
 
 @dataclass
@@ -192,46 +86,6 @@ def parse_lr_multipliers(text: str | None) -> list[tuple[re.Pattern, float]]:
         except (ValueError, re.error):
             raise TransferError(f"--lr_multipliers item {item!r} is not 'regex=factor'; write e.g. 'blocks\\.0=0.5,classifier=2'") from None
     return rules
-
-
-def _frozen_by_rule(rule: str, layer_map: LayerMap, names: list[str]) -> set[str]:
-    """Parameter names a --freeze rule freezes for the whole run."""
-    rule = (rule or "none").strip()
-    body_depths = [g.index for g in layer_map.body]
-    if rule == "none":
-        return set()
-    if rule == "backbone":
-        return set(layer_map.param_names(body_depths))
-    kind, _, value = rule.partition(":")
-    if kind == "depth":
-        try:
-            k = int(value)
-        except ValueError:
-            k = -1
-        if not 0 < k <= len(body_depths):
-            raise TransferError(f"--freeze {rule!r}: K must be an integer in 1..{len(body_depths)} (the body has {len(body_depths)} depth groups)")
-        return set(layer_map.param_names(body_depths[:k]))
-    if kind == "fraction":
-        try:
-            f = float(value)
-        except ValueError:
-            f = -1.0
-        if not 0 < f <= 1:
-            raise TransferError(f"--freeze {rule!r}: F must be a number in (0, 1], e.g. fraction:0.5")
-        k = int(math.floor(f * len(body_depths) + 1e-9))
-        if k == 0:
-            raise TransferError(f"--freeze {rule!r} freezes no depth group ({len(body_depths)} in the body); raise F")
-        return set(layer_map.param_names(body_depths[:k]))
-    if kind == "regex":
-        try:
-            pattern = re.compile(value)
-        except re.error as err:
-            raise TransferError(f"--freeze {rule!r}: invalid regular expression ({err})") from None
-        matched = {n for n in names if pattern.search(n)}
-        if not matched:
-            raise TransferError(f"--freeze {rule!r} matches no parameter; check the names with build_layer_map(model).table()")
-        return matched
-    raise TransferError(f"--freeze {rule!r} is unknown; use none, backbone, depth:K, fraction:F or regex:PATTERN")
 
 
 def _reinit_modules(model: torch.nn.Module, pattern: str | None) -> list[str]:
@@ -286,20 +140,9 @@ class TransferPlan:
         head = layer_map.head.index  # L in D^(L - i)
         reinit = _reinit_modules(model, config.reinit)
         new = set(layer_map.head.param_names) | {n for n in names if any(n.startswith(m + ".") for m in reinit)}
-        if config.strategy == "scratch":
-            new = set(names)  # random init: nothing is pretrained
-        frozen = _frozen_by_rule(config.freeze, layer_map, names)
-        if config.strategy == "linear_probe":
-            frozen |= set(layer_map.param_names([g.index for g in layer_map.body]))
-        adapters: set[str] = set()
-        originals: set[str] = set()  # peft's frozen original of the head (the trained copy is in modules_to_save)
-        if config.strategy == "lora":
-            adapters, new, frozen = _lora_sets(names, layer_map, frozen)
-            originals = frozen & set(layer_map.head.param_names)
-        elif frozen and not frozen - new:
-            raise TransferError(f"--freeze {config.freeze!r} only matches new (head or re-initialized) parameters, which always "
-                                "train; point it at pretrained layers")
-        frozen -= new  # new modules always train: frozen random weights help nobody
+        roles = config.strategy_object.param_roles(config, names, layer_map,
+                                                   _frozen_by_rule(config.freeze, layer_map, names), new)
+        new, frozen, adapters, originals = roles.new, roles.frozen, roles.adapters, roles.originals
 
         start = _start_epochs(config, layer_map, frozen, new)
         rules = parse_lr_multipliers(config.lr_multipliers)
@@ -436,9 +279,7 @@ class TransferPlan:
     def table(self, epoch: int | None = None) -> str:
         c = self.config
         head = (f"TransferPlan: strategy={c.strategy} freeze={c.freeze} bn_policy={c.bn_policy} lr={c.learning_rate:g} "
-                + (f"lora_lr={c.lora_learning_rate:g} lora_r={c.lora_r} lora_alpha={c.lora_alpha:g} "
-                   f"lora_dropout={c.lora_dropout:g}" if c.strategy == "lora"
-                   else f"backbone_x{c.backbone_lr_multiplier:g}") + f" layer_decay={c.layer_decay:g}"
+                + c.strategy_object.describe(c) + f" layer_decay={c.layer_decay:g}"
                 + (f" reinit={','.join(self.reinit_modules)}" if self.reinit_modules else "")
                 + (f" (epoch {epoch})" if epoch is not None else ""))
         rows = [head, f"{'depth':>5}  {'group':<34} {'params':>7} {'lr':>10} {'wd':>7}  trains"]
@@ -451,7 +292,7 @@ class TransferPlan:
                 when = f"from epoch {g.trains_from_epoch}"
             rows.append(f"{g.depth:>5}  {g.name[:34]:<34} {len(g.params):>7} {g.lr:>10.3g} {g.weight_decay:>7.3g}  {when}")
         rows.append(self.frozen_share())
-        if c.strategy == "lora" and self.sizes:
+        if c.strategy_object.trains_adapters and self.sizes:
             rows.append(self.trainable_share())
         return "\n".join(rows)
 
@@ -505,31 +346,11 @@ class TransferPlan:
         return diffs
 
 
-# Modules that wrap a model for an engine put their own name into every parameter path: FSDP v1
-# (`_fsdp_wrapped_module.`), activation checkpointing (`_checkpoint_wrapped_module.`), torch.compile (`_orig_mod.`).
-WRAPPER_NAME_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
-
-
-def plan_name(name: str) -> str:
-    """A parameter or module path as the plan knows it: without the parts engine wrappers insert."""
-    if not any(part in name for part in WRAPPER_NAME_PARTS):
-        return name
-    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAME_PARTS)
-
-
-def plan_named_parameters(model: torch.nn.Module):
-    """``model.named_parameters()`` under the plan's names, for a bare model or one an engine wrapped (FSDP v1)."""
-    return ((plan_name(n), p) for n, p in model.named_parameters())
-
-
-def plan_named_modules(model: torch.nn.Module):
-    return ((plan_name(n), m) for n, m in model.named_modules())
-
-
 def _start_epochs(config: TransferConfig, layer_map: LayerMap, frozen: set[str], new: set[str]) -> dict[str, int | None]:
     """Epoch from which each parameter trains (None: never)."""
     start: dict[str, int | None] = {}
     body = layer_map.body
+    head_only = config.strategy_object.head_only_epochs(config)
     # Gradual unfreezing counts only the depth groups that train at all, from the top down.
     trainable_depths = [g.index for g in reversed(body) if any(n not in frozen and n not in new for n in g.param_names)]
     for g in layer_map.groups:
@@ -538,33 +359,10 @@ def _start_epochs(config: TransferConfig, layer_map: LayerMap, frozen: set[str],
                 start[n] = None
             elif n in new or g.is_head:
                 start[n] = 0
-            elif config.strategy in ("lp_ft", "lora") and config.lp_epochs:
-                start[n] = config.lp_epochs
+            elif head_only:
+                start[n] = head_only
             elif config.gradual_unfreeze_epochs:
                 start[n] = config.gradual_unfreeze_epochs * (trainable_depths.index(g.index) + 1)
             else:
                 start[n] = 0
     return start
-
-
-def _lora_sets(names: list[str], layer_map: LayerMap, frozen_by_rule: set[str]) -> tuple[set[str], set[str], set[str]]:
-    """(LoRA weights, new = the head's trained copy, frozen = everything else) of a peft-wrapped model.
-
-    peft keeps the head twice: ``modules_to_save.default`` trains, ``original_module`` stays as loaded. A head outside
-    ``modules_to_save`` would be frozen at random and lost from the saved adapter (peft issues #310, #577): refused.
-    LoRA weights in depth groups the --freeze rule freezes stay frozen too.
-    """
-    from .backbones.peft_adapter import is_lora_param, is_original_copy_param, is_saved_copy_param
-
-    adapters = {n for n in names if is_lora_param(n)}
-    saved = {n for n in names if is_saved_copy_param(n)}
-    if not adapters:
-        raise TransferError("--strategy lora: the model has no LoRA layers; wrap it with hf_transfer.lora.wrap_with_lora "
-                            "(or peft.get_peft_model) before building the plan")
-    lost = [n for n in layer_map.head.param_names if n not in saved and not is_original_copy_param(n)]
-    if lost:
-        raise TransferError(f"the head ({lost[0]}) is not in peft's modules_to_save: it would not train and a saved "
-                            "adapter would lose it; wrap with hf_transfer.lora.wrap_with_lora, or add the head to "
-                            "modules_to_save")
-    frozen = set(names) - saved - (adapters - frozen_by_rule)
-    return adapters - frozen_by_rule, saved, frozen

@@ -12,6 +12,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_count() -> int:
+    """Processes in this launch (`accelerate launch` / torchrun set WORLD_SIZE; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def local_processes() -> int:
+    """Processes of this launch on this machine (`accelerate launch` / torchrun set LOCAL_WORLD_SIZE; 1 without)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 def say(message: str) -> None:
     """Progress for people: printed once, by the main process, above any live progress bar (not inside it)."""
     if is_main_process():

@@ -47,9 +47,11 @@ def image_processor_for(model, image_size: int | None = None):
 
 
 COMPLETION_MARKER = "all_results.json"
+# The files that hold a model's weights (one file, a sharded index, the legacy pickle); a LoRA checkpoint's adapter.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+ADAPTER_WEIGHT_FILE = "adapter_model.safetensors"
 # What a finished or interrupted run leaves in its output folder (hf_transfer's own files and Trainer's).
-RUN_FILES = (COMPLETION_MARKER, "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-             "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
+RUN_FILES = (COMPLETION_MARKER, "config.json", *WEIGHT_FILES, "preprocessor_config.json", "transfer_plan.json", "train_results.json", "eval_results.json",
              "test_results.json", "trainer_state.json", "training_args.bin", "training_args.json", "training_curves.png",
              "confusion_matrix.png", "bad_images.json", "probe_table.txt", "probe_accuracy_per_depth.png",
              "cv_results.json", "cv_results.md", "cv_results.png", "adapter")
@@ -121,14 +123,11 @@ def staged_output(output_dir: str | os.PathLike, last: tuple[str, ...] = (COMPLE
         shutil.rmtree(staging, ignore_errors=True)
 
 
-TIMM_WRAPPER_PREFIX = "timm_model."
-
-
 def save_model_folder(model, folder: str | os.PathLike, image_size: int | None = None, timm_layout: bool = False,
                       state_dict: dict | None = None) -> None:
     """`save_pretrained` (safetensors) plus the image processor, so `pipeline(model=folder)` works offline.
 
-    ``timm_layout``: a TimmWrapper model's weights are written under timm's own names (no ``timm_model.`` prefix),
+    ``timm_layout``: a TimmWrapper model's weights are written under timm's own names (without the wrapper's prefix),
     as timm Hub checkpoints are, so ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads the folder too;
     transformers adds the prefix back on load. (A wrapper built in memory, not by from_pretrained, would otherwise
     keep the prefix.) ``state_dict``: the weights to write instead of the model's own (gathered from an engine that
@@ -157,8 +156,10 @@ def trained_weights(trainer):
     16-bit copy would round frozen pretrained weights), so the folder is the same whatever the engine. One process
     and DDP: ``(model, None)``, the model's own weights as they are.
     """
+    from .engines import gathers_weights
+
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if not (getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)):
+    if not gathers_weights(trainer):
         return model, None
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     masters = deepspeed_fp32_masters(trainer, model)  # collective too: every process gathers, the main one keeps

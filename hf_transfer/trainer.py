@@ -15,27 +15,27 @@ How it stays correct:
   when something unfreezes later.
 * BatchNorm: a forward pre-hook on the model sets the plan's frozen BatchNorm modules to eval() whenever the model
   is in training mode, so ``model.train()`` (called by Trainer every step) cannot update their statistics.
-* Imbalance (`imbalance.py`): the plan's ``class_weighting="balanced"`` makes `compute_loss` a class-weighted
-  cross-entropy (weights from the train split's class counts, or ``class_weights=``); ``sampler="balanced"`` makes
-  `_get_train_sampler` a seeded class-balanced draw, the same on every process, which accelerate shards by batch.
-* Resume: the phase is a pure function of the epoch (restored from ``trainer_state.json``); each checkpoint holds
-  ``transfer_plan.json`` and resuming with a different plan is a `TransferError`.
+* Imbalance: `imbalance.ImbalanceCorrection` (weighted loss, balanced sampler). Engine quirks (the ZeRO weight-decay
+  hold, the 16-bit restore): `engines.py`. Resume (each checkpoint holds ``transfer_plan.json``; resuming with a
+  different plan is a `TransferError`; the phase is a pure function of the restored epoch): `checkpoints.py`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import RESUME_LATEST, check_resumable, checkpoint_problem, checkpoint_to_resume, latest_checkpoint  # noqa: F401
+from .engines import (check_engine, detect_engine, hold_pending_groups, keep_batchnorm_float32,
+                      needs_float32_batchnorm, parameter_count, plan_named_parameters, untrained_weights)
 from .errors import TransferError
-from .engines import check_engine, detect_engine, keep_batchnorm_float32, needs_float32_batchnorm
-from .plan import PLAN_FILE, TransferConfig, TransferPlan, default_learning_rate, plan_named_parameters
+from .imbalance import ImbalanceCorrection
+from .optimizers import group_learning_rates, optimizer_for, plan_optimizer  # noqa: F401 (public here too)
+from .plan import TransferConfig, TransferPlan, default_learning_rate
 from .runtime import say
 
 
@@ -94,8 +94,7 @@ class TransferPlanCallback(TrainerCallback):
         phase = frozenset(trainable)
         if phase != self.applied_epoch_phase:
             self.applied_epoch_phase = phase
-            # ds_numel: a DeepSpeed ZeRO-3 parameter holds only its shard
-            count = sum(getattr(p, "ds_numel", p.numel()) for n, p in plan_named_parameters(model) if n in trainable)
+            count = sum(parameter_count(p) for n, p in plan_named_parameters(model) if n in trainable)
             say(f"{reason}: {len(trainable)} parameter tensors ({count / 1e6:.3f}M values) train at epoch {epoch}\n"
                 + plan.table(epoch))
 
@@ -127,43 +126,7 @@ class TransferPlanCallback(TrainerCallback):
                 self.plan.save(folder, model)
 
 
-def hold_pending_groups(optimizer, epoch: int) -> None:
-    """Keep parameters that have not unfrozen yet exactly as they are, even where an engine gives them a gradient.
-
-    One process, DDP and FSDP leave their gradient None, so the optimizer skips them. DeepSpeed ZeRO-1/2 fills
-    missing gradients with zeros: AdamW would still decay those weights and count steps for them, so their group's
-    weight decay is held at 0 until its epoch (zero gradients then move nothing), and its optimizer state is dropped
-    when it starts to train (fresh moments and step count, as if it had just joined). The hold is a key of the group,
-    so it is saved in checkpoints and a resumed run releases it the same way.
-    """
-    state = optimizer.state
-    for group in optimizer.param_groups:
-        start = group.get("trains_from_epoch")
-        if start is None:
-            continue
-        if start > epoch and "held_weight_decay" not in group:
-            group["held_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
-        elif start <= epoch and "held_weight_decay" in group:
-            group["weight_decay"] = group.pop("held_weight_decay")
-            for param in group["params"]:
-                state.pop(param, None)
-
-
-def untrained_weights(plan: TransferPlan, model) -> dict[str, torch.Tensor]:
-    """CPU copies of the parameters the plan never trains and of the BatchNorm statistics it never updates."""
-    never = {n for g in plan.groups if g.frozen for n in g.params}
-    frozen_bn = set(plan.frozen_batchnorm_names(model))
-    never |= {n for n, _ in model.named_buffers() if n.rpartition(".")[0] in frozen_bn}
-    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items() if name in never}
-
-
-def plan_optimizer(plan: TransferPlan, args, model):
-    """The optimizer ``args.optim`` names, over the plan's parameter groups with their real learning rates."""
-    optimizer_cls, optimizer_kwargs = optimizer_for(args, model)
-    return optimizer_cls(plan.optimizer_groups(model), **optimizer_kwargs)
-
-
-class TransferTrainer(Trainer):
+class TransferTrainer(ImbalanceCorrection, Trainer):
     """`Trainer` + `TransferPlan`: parameter groups with real lrs, staged unfreezing, BatchNorm policy, resume, DDP."""
 
     def __init__(self, model=None, args=None, *trainer_args, plan: TransferPlan | None = None,
@@ -189,8 +152,7 @@ class TransferTrainer(Trainer):
         # The dtype the weights had before an engine took them (DeepSpeed keeps 16-bit copies): saved weights get it
         # back, and what never trains (frozen layers, frozen BatchNorm statistics) gets back its exact values.
         self.weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-        sixteen_bit = self.engine.kind == "deepspeed" and self.engine.mixed_precision in ("bf16", "fp16")
-        self.untrained_weights = untrained_weights(plan, model) if sixteen_bit else {}
+        self.untrained_weights = untrained_weights(plan, model) if self.engine.trains_16_bit_copies else {}
         self.plan = plan
         if args.learning_rate is None:
             args.learning_rate = plan.config.learning_rate  # the plan's groups carry the real rates
@@ -202,78 +164,7 @@ class TransferTrainer(Trainer):
         self.plan_callback.prepare(model)  # everything that ever trains is visible to DDP when it wraps the model
         super().__init__(model, args, *trainer_args, **kwargs)
         self.add_callback(self.plan_callback)
-        self.class_weights, self.class_counts = self._imbalance_correction(class_weights)
-
-    def _imbalance_correction(self, class_weights):
-        """(loss weights or None, train images per class or None) for the plan's --class_weighting / --sampler."""
-        from .imbalance import balanced_class_weights, class_counts, describe_balance, train_label_ids
-
-        config = self.plan.config
-        if class_weights is None and config.class_weighting == "none" and config.sampler == "random":
-            return None, None
-        if class_weights is not None and config.sampler == "balanced":
-            raise TransferError("class_weights and --sampler balanced both correct for imbalance; pick one")
-        if config.sampler == "balanced" and self.args.train_sampling_strategy != "random":
-            raise TransferError(f"--sampler balanced replaces the training order; drop --train_sampling_strategy "
-                                f"{self.args.train_sampling_strategy}")
-        num_classes = int(self.model.config.num_labels)
-        counts = None
-        if self.train_dataset is not None and (class_weights is None or config.sampler == "balanced"):
-            counts = class_counts(train_label_ids(self.train_dataset), num_classes)
-        weights = None
-        if class_weights is not None:
-            weights = torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
-            if len(weights) != num_classes:
-                raise TransferError(f"class_weights has {len(weights)} values for a model with {num_classes} classes")
-        elif config.class_weighting == "balanced":
-            if counts is None:
-                raise TransferError("--class_weighting balanced needs a train_dataset to count the classes in")
-            weights = balanced_class_weights(counts)
-        if weights is not None:
-            self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
-        if counts is not None:
-            labels = [str(self.model.config.id2label.get(k, k)) for k in range(num_classes)]
-            say(describe_balance(counts, labels, weights, config.sampler))
-        return weights, counts
-
-    def imbalance_summary(self) -> dict:
-        """What all_results.json and the model card record about the imbalance correction (empty when none)."""
-        config = self.plan.config
-        if self.class_weights is None and config.sampler == "random":
-            return {}
-        id2label = self.model.config.id2label
-        name = lambda k: str(id2label.get(k, k))  # noqa: E731
-        weighting = "none" if self.class_weights is None else (
-            "custom" if config.class_weighting == "none" else config.class_weighting)  # custom: class_weights= given
-        summary = {"class_weighting": weighting, "sampler": config.sampler}
-        if self.class_counts is not None:
-            summary["train_class_counts"] = {name(k): int(n) for k, n in enumerate(self.class_counts)}
-        if self.class_weights is not None:
-            summary["class_weights"] = {name(k): round(float(w), 6) for k, w in enumerate(self.class_weights)}
-        return summary
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.class_weights is None or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        from .imbalance import weighted_cross_entropy
-
-        labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = weighted_cross_entropy(logits, labels, self.class_weights, self.args.label_smoothing_factor)
-        if not isinstance(outputs, dict):
-            outputs = (loss, *outputs)  # as with labels: prediction_step reads the logits after the loss
-        return (loss, outputs) if return_outputs else loss
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.plan.config.sampler != "balanced":
-            return super()._get_train_sampler(train_dataset)
-        from .imbalance import BalancedClassSampler, train_label_ids
-
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        # Same draw on every process (seed + epoch); accelerate shards the batches between processes.
-        return BalancedClassSampler(train_label_ids(dataset), len(dataset), seed=seed)
+        self.setup_imbalance_correction(plan.config, class_weights)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -291,15 +182,8 @@ class TransferTrainer(Trainer):
         note = self.plan.check_schedule(*self._run_length())
         if note:
             say(note)
-        if resume_from_checkpoint:
-            if isinstance(resume_from_checkpoint, bool) or str(resume_from_checkpoint).lower() in RESUME_LATEST:
-                resume_from_checkpoint = latest_checkpoint(self.args.output_dir)
-                if resume_from_checkpoint is None:
-                    say(f"no complete checkpoint in {self.args.output_dir}: training from the start")
-            if resume_from_checkpoint:
-                check_resumable(resume_from_checkpoint, self.plan, self.model)
-                say(f"resuming from {resume_from_checkpoint}")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+        resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir, self.plan, self.model)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _run_length(self) -> tuple[float, str]:
         """(epochs this run trains, how they were counted) from num_train_epochs or max_steps."""
@@ -309,108 +193,3 @@ class TransferTrainer(Trainer):
         batches = len(self.train_dataset) // batch if self.args.dataloader_drop_last else math.ceil(len(self.train_dataset) / batch)
         steps_per_epoch = max(1, batches // max(1, self.args.gradient_accumulation_steps))
         return self.args.max_steps / steps_per_epoch, f" (--max_steps {self.args.max_steps} at {steps_per_epoch} steps per epoch)"
-
-
-# Optimizers that Trainer builds from the model itself (their own parameter groups, or a fused backward): they
-# cannot take the plan's groups, and stripping their extra arguments would silently train something else.
-MODEL_BUILT_OPTIMIZERS = re.compile(r"^(galore_|apollo_|lomo$|adalomo$)|layerwise")
-RESUME_LATEST = ("true", "auto", "latest")
-
-
-def optimizer_for(args, model) -> tuple[type, dict]:
-    """The optimizer class and its settings for ``args.optim``, refusing those that need the model itself."""
-    name = str(getattr(args.optim, "value", args.optim))
-    if MODEL_BUILT_OPTIMIZERS.search(name):
-        raise TransferError(f"--optim {name} builds its own parameter groups from the model, which would override the "
-                            "transfer plan's frozen layers and learning rates; use adamw_torch_fused, adamw_torch, sgd "
-                            "or adafactor (or drop hf_transfer's plan and use the plain Trainer)")
-    try:
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    except ImportError as err:
-        raise TransferError(f"--optim {name}: {str(err).splitlines()[0]}") from None
-    unexpected = sorted(set(optimizer_kwargs) & {"params", "model", "optimizer_dict"})
-    if unexpected:
-        raise TransferError(f"--optim {name} needs {', '.join(unexpected)} from the model, which the transfer plan "
-                            "cannot provide; use adamw_torch_fused, adamw_torch, sgd or adafactor")
-    return optimizer_cls, optimizer_kwargs
-
-
-def group_learning_rates(optimizer) -> dict[str, float]:
-    """The head's rate as ``learning_rate``, the pretrained groups' as ``learning_rate/backbone`` when they share one
-    rate, else one ``learning_rate/<group>`` each (layer decay, multipliers)."""
-    rates: dict[str, float] = {}
-    for group in optimizer.param_groups:
-        rates.setdefault(str(group.get("name", "group")).split("/no_decay")[0], float(group["lr"]))
-    logs = {"learning_rate": rates.pop("head")} if "head" in rates else {}
-    if len(set(rates.values())) == 1:
-        logs["learning_rate/backbone"] = next(iter(rates.values()))
-    else:
-        logs.update({f"learning_rate/{name}": lr for name, lr in rates.items()})
-    return logs
-
-
-def checkpoint_problem(folder: str) -> str | None:
-    """Why ``folder`` is not a complete TransferTrainer checkpoint (None when it is).
-
-    Trainer writes the weights, optimizer and RNG state, then trainer_state.json; TransferTrainer adds
-    transfer_plan.json last (on_save). A run killed while saving leaves a checkpoint without them.
-    """
-    if not os.path.isdir(folder):
-        return "no such folder"
-    present = set(os.listdir(folder))
-    if not present & {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors"}:
-        return "no model weights"
-    for required in ("trainer_state.json", PLAN_FILE):
-        if required not in present:
-            return f"no {required} (a save that did not finish)"
-    return None
-
-
-def latest_checkpoint(output_dir: str) -> str | None:
-    """The newest complete ``checkpoint-N`` in ``output_dir`` (half-written ones, e.g. from a killed run, skipped)."""
-    if not os.path.isdir(output_dir):
-        return None
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    numbered = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name))), reverse=True)
-    for _, name in numbered:
-        folder = os.path.join(output_dir, name)
-        if checkpoint_problem(folder) is None:
-            return folder
-        say(f"skipping incomplete checkpoint {folder} ({checkpoint_problem(folder)})")
-    return None
-
-
-def check_resumable(folder: str, plan: TransferPlan, model) -> None:
-    """A checkpoint resumes only into the same plan, labels and input size: anything else trains a different model."""
-    problem = checkpoint_problem(folder)
-    if problem:
-        raise TransferError(f"cannot resume from {folder!r}: {problem}; pass another checkpoint, "
-                            "--resume_from_checkpoint True for the latest complete one, or start afresh")
-    diffs = plan.differences(TransferPlan.load(folder))
-    config_file = os.path.join(folder, "config.json")
-    if os.path.isfile(config_file):
-        with open(config_file) as handle:
-            saved = json.load(handle)
-        mine = model.config.to_dict()
-        for key, what in (("id2label", "labels"), ("label_names", "labels"), ("image_size", "image size")):
-            if key in saved and key in mine and _normalized(saved[key]) != _normalized(mine[key]):
-                diffs.append(f"{what}: {_short(saved[key])} -> {_short(mine[key])}")
-        saved_size = (saved.get("pretrained_cfg") or {}).get("input_size")
-        my_size = (mine.get("pretrained_cfg") or {}).get("input_size")
-        if saved_size and my_size and list(saved_size) != list(my_size):
-            diffs.append(f"input size: {saved_size[-1]} px -> {my_size[-1]} px")
-    if diffs:
-        raise TransferError(f"the checkpoint {folder!r} was trained differently ({'; '.join(diffs)}); resume with the "
-                            "same data, flags and --image_size, or start a new --output_dir")
-
-
-def _normalized(value):
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    return value
-
-
-def _short(value, limit: int = 60) -> str:
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
-    text = ", ".join(map(str, items))
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -11,11 +11,10 @@ the scenario with the numbers behind it and the plan, and writes plan.yaml (run 
 advice.md, advice.json and advice.png. Flags: `ModelArguments`, `DataArguments`, `AdviseArguments` (`--help`).
 """
 
-import os
 
-# OpenMP wait policy, chosen here because libgomp reads it once, when torch loads (see recipes/finetune.py).
-if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count() or 1):
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+from hf_transfer_openmp import choose_wait_policy
+
+choose_wait_policy()  # before torch loads (libgomp reads it once): see hf_transfer_openmp.py
 
 from hf_transfer.arguments import parse_args
 from hf_transfer.errors import exit_on_user_error

@@ -11,13 +11,10 @@ all_results.json (last). The validation split is held out of every fold (``--ref
 it). Flags: the recipe's dataclasses plus `CVArguments` (`--help` lists them).
 """
 
-import os
 
-# OpenMP wait policy, chosen here because libgomp reads it once, when torch loads (so not on `import hf_transfer`).
-# Machine already busy (1-min load >= cores): PASSIVE, since threads spinning against other jobs slowed Lite0 steps
-# up to 20x. An explicit OMP_WAIT_POLICY wins.
-if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= (os.cpu_count() or 1):
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+from hf_transfer_openmp import choose_wait_policy
+
+choose_wait_policy()  # before torch loads (libgomp reads it once): see hf_transfer_openmp.py
 
 from hf_transfer.errors import exit_on_user_error
 from hf_transfer.jobs.cross_validate import run_cross_validation

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from ..strategies import get_strategy
 from .rules import Decision
 
 # Flags the plan may emit that come from the cross-validation/imbalance and probe work (`--class_weighting`,
@@ -52,10 +53,8 @@ def plan_config(decision: Decision, *, backbone: str, image_size: int, data_args
                        "backbone_lr_multiplier": decision.backbone_lr_multiplier, "layer_decay": decision.layer_decay,
                        "num_train_epochs": decision.num_train_epochs, "per_device_train_batch_size": batch_size,
                        "augmentation": decision.augmentation})
-        if decision.strategy == "partial":
-            config["freeze"] = decision.freeze
-        if decision.strategy == "lp_ft":
-            config["lp_epochs"] = decision.lp_epochs
+        for flag in get_strategy(decision.strategy).decision_flags:  # partial: freeze, lp_ft: lp_epochs
+            config[flag] = getattr(decision, flag)
         if time_budget is not None:
             config["time_budget"] = float(time_budget)
         if decision.class_weighting:

@@ -12,6 +12,7 @@ from ..arguments import DataArguments, ModelArguments
 from ..errors import TransferError
 from ..runtime import configure_cpu_threads, say
 from ..saving import mark_default_output_dir, resolve_output_dir
+from ..strategies import get_strategy
 
 AUTO = "auto"
 
@@ -70,25 +71,16 @@ def measure_backbone(name: str, model_args: ModelArguments, data, settings: Advi
 
     from ..advisor import BackboneMeasurement, CostStats, SizeStats
     from ..advisor.measure import measure_similarity, time_train_step
-    from ..backbones import load_backbone_with_adapter
     from ..data import _stratified_subset
     from ..features import POOLED, parse_layers, transform_fingerprint
     from ..plan import default_learning_rate
-    from ..resolution import check_input_size
     from ..transforms import build_transform, with_transforms
+    from .common import load_sized_backbone
 
     start = time.perf_counter()
-    hub_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    if model_args.token:
-        hub_kwargs["token"] = model_args.token
-    # As jobs.common.prepare does for a run: the backbone with the data's labels, at the run's input size.
-    model, adapter = load_backbone_with_adapter(name, labels=data.labels, pretrained=True,
-                                                trust_remote_code=model_args.trust_remote_code, **hub_kwargs)
     image_size = model_args.image_size or data.suggested_image_size
-    if image_size:
-        check_input_size(model, int(image_size), forward=False)
-        adapter.change_input_size(int(image_size))
-    adapter.set_preprocessing(image_size)
+    # As jobs.common.prepare does for a run: the backbone with the data's labels, at the run's input size.
+    model, adapter = load_sized_backbone(model_args, data.labels, image_size, pretrained=True, name=name, report=False)
     cfg = adapter.data_config()
     image_size = int(image_size or cfg["input_size"][-1])
     train = data.splits["train"]
@@ -210,7 +202,8 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
 def _apply_finetune_plan(decision, data_args, training_args, transfer_args) -> None:
     """Set the run's flags to the plan (the flags the plan sets replace any given on the command line)."""
     transfer_args.strategy = decision.strategy
-    transfer_args.freeze = decision.freeze if decision.strategy == "partial" else "none"
+    own_flags = get_strategy(decision.strategy).decision_flags  # partial: freeze, lp_ft: lp_epochs
+    transfer_args.freeze = decision.freeze if "freeze" in own_flags else "none"
     transfer_args.lp_epochs = decision.lp_epochs
     transfer_args.layer_decay = decision.layer_decay
     transfer_args.backbone_lr_multiplier = decision.backbone_lr_multiplier
@@ -218,16 +211,9 @@ def _apply_finetune_plan(decision, data_args, training_args, transfer_args) -> N
     training_args.num_train_epochs = float(decision.num_train_epochs)
     data_args.augmentation = decision.augmentation
     for flag in ("class_weighting", "sampler"):
-        value = getattr(decision, flag)
-        if not value:
-            continue
-        holder = next((a for a in (transfer_args, training_args, data_args) if hasattr(a, flag)), None)
-        if holder is None:
-            say(f"the plan asks for --{flag} {value}, which this version does not have: training without it")
-        else:
-            setattr(holder, flag, value)
-    say(f"--strategy auto -> {decision.strategy}" + (f" --freeze {decision.freeze}" if decision.strategy == "partial" else "")
-        + (f" --lp_epochs {decision.lp_epochs}" if decision.strategy == "lp_ft" else "")
+        if getattr(decision, flag):
+            setattr(transfer_args, flag, getattr(decision, flag))
+    say(f"--strategy auto -> {decision.strategy}" + "".join(f" --{flag} {getattr(decision, flag)}" for flag in own_flags)
         + f" --learning_rate {decision.learning_rate:g} --backbone_lr_multiplier {decision.backbone_lr_multiplier:g}"
         f" --layer_decay {decision.layer_decay:g} --num_train_epochs {decision.num_train_epochs:g}"
         f" --augmentation {decision.augmentation} (these replace any given on the command line)")

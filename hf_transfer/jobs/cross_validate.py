@@ -11,14 +11,13 @@ The flags are the recipe's own (``--recipe finetune``, the default, or ``linear_
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TransferError
-from ..runtime import configure_cpu_threads, say
+from ..runtime import configure_cpu_threads, process_count, say
 from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, staged_output, write_json
 
 RECIPES = ("finetune", "linear_probe")
@@ -141,7 +140,7 @@ def run_cross_validation(argv: list[str] | None = None, prog: str = "cross_valid
     *recipe_args, cv_args = parse_args(cv_argument_types(recipe), argv, prog=prog)
     if cv_args.recipe != recipe:
         raise TransferError(f"give --recipe {cv_args.recipe} on the command line, not in the config file")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if process_count() > 1:
         raise TransferError("cross-validation runs its folds one after another in one process; start it with python, "
                             "not with several accelerate processes")
     model_args, data_args, job_args = recipe_args[:3]
