@@ -28,7 +28,10 @@ def free_port() -> int:
 @pytest.fixture
 def one_deepspeed_process(monkeypatch):
     """The variables torchrun gives a single process; accelerate's and torch's process state reset afterwards."""
+    import os
+
     pytest.importorskip("deepspeed")
+    saved = dict(os.environ)  # accelerate and DeepSpeed export variables of their own while they set up
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
                        "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(key, value)
@@ -39,6 +42,8 @@ def one_deepspeed_process(monkeypatch):
     PartialState._reset_state()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 # ------------------------------------------------------------------------------ 1. mixed precision from accelerate
@@ -204,8 +209,9 @@ def test_shipped_fsdp2_config_trains_on_two_cpu_processes(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     record, out = tmp_path / "record", tmp_path / "out"
     record.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_TRANSFER_TEST_RECORD": str(record),
-           "HF_TRANSFER_NUM_THREADS": "1"}
+    launcher_set = ("ACCELERATE_", "FSDP_", "MASTER_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(launcher_set)}, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT), "HF_TRANSFER_TEST_RECORD": str(record), "HF_TRANSFER_NUM_THREADS": "1"}
     cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "fsdp2.yaml"),
            "--num_processes", "2", str(ROOT / "tests" / "multiprocess_recipe.py"), "--use_cpu", "--max_steps", "1", "--warmup_steps", "0",
            "--max_train_samples", "32", "--max_eval_samples", "16", "--image_size", "48", "--freeze", "depth:1",

@@ -95,7 +95,9 @@ def run_finetune(
         say(note)
     say(f"engine: {engine.describe()}")
     adapter = adapter_for(model)
-    channels_last = adapter.prefers_channels_last()
+    # DeepSpeed broadcasts each parameter viewed as bytes, which a channels_last weight refuses (seen on 2 CPU
+    # processes: "self.stride(-1) must be 1 to view BFloat16 as Byte"): its parameters stay contiguous
+    channels_last = adapter.prefers_channels_last() and engine.kind != "deepspeed"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Decode + resize once when the data fits in memory; batches come normalized in the model's memory format.
