@@ -6,8 +6,8 @@ after (this working tree), must give bit-identical model.safetensors and identic
     python bench/refactor_identity.py --before 9035cf2 --after design   # a commit instead of the working tree
     python bench/refactor_identity.py --before_json bench/results/refactor_identity.json   # the after side only
 
-Compared per run: the sha256 of model.safetensors and of transfer_plan.json, and all_results.json without the keys
-that measure time or the feature cache (they differ between any two runs). Writes bench/results/refactor_identity.json.
+Compared per run: the sha256 of model.safetensors and of transfer_plan.json, and all_results.json without the keys,
+at any depth, that measure time or the feature cache (they differ between any two runs). Writes bench/results/refactor_identity.json.
 """
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ def sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def stable(value):
+    """``value`` without the keys, at any depth, that measure time or the feature cache."""
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in sorted(value.items()) if not any(part in k for part in VOLATILE)}
+    return [stable(v) for v in value] if isinstance(value, list) else value
+
+
 def stable_results(path: Path) -> dict:
-    results = json.loads(path.read_text())
-    return {k: v for k, v in sorted(results.items()) if not any(part in k for part in VOLATILE)}
+    return stable(json.loads(path.read_text()))
 
 
 def run_side(source: Path, workdir: Path) -> dict:
@@ -93,7 +99,7 @@ def main() -> None:
         after = run_at(git("rev-parse", args.after), tmp / "after") if args.after else run_side(ROOT, tmp / "after_runs")
     identical = {name: {"model": before[name]["model_sha256"] == after[name]["model_sha256"],
                         "plan": before[name]["plan_sha256"] == after[name]["plan_sha256"],
-                        "results": before[name]["results"] == after[name]["results"]} for name in RUNS}
+                        "results": stable(before[name]["results"]) == stable(after[name]["results"])} for name in RUNS}
     payload = {
         "command": " ".join(["python bench/refactor_identity.py", *sys.argv[1:]]),
         "before_commit": before_commit,
