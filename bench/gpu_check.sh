@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check: bf16/fp16 speed and peak memory of ResNet-50 and ViT-B/16, then the recipes/accelerate configs on the
-# real recipe (FSDP v2, and DeepSpeed ZeRO-2/3 when deepspeed imports). One CUDA GPU, under 5 minutes on an H200.
+# GPU check (bench/gpu_check.py): speed, loader, FSDP2 x BatchNorm x bf16, and the recipes/accelerate configs on the
+# real recipe (DDP on 2 GPUs when present, DeepSpeed, LoRA, resume). One command, under 10 minutes on one GPU.
+# Exit 0 only when every part ran and passed: a skipped part (time, DeepSpeed missing, one GPU for DDP) is not ok.
 # Writes bench/results/gpu_check.json (and $OUT/gpu_check.json when $OUT is set). Extra flags go to gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +11,5 @@ if ! python -c "import torch, timm, transformers, accelerate, datasets, hf_trans
     exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-exec timeout 600 python bench/gpu_check.py "$@"
+# SIGTERM at 590 s: gpu_check.py kills its child process group and exits; SIGKILL 10 s later if it has not
+exec timeout --signal TERM --kill-after 10 590 python bench/gpu_check.py "$@"

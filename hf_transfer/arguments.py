@@ -58,6 +58,10 @@ class DataArguments:
                           "the pixel limit): error (list them all and stop) or skip (train without them; the list "
                           "goes to bad_images.json in the output folder)."},
     )
+    data_check: str = field(
+        default="full",
+        metadata={"help": "Image check: full, sample or off (cached)."},
+    )
     max_image_pixels: int | None = field(
         default=None,
         metadata={"help": "Raise PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS, ~89M pixels; PIL refuses "
@@ -93,6 +97,7 @@ class DataArguments:
             token=model_args.token if model_args else None,
             trust_remote_code=model_args.trust_remote_code if model_args else False,
             on_bad_image=self.on_bad_image,
+            data_check=self.data_check,
         )
 
 

@@ -375,16 +375,20 @@ def _stratified_subset(dataset, label_col: str, n: int, seed: int, flag: str):
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _run_data_check(splits, image_col: str, on_bad_image: str, notes: list[str]):
+def _run_data_check(splits, image_col: str, on_bad_image: str, notes: list[str], data_check: str = "full"):
     """The image check (`datacheck`): -> (splits without bad rows, the report, the bad rows as dicts); adds notes."""
     from datasets import Image
 
-    from .datacheck import bad_images_error, check_images, describe, drop_bad_images
+    from .datacheck import bad_images_error, checked_images, describe, describe_check, drop_bad_images
     from .runtime import say
 
     if not all(isinstance(s.features[image_col], Image) for s in splits.values()):
         return splits, None, []  # not an image feature (e.g. arrays): nothing to open before the transforms
-    report = check_images(splits, image_col)
+    report = checked_images(splits, image_col, data_check)  # cached by fingerprint; once per node
+    if report is None or report.cached or report.sampled:
+        notes.append(describe_check(report))
+    if report is None:
+        return splits, None, []
     if report.oversized:
         n = len(report.oversized)
         notes.append(f"{n} image{'s' if n != 1 else ''} over PIL's pixel limit but under twice it (PIL loads them, with a warning) "
@@ -451,6 +455,7 @@ def load_image_classification_data(
     trust_remote_code: bool = False,
     on_bad_image: str = "error",
     check_images: bool = True,
+    data_check: str = "full",
 ) -> ImageClassificationData:
     """Load, check and split an image classification dataset.
 
@@ -488,7 +493,7 @@ def load_image_classification_data(
     splits = DatasetDict({name: split for name, split in renamed.items() if name in ("train", "validation", "test")})
     check, bad_images = None, []
     if check_images and not source.startswith(EMBEDDED_PREFIX):  # embedded sets are encoded from arrays: none is bad
-        splits, check, bad_images = _run_data_check(splits, image_col, on_bad_image, notes)
+        splits, check, bad_images = _run_data_check(splits, image_col, on_bad_image, notes, data_check)
     if not isinstance(train.features[label_col], ClassLabel):
         splits = _encode_labels(splits, label_col)
         notes.append(f"label column {label_col!r} encoded as {splits['train'].features[label_col].num_classes} classes")

@@ -63,6 +63,8 @@ class DataCheckReport:
     bad: list[BadImage] = field(default_factory=list)
     oversized: list[BadImage] = field(default_factory=list)  # load, but over Image.MAX_IMAGE_PIXELS (PIL warns)
     seconds: float = 0.0
+    sampled: dict[str, int] = field(default_factory=dict)  # split -> images checked, where only a sample was
+    cached: bool = False  # read back from the cache: this process checked nothing
 
     @property
     def total(self) -> int:
@@ -77,6 +79,16 @@ class DataCheckReport:
 
     def bad_as_dicts(self) -> list[dict]:
         return [asdict(b) for b in self.bad]
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "bad": self.bad_as_dicts(), "oversized": [asdict(b) for b in self.oversized],
+                "seconds": self.seconds, "sampled": self.sampled}
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "DataCheckReport":
+        return cls(images=dict(payload["images"]), bad=[BadImage(**b) for b in payload["bad"]],
+                   oversized=[BadImage(**b) for b in payload["oversized"]], seconds=float(payload["seconds"]),
+                   sampled=dict(payload.get("sampled", {})), cached=True)
 
 
 # ------------------------------------------------------------------------------------------- one image
@@ -165,8 +177,9 @@ def _image_cells(split, image_column: str):
             row += 1
 
 
-def check_images(splits, image_column: str) -> DataCheckReport:
-    """Check every image of every split (a `datasets.DatasetDict`, or a dict of `Dataset`) and report them all."""
+def check_images(splits, image_column: str, sample: int | None = None, seed: int = 0) -> DataCheckReport:
+    """Check every image of every split (a `datasets.DatasetDict`, or a dict of `Dataset`) and report them all.
+    ``sample``: at most that many rows per split, drawn at random with ``seed`` (rows keep their numbers)."""
     from PIL import Image
 
     report = DataCheckReport()
@@ -174,10 +187,15 @@ def check_images(splits, image_column: str) -> DataCheckReport:
     with warnings.catch_warnings():
         # Over the limit but under twice it, PIL warns once per image; the report collects them instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        bar = progress(total=sum(len(split) for split in splits.values()), desc="checking images", unit="img")
+        bar = progress(total=sum(len(split) if sample is None else min(sample, len(split)) for split in splits.values()), desc="checking images", unit="img")
         for split_name, split in splits.items():
+            length, rows = len(split), sampled_rows(len(split), sample, seed)
+            if rows is not None:
+                report.sampled[split_name] = len(rows)
+                split = split.select(rows)
             for row, cell in _image_cells(split, image_column):
                 bar.update()
+                row = rows[row] if rows is not None else row
                 reason, pixels = inspect_image(cell)
                 entry = BadImage(split_name, row, cell.get("path"), reason or "")
                 if reason:
@@ -185,7 +203,7 @@ def check_images(splits, image_column: str) -> DataCheckReport:
                 elif Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
                     entry.reason = f"{pixels:,} pixels, over PIL's MAX_IMAGE_PIXELS of {Image.MAX_IMAGE_PIXELS:,}"
                     report.oversized.append(entry)
-            report.images[split_name] = len(split)
+            report.images[split_name] = length
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
@@ -231,3 +249,99 @@ def drop_bad_images(splits, report: DataCheckReport):
         bad = report.bad_rows(name)
         out[name] = split.select([i for i in range(len(split)) if i not in bad]) if bad else split
     return type(splits)(out)
+
+
+# ------------------------------------------------------------------------------------------- at scale
+DATA_CHECK_MODES = ("full", "sample", "off")
+SAMPLE_IMAGES = 10_000  # per split in `--data_check sample`: ~1-2 s of checking, whatever the dataset's size
+CHECK_FORMAT = 1  # bump when what the check catches changes: cached results then stop matching
+CACHE_ENV = "HF_TRANSFER_DATACHECK_CACHE"
+
+
+def sampled_rows(length: int, sample: int | None, seed: int = 0) -> list[int] | None:
+    """Sorted random rows to check (None: all of them)."""
+    import random
+
+    if sample is None or length <= sample:
+        return None
+    return sorted(random.Random(seed).sample(range(length), sample))
+
+
+def check_cache_dir() -> str:
+    """Where data-check results are kept: $HF_TRANSFER_DATACHECK_CACHE, else beside `datasets`' cache."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return explicit
+    from datasets import config
+
+    return os.path.join(str(config.HF_DATASETS_CACHE), "hf_transfer_datacheck")
+
+
+def check_key(splits, image_column: str, mode: str) -> str | None:
+    """What a check's result depends on: each split's `datasets` fingerprint (fingerprint.py: its data files with
+    their modification times, or its content, never re-read here), the column, the mode, PIL's pixel limit and the
+    check's own version. None when a split has no fingerprint (not a `datasets.Dataset`): then no cache."""
+    import hashlib
+    import json
+
+    from PIL import Image
+
+    from .fingerprint import split_fingerprint
+
+    try:
+        prints = {name: split_fingerprint(split) for name, split in splits.items()}
+    except (ValueError, TypeError):
+        return None
+    payload = {"splits": prints, "column": image_column, "mode": mode, "format": CHECK_FORMAT,
+               "sample": SAMPLE_IMAGES if mode == "sample" else None, "max_pixels": Image.MAX_IMAGE_PIXELS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def checked_images(splits, image_column: str, mode: str = "full", cache_dir: str | None = None) -> DataCheckReport | None:
+    """The data check as a run needs it: ``full`` (every image), ``sample`` (`SAMPLE_IMAGES` per split) or ``off``
+    (None). The result is cached by the splits' fingerprints, and one process per cache folder runs it: the others
+    wait on a file lock and read the result (on one machine: once per node, not once per rank; on a shared cache
+    folder: once for all nodes). A rerun on the same data reads it back in milliseconds."""
+    import json
+
+    from filelock import FileLock
+
+    if mode not in DATA_CHECK_MODES:
+        raise TransferError(f"--data_check {mode!r} is not understood; use {', '.join(DATA_CHECK_MODES)}")
+    if mode == "off":
+        return None
+    sample = SAMPLE_IMAGES if mode == "sample" else None
+    key = check_key(splits, image_column, mode)
+    if key is None:
+        return check_images(splits, image_column, sample=sample)
+    folder = cache_dir or check_cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a read-only cache: check here, keep nothing
+        return check_images(splits, image_column, sample=sample)
+    path = os.path.join(folder, f"{key}.json")
+    with FileLock(path + ".lock"):
+        if os.path.isfile(path):
+            try:
+                with open(path) as handle:
+                    return DataCheckReport.from_dict(json.load(handle))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged entry: check again and replace it
+        report = check_images(splits, image_column, sample=sample)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump(report.to_dict(), handle)
+        os.replace(tmp, path)
+    return report
+
+
+def describe_check(report: DataCheckReport | None) -> str:
+    """One line on what the check covered (a sample, the cache), for the run's log."""
+    if report is None:
+        return "data check off (--data_check off): unreadable images stop training when reached"
+    checked = sum(report.sampled.get(name, n) for name, n in report.images.items())
+    where = " (cached result: the data has not changed since it was checked)" if report.cached else ""
+    if report.sampled:
+        return (f"data check on a random sample: {checked:,} of {report.total:,} images in {report.seconds:.1f} s{where}; "
+                "unreadable images outside it stop training when reached (--data_check full checks them all)")
+    return f"data check: {report.total:,} images in {report.seconds:.1f} s{where}"

@@ -3,7 +3,7 @@
 `accelerate launch --config_file X recipes/finetune.py` chooses the engine; nothing in the job changes with it.
 The engines differ in what they allow a transfer plan to do once they hold the model, so the support of every
 engine x feature pair is written down ONCE, in `SUPPORT`: `check_engine` refuses an unsupported combination in one
-line before any data or model is loaded, and `support_table()` renders the same table for the README.
+line before any data or model is loaded, and `support_table()` renders the same table for docs/scale.md.
 
 The engine is read from what accelerate itself reads: the `TrainingArguments` (``--deepspeed``, ``--fsdp`` /
 ``--fsdp_config``, ``--bf16`` / ``--fp16``) and the variables `accelerate launch` exports (``ACCELERATE_USE_DEEPSPEED``,
@@ -43,6 +43,9 @@ FSDP_TEST = "tests/test_engines.py::test_plan_through_torch_fsdp (torch FSDP on 
 ZERO_TEST = ("tests/test_engines.py::test_zero_filled_gradients_leave_pending_groups_untouched "
              "(ZeRO's zero gradients emulated)")
 DEEPSPEED_CONFIG_TEST = "tests/test_engines.py::test_deepspeed_config_checks (the config checks; the run: bench/gpu_check.sh)"
+DEEPSPEED_CPU_RUN = ("tests/test_scale.py::test_deepspeed_bf16_trains_batchnorm_and_saves_the_float32_masters (real "
+                     "DeepSpeed ZeRO-2, bf16, one CPU process; GPUs: bench/gpu_check.sh)")
+FSDP2_CPU_RUN = "tests/test_scale.py::test_shipped_fsdp2_config_trains_on_two_cpu_processes (recipes/accelerate/fsdp2.yaml)"
 NO_DEEPSPEED = "not run here (no GPU, no deepspeed): bench/gpu_check.sh checks it"
 LORA_SHARDED = ("a LoRA run is saved (adapter + merged model) from the whole peft model in one process, not yet through "
                 "DeepSpeed's or FSDP's sharded or 16-bit weights; use DDP (recipes/accelerate/multi_gpu.yaml): LoRA "
@@ -70,10 +73,11 @@ SUPPORT: dict[tuple[str, str], Support] = {
     ("ddp", "unfreeze"): Support(True, "everything that ever trains is in DDP; phases applied after wrapping", DDP_TEST),
     ("ddp", "bn_policy"): Support(True, "as one process; buffers end as rank 0's", DDP_TEST),
     ("ddp", "layer_rates"): Support(True, "the plan's parameter groups", DDP_TEST),
-    ("zero1_2", "freeze"): Support(True, "frozen before `deepspeed.initialize`: outside the ZeRO optimizer", NO_DEEPSPEED),
+    ("zero1_2", "freeze"): Support(True, "frozen before `deepspeed.initialize`: outside the ZeRO optimizer", DEEPSPEED_CPU_RUN),
     ("zero1_2", "unfreeze"): Support(True, "ZeRO fills missing gradients with zeros: a pending group's weight decay is held "
                                            "at 0 until its epoch, then its optimizer state starts afresh", ZERO_TEST),
-    ("zero1_2", "bn_policy"): Support(True, "forward pre-hook, as one process", NO_DEEPSPEED),
+    ("zero1_2", "bn_policy"): Support(True, "forward pre-hook, as one process; BatchNorm computed in float32 under "
+                                            "bf16 / fp16 (16-bit weights beside float32 statistics fail)", DEEPSPEED_CPU_RUN),
     ("zero1_2", "layer_rates"): Support(True, "the plan's groups go to DeepSpeed as a client optimizer (no `optimizer` / "
                                               "`scheduler` section allowed)", DEEPSPEED_CONFIG_TEST),
     ("zero3", "freeze"): Support(True, "frozen before `deepspeed.initialize`", NO_DEEPSPEED),
@@ -87,7 +91,7 @@ SUPPORT: dict[tuple[str, str], Support] = {
                                    FSDP_TEST),
     ("fsdp1", "bn_policy"): Support(True, "forward pre-hook on the wrapped model", FSDP_TEST),
     ("fsdp1", "layer_rates"): Support(True, "groups over the original parameters", FSDP_TEST),
-    ("fsdp2", "freeze"): Support(True, "per parameter (DTensor shards keep their names)", FSDP_TEST),
+    ("fsdp2", "freeze"): Support(True, "per parameter (DTensor shards keep their names)", FSDP2_CPU_RUN),
     ("fsdp2", "unfreeze"): Support(True, "fully_shard copies requires_grad to the gathered parameter at every unshard",
                                    FSDP_TEST),
     ("fsdp2", "bn_policy"): Support(True, "forward pre-hook", FSDP_TEST),
@@ -102,7 +106,7 @@ SUPPORT: dict[tuple[str, str], Support] = {
     ("fsdp2", "lora"): Support(False, LORA_SHARDED),
 }
 
-# Settings refused whatever the plan, with the line each gets (checked in `check_engine`; listed in the README).
+# Settings refused whatever the plan, with the line each gets (checked in `check_engine`; listed in docs/scale.md).
 SETTING_REFUSALS = {
     "deepspeed_optimizer": "the DeepSpeed config has an 'optimizer' section: DeepSpeed would build its own optimizer over "
                            "all parameters and drop the transfer plan's frozen layers and per-layer learning rates; "
@@ -124,6 +128,12 @@ SETTING_REFUSALS = {
                   "use FSDP v2 (recipes/accelerate/fsdp2.yaml)",
     "fsdp_ram_efficient": "fsdp_cpu_ram_efficient_loading loads the weights on the first process only, but every "
                           "process builds the transfer plan (re-init, input size) from whole weights; set it to false",
+    "data_parallel": "several GPUs visible to one process: Trainer would wrap the model in torch.nn.DataParallel, whose "
+                     "per-step replicas run frozen BatchNorm with batch statistics; launch one process per GPU with "
+                     "`accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/finetune.py`, or "
+                     "pick one GPU with CUDA_VISIBLE_DEVICES=0",
+    "precision_conflict": "the launcher's mixed precision and --bf16 / --fp16 disagree (DeepSpeed would stop after "
+                          "loading everything); drop the flag: the accelerate config's mixed_precision decides",
 }
 
 
@@ -141,6 +151,7 @@ class Engine:
     fsdp_version: int | None = None
     use_orig_params: bool = True
     cpu_ram_efficient_loading: bool = False
+    gpus_per_process: int = 1  # over 1 in a single process: Trainer's nn.DataParallel
 
     @property
     def key(self) -> str:
@@ -226,7 +237,61 @@ def detect_engine(args=None, env: Mapping[str, str] | None = None) -> Engine:
         return Engine("fsdp", fsdp_version=int(env.get("FSDP_VERSION", "1")),
                       use_orig_params=_true(env.get("FSDP_USE_ORIG_PARAMS", "false")),
                       cpu_ram_efficient_loading=_true(env.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")), **common)
-    return Engine("ddp" if processes > 1 else "single", **common)
+    if processes > 1:
+        return Engine("ddp", **common)
+    return Engine("single", gpus_per_process=_gpus_in_one_process(args), **common)
+
+
+def _gpus_in_one_process(args) -> int:
+    """The GPUs Trainer gives one undistributed process: over 1, it wraps the model in `nn.DataParallel`.
+
+    `TrainingArguments.n_gpu` is ``torch.cuda.device_count()`` when not distributed (1 under any launcher), read
+    only when a GPU exists so CPU runs never set up devices here."""
+    if args is None or not hasattr(args, "n_gpu") or getattr(args, "use_cpu", False):
+        return 1
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        return 1
+    return int(args.n_gpu or 1)
+
+
+def mixed_precision_of_launcher(args=None, env: Mapping[str, str] | None = None) -> str | None:
+    """"bf16" / "fp16" when the launcher asks for it (accelerate's ``mixed_precision`` exported as
+    ACCELERATE_MIXED_PRECISION, or ``bf16`` / ``fp16`` ``enabled: true`` in a DeepSpeed config file), else None.
+
+    accelerate writes ``bf16.enabled: true`` into DeepSpeed's config while `TrainingArguments.bf16` stays False, and
+    transformers' `deepspeed_init` then refuses the mismatch after data and model have loaded: the arguments must
+    take the launcher's precision (`TransferTrainingArguments` does)."""
+    env = os.environ if env is None else env
+    found = []
+    launcher = str(env.get("ACCELERATE_MIXED_PRECISION", "no")).lower()
+    if launcher in ("bf16", "fp16"):
+        found.append(launcher)
+    source = getattr(args, "deepspeed", None)
+    if not source and _true(env.get("ACCELERATE_USE_DEEPSPEED", "false")):
+        path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+        source = path if path and path != "none" else None
+    if source:
+        config = _read_json(source)
+        found += [key for key in ("bf16", "fp16") if _true((config.get(key) or {}).get("enabled", False))]
+    if len(set(found)) > 1:
+        raise TransferError(f"the launcher asks for both {' and '.join(sorted(set(found)))}; keep one mixed precision "
+                            "in the accelerate or DeepSpeed config")
+    return found[0] if found else None
+
+
+def align_mixed_precision(args, env: Mapping[str, str] | None = None) -> str | None:
+    """Set ``args.bf16`` / ``args.fp16`` from the launcher (`mixed_precision_of_launcher`); refuse a contradiction.
+    -> the precision set, or None. Call before `TrainingArguments.__post_init__` builds the DeepSpeed plugin."""
+    wanted = mixed_precision_of_launcher(args, env)
+    if wanted is None:
+        return None
+    other = "fp16" if wanted == "bf16" else "bf16"
+    if getattr(args, other, False):
+        raise TransferError(SETTING_REFUSALS["precision_conflict"])
+    setattr(args, wanted, True)
+    return wanted
 
 
 # -------------------------------------------------------------------------------------------------- the check
@@ -252,6 +317,8 @@ def setting_refusals(engine: Engine, config=None) -> list[str]:
         unfreezes = config is not None and "unfreeze" in features_used(config)
         if unfreezes and engine.zero_stage != 3 and str(zero.get("ignore_unused_parameters", True)).lower() == "false":
             found.append("zero_unused")
+    if engine.kind == "single" and engine.gpus_per_process > 1:
+        found.append("data_parallel")
     if engine.kind == "fsdp":
         if engine.fsdp_version == 1 and not engine.use_orig_params:
             found.append("fsdp1_flat")
@@ -289,7 +356,7 @@ def deepspeed_install_problem(args, env: Mapping[str, str] | None = None) -> str
             f"a CUDA toolkit), or {instead}")
 
 
-# ------------------------------------------------------------------------------------------------ for the README
+# ------------------------------------------------------------------------------------------- for docs/scale.md
 def support_table() -> str:
     """The engine x feature table (markdown), rendered from `SUPPORT`."""
     rows = ["| engine | " + " | ".join(FEATURES[f].split(" (")[0] for f in FEATURES) + " |",
@@ -313,6 +380,61 @@ def refusal_table() -> str:
     rows = ["| setting | refused with |", "|---|---|"]
     rows += [f"| `{key}` | {line} |" for key, line in SETTING_REFUSALS.items()]
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------- BatchNorm under 16 bits
+def needs_float32_batchnorm(engine: Engine) -> bool:
+    """Engines that hand BatchNorm 16-bit weights next to float32 running statistics: DeepSpeed under bf16 / fp16
+    (it casts parameters, keeps buffers) and FSDP under bf16 (`MixedPrecisionPolicy(param_dtype=bf16)`).
+    `torch.batch_norm` refuses that mix ("expected scalar type BFloat16 but found Float", seen with DeepSpeed ZeRO-2
+    on CPU; reported for the CUDA NCHW backward, torchtitan #674)."""
+    return engine.kind in ("deepspeed", "fsdp") and engine.mixed_precision in ("bf16", "fp16")
+
+
+def keep_batchnorm_float32(model) -> int:
+    """Compute every BatchNorm of ``model`` in float32 whatever dtype its weights are cast to (input, weight and
+    statistics in float32, the output back in the input's dtype), as autocast does for BatchNorm. Weights stay
+    where the engine keeps them (its 16-bit copy, its optimizer's float32 master); gradients flow through the casts.
+    Covers torch's BatchNorm1d/2d/3d and timm's BatchNormAct2d (norm, then its dropout and activation).
+    -> the number of modules changed."""
+    import types
+
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or isinstance(module, torch.nn.SyncBatchNorm):
+            continue
+        plain = type(module).forward in (torch.nn.modules.batchnorm._BatchNorm.forward,)
+        timm_act = hasattr(module, "act") and hasattr(module, "drop")  # timm BatchNormAct2d: bn, drop, act
+        if not (plain or timm_act):
+            continue
+        module.forward = types.MethodType(_float32_batchnorm_forward, module)
+        changed += 1
+    return changed
+
+
+def _float32_batchnorm_forward(self, input):
+    import torch
+    import torch.nn.functional as F
+
+    # the arithmetic of torch's _BatchNorm.forward (momentum None: cumulative average), in float32
+    factor = 0.0 if self.momentum is None else self.momentum
+    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+    batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+    tracked = not self.training or self.track_running_stats
+    for name in ("running_mean", "running_var"):  # an engine that cast the buffers too: back to float32, once
+        buffer = getattr(self, name)
+        if buffer is not None and buffer.dtype != torch.float32:
+            setattr(self, name, buffer.float())
+    out = F.batch_norm(input.float(), self.running_mean if tracked else None, self.running_var if tracked else None,
+                       None if self.weight is None else self.weight.float(),
+                       None if self.bias is None else self.bias.float(), batch_stats, factor, self.eps).to(input.dtype)
+    if hasattr(self, "act") and hasattr(self, "drop"):
+        out = self.act(self.drop(out))
+    return out
 
 
 # ------------------------------------------------------------------------- what engines do to the model it trains

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torchvision.transforms import v2
 
-from .runtime import progress
+from .runtime import local_processes, progress
 from .transforms import build_transform, decode_image
 
 # Budget for all prepared splits together; HF_TRANSFER_IMAGE_STORE_BYTES overrides it (0 turns the store off).
@@ -33,14 +33,53 @@ CHUNK = 256  # images decoded before one batched resize: bounds the memory held 
 
 
 def store_budget_bytes() -> int:
+    """This process's share of the machine's budget: every local process holds its own store, so 8 GPU processes
+    with a per-process budget would take 8 times the memory the budget states."""
     explicit = os.environ.get("HF_TRANSFER_IMAGE_STORE_BYTES")
     if explicit is not None:
-        return int(explicit)
-    try:  # at most a quarter of the machine's memory
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        physical = 4 * DEFAULT_STORE_BYTES
-    return min(DEFAULT_STORE_BYTES, physical // 4)
+        machine = int(explicit)
+    else:
+        try:  # at most a quarter of the machine's memory
+            physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            physical = 4 * DEFAULT_STORE_BYTES
+        machine = min(DEFAULT_STORE_BYTES, physical // 4)
+    return machine // local_processes()
+
+
+MAX_LOADER_WORKERS = 8
+
+
+def cores_per_process() -> int:
+    """The CPU cores this process may use (its affinity mask), shared among the local processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // local_processes())
+
+
+def resolve_loader_workers(args, splits: dict) -> str | None:
+    """--dataloader_num_workers left unset: worker processes when any split decodes images per step (the lazy path),
+    none when every split is in the in-memory store (indexing a tensor: workers would only add copies).
+
+    Workers: this process's share of the cores less one for the training loop (at least 1, at most 8), persistent
+    across epochs (no re-fork, no re-import each epoch) and prefetching 4 batches each, so decoding overlaps the
+    step. -> a line saying what was chosen (None when the user chose)."""
+    if not getattr(args, "dataloader_num_workers_was_defaulted", False):
+        return None
+    lazy = [name for name, split in splits.items() if not isinstance(split, PreparedImages)]
+    if not lazy:
+        args.dataloader_num_workers = 0
+        return None
+    workers = max(1, min(MAX_LOADER_WORKERS, cores_per_process() - 1))
+    args.dataloader_num_workers = workers
+    args.dataloader_persistent_workers = True
+    args.dataloader_prefetch_factor = args.dataloader_prefetch_factor or 4
+    args.dataloader_num_workers_was_defaulted = False
+    return (f"images decoded per step ({', '.join(lazy)}): {workers} data-loader worker process"
+            f"{'es' if workers > 1 else ''} per training process (persistent, {args.dataloader_prefetch_factor} "
+            "batches prefetched each); --dataloader_num_workers sets another number")
 
 
 class TransformStages:

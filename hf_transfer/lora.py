@@ -195,7 +195,7 @@ def save_lora_output(wrapped, folder, image_size: int | None = None, merge: bool
     folder = Path(folder)
     if holds_shard_placeholders(wrapped):  # merging them would write a broken model
         raise TransferError("the LoRA model's weights are sharded (DeepSpeed ZeRO-3 or FSDP), which saving a LoRA run "
-                            "does not support yet; train LoRA with DDP or ZeRO-2 (the adapter is small)")
+                            "does not support yet; train LoRA with DDP (recipes/accelerate/multi_gpu.yaml): the adapter is small")
     base = wrapped.get_base_model()
     base_adapter = adapter_for(base)
     adapter_dir = folder / ADAPTER_DIR

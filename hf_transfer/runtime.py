@@ -19,6 +19,11 @@ def process_count() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def local_processes() -> int:
+    """Processes of this launch on this machine (`accelerate launch` / torchrun set LOCAL_WORLD_SIZE; 1 without)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 # ----------------------------------------------------------------------------------------------------- logging
 # Messages go through the `hf_transfer` logger, set up as transformers sets up its own: one handler on the library's
 # root logger, not propagated to the application's root. The handler writes above any live tqdm bar (not inside it)

@@ -260,9 +260,35 @@ def trained_weights(trainer):
     if not gathers_weights(trainer):
         return model, None
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    masters = deepspeed_fp32_masters(trainer, model)  # collective too: every process gathers, the main one keeps
     if state_dict:  # the main process: frozen weights exactly as they were, not DeepSpeed's 16-bit copies
+        state_dict.update({k: v for k, v in masters.items() if k in state_dict})
         state_dict.update({k: v for k, v in getattr(trainer, "untrained_weights", {}).items() if k in state_dict})
     return model, with_dtype(state_dict, getattr(trainer, "weights_dtype", None))
+
+
+def deepspeed_fp32_masters(trainer, model) -> dict:
+    """The float32 master weights DeepSpeed's optimizer holds, by parameter name (empty when it keeps none).
+
+    Under bf16 / fp16 the module holds 16-bit copies, and `get_state_dict` returns those: saving them would round
+    every trained weight to 8 bits of mantissa. ZeRO partitions the masters across processes; DeepSpeed's
+    `safe_get_full_fp32_param` gathers one (a collective call: every process makes it, for every parameter, in the
+    same order). Parameters outside the optimizer (frozen) have no master and keep their 16-bit copy here; the
+    plan's untrained weights restore those exactly."""
+    import torch
+
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return {}
+    if not any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        return {}  # fp32 training: the module's weights are the masters
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {}
+    for name, param in model.named_parameters():
+        full = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if full is not None:
+            masters[name] = full.detach().cpu().reshape(getattr(param, "ds_shape", param.shape))
+    return masters
 
 
 def with_dtype(state_dict: dict | None, dtype) -> dict | None:

@@ -32,8 +32,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .backbones.resume import load_checkpoint_weights
 from .checkpoints import RESUME_LATEST, check_resumable, checkpoint_problem, checkpoint_to_resume, latest_checkpoint  # noqa: F401
-from .engines import (check_engine, detect_engine, hold_pending_groups, parameter_count, plan_named_parameters,
-                      untrained_weights)
+from .engines import (check_engine, detect_engine, hold_pending_groups, keep_batchnorm_float32,
+                      needs_float32_batchnorm, parameter_count, plan_named_parameters, untrained_weights)
 from .errors import TransferError
 from .imbalance import ImbalanceCorrection
 from .optimizers import group_learning_rates, optimizer_for, plan_optimizer  # noqa: F401 (public here too)
@@ -173,6 +173,8 @@ class TransferTrainer(ImbalanceCorrection, Trainer):
         optimizer_for(args, model)  # an optimizer that cannot take the plan's groups fails here, not after loading data
         self.engine = detect_engine(args)
         check_engine(self.engine, plan.config)  # engine x plan combinations that would train another model
+        if needs_float32_batchnorm(self.engine):  # 16-bit BatchNorm weights beside float32 statistics fail
+            keep_batchnorm_float32(model)
         # The dtype the weights had before an engine took them (DeepSpeed keeps 16-bit copies): saved weights get it
         # back, and what never trains (frozen layers, frozen BatchNorm statistics) gets back its exact values.
         self.weights_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -180,9 +182,10 @@ class TransferTrainer(ImbalanceCorrection, Trainer):
         self.plan = plan
         if args.learning_rate is None:
             args.learning_rate = plan.config.learning_rate  # the plan's groups carry the real rates
-        if args.ddp_find_unused_parameters is None and len(plan.change_epochs()) > 1:
-            # Parameters that have not unfrozen yet get no gradient: DDP must not wait for them.
-            args.ddp_find_unused_parameters = True
+        if args.ddp_find_unused_parameters is None:
+            # Parameters that have not unfrozen yet get no gradient: DDP must not wait for them. A fixed plan has
+            # none, and Trainer's default (True for a PreTrainedModel) would walk the autograd graph every step.
+            args.ddp_find_unused_parameters = len(plan.change_epochs()) > 1
         self.plan_callback = TransferPlanCallback(plan)
         self.plan_callback.prepare(model)  # everything that ever trains is visible to DDP when it wraps the model
         super().__init__(model, args, *trainer_args, **kwargs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .engines import deepspeed_install_problem
+from .engines import align_mixed_precision, deepspeed_install_problem
 from .errors import TransferError
 from .saving import mark_default_output_dir
 
@@ -53,7 +53,10 @@ class TransferTrainingArguments(TrainingArguments):
     )
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: transforms read raw columns."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    dataloader_num_workers: int | None = field(
+        # default: this process's share of the cores when images are decoded per step, none when they fit in memory
+        default=None, metadata={"help": "Data-loading worker processes (default: auto)."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed for splits, init and shuffling."})
 
     def __post_init__(self):
@@ -67,6 +70,13 @@ class TransferTrainingArguments(TrainingArguments):
         if self.num_train_epochs <= 0 and (self.max_steps is None or self.max_steps <= 0):
             raise TransferError(f"--num_train_epochs {self.num_train_epochs:g} trains nothing; pass a positive number "
                                 "of epochs (or --max_steps)")
+        # The launcher's mixed precision (accelerate config, DeepSpeed config) becomes --bf16 / --fp16: transformers'
+        # DeepSpeed set-up refuses a config whose bf16 is on while the arguments say off.
+        align_mixed_precision(self)
+        # None: decided once the job knows whether images are decoded per step (fastdata.resolve_loader_workers)
+        self.dataloader_num_workers_was_defaulted = self.dataloader_num_workers is None
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = 0
         super().__post_init__()
         problem = missing_tracker(self.report_to)
         if problem:

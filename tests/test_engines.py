@@ -1,5 +1,5 @@
 """Engines x transfer plan: detection, one-line refusals, FSDP through torch on CPU, DeepSpeed's zero-filled gradients,
-the accelerate configs in recipes/accelerate/, and the README tables rendered from the one support table."""
+the accelerate configs in recipes/accelerate/, and the docs/scale.md tables rendered from the one support table."""
 
 import glob
 import json
@@ -305,19 +305,19 @@ def test_deepspeed_16_bit_weights_are_saved_as_the_model_was(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- the configs and the README
-EXPECTED_ENGINES = {"cpu_2proc": ("ddp", 2, "no"), "single_gpu_bf16": ("single", 1, "bf16"),
-                    "single_gpu_fp16": ("single", 1, "fp16"), "multi_gpu": ("ddp", 8, "bf16"),
-                    "multi_node": ("ddp", 16, "bf16"), "deepspeed_zero2": ("zero1_2", 8, "bf16"),
-                    "deepspeed_zero3": ("zero3", 8, "bf16"), "fsdp2": ("fsdp2", 8, "bf16")}
+EXPECTED_ENGINES = {  # config: (engine, precision, processes: the file's, or the --num_processes given at launch)
+    "cpu_2proc": ("ddp", "no", 2), "single_gpu_bf16": ("single", "bf16", 1), "single_gpu_fp16": ("single", "fp16", 1),
+    "multi_gpu": ("ddp", "bf16", 4), "multi_node": ("ddp", "bf16", 16), "deepspeed_zero2": ("zero1_2", "bf16", 2),
+    "deepspeed_zero3": ("zero3", "bf16", 8), "fsdp2": ("fsdp2", "bf16", 2)}
 
 
-def launcher_environment(path: str) -> tuple[dict, object]:
-    """What `accelerate launch --config_file path recipes/finetune.py` hands the script, computed by accelerate's own
-    argument checks and launcher preparation, stopping where it would start processes on the hardware."""
+def launcher_environment(path: str, flags: list[str] = ()) -> tuple[dict, object]:
+    """What `accelerate launch --config_file path [flags] recipes/finetune.py` hands the script, computed by
+    accelerate's own argument checks and launcher preparation, stopping where it would start processes."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 
-    args = launch_command_parser().parse_args(["--config_file", path, str(ROOT / "recipes" / "finetune.py")])
+    args = launch_command_parser().parse_args(["--config_file", path, *flags, str(ROOT / "recipes" / "finetune.py")])
     args, defaults, _ = _validate_launch_command(args)
     if args.use_deepspeed and not args.cpu:
         args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command does
@@ -338,10 +338,14 @@ def test_every_accelerate_config_parses_launches_and_gets_its_engine(monkeypatch
     paths = sorted(glob.glob(str(ROOT / "recipes" / "accelerate" / "*.yaml")))
     assert {Path(p).stem for p in paths} == set(EXPECTED_ENGINES)
     for path in paths:
-        load_config_from_file(path)  # accelerate's own parser: unknown keys and bad values fail here
-        env, _ = launcher_environment(path)
+        config = load_config_from_file(path)  # accelerate's own parser: unknown keys and bad values fail here
+        # the GPU configs fit any machine: no process count written in, the launch line gives it
+        fixed = Path(path).stem in ("cpu_2proc", "single_gpu_bf16", "single_gpu_fp16")
+        assert (config.num_processes != -1) == fixed, path
+        _, _, processes_given = EXPECTED_ENGINES[Path(path).stem]
+        env, _ = launcher_environment(path, [] if fixed else ["--num_processes", str(processes_given)])
         engine = detect_engine(env=env)
-        key, processes, precision = EXPECTED_ENGINES[Path(path).stem]
+        key, precision, processes = EXPECTED_ENGINES[Path(path).stem]
         assert (engine.key, engine.processes, engine.mixed_precision) == (key, processes, precision), path
         check_engine(engine, FIXED)  # every config takes a fixed freeze with layer-wise rates
         if SUPPORT[(key, "unfreeze")].works:

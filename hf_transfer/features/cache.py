@@ -16,6 +16,7 @@ from ..backbones import build_layer_map
 from ..errors import TransferError
 from ..layers import LayerMap
 from .extract import extract_features
+from ..fingerprint import split_fingerprint
 from .fingerprints import (
     dataset_fingerprint,
     dataset_transform_fingerprint,
@@ -226,7 +227,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
                     new = [i for i, row in enumerate(todo) if not found[layer.key][row]]
                     split_cache.save_rows(entry_key(layer), [keys[todo[i]] for i in new], computed[layer.key][new])
         else:  # the split as a whole, keyed by its content
-            data_key = dataset_fingerprint(dataset)
+            data_key = split_fingerprint(dataset)  # datasets' own fingerprint (fingerprint.py): no table hashed
             missing = []
             for layer in singles:
                 entry = split_cache.load(entry_key(layer, data=data_key))

@@ -95,7 +95,9 @@ def run_finetune(
         say(note)
     say(f"engine: {engine.describe()}")
     adapter = adapter_for(model)
-    channels_last = adapter.prefers_channels_last()
+    # DeepSpeed broadcasts each parameter viewed as bytes, which a channels_last weight refuses (seen on 2 CPU
+    # processes: "self.stride(-1) must be 1 to view BFloat16 as Byte"): its parameters stay contiguous
+    channels_last = adapter.prefers_channels_last() and engine.kind != "deepspeed"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Decode + resize once when the data fits in memory; batches come normalized in the model's memory format.
@@ -104,6 +106,10 @@ def run_finetune(
     splits, collator, note = prepare_splits(data, splits, adapter.data_config(), image_size=image_size,
                                             augmentation=data_args.augmentation, channels_last=channels_last)
     say(note)
+    from ..fastdata import resolve_loader_workers
+
+    if workers_note := resolve_loader_workers(training_args, splits):  # decoding per step: worker processes
+        say(workers_note)
 
     trainer = TransferTrainer(
         model=model,

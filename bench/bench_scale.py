@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Data at scale: a generated folder of 200,000 small JPEGs through the real recipe -> bench/results/scale.json.
+
+Measures, on this machine (CPU):
+
+* ``data_check``: the image check over all 200,000 files, first run and cached (`datacheck.checked_images`);
+* ``first_step``: seconds from starting `python recipes/finetune.py --train_dir <folder>` to its first training
+  step (the default model; the split is too large for the in-memory store, so images are decoded per step by the
+  default loader workers), with the datasets cache and the check cache cold, then warm;
+* ``two_processes``: peak resident memory of each rank of `accelerate launch --config_file
+  recipes/accelerate/cpu_2proc.yaml` on the same folder, against the store budget each rank is given;
+* ``loader``: images/s the training loader delivers (the default workers, the training transform) against the
+  images/s one training step of the default model consumes (a fixed batch, same batch size and image size);
+* ``imagenet_decode``: one core decoding + random-resized-cropping ImageNet-sized JPEGs (500x375) to 224 px, the
+  number the ImageNet-1k on 8 GPUs projection in docs/scale.md starts from.
+
+The folder (and every cache this writes) lives in a temporary directory removed at the end.
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_scale.py [--images 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "scale.json"
+CLASSES = 100
+DISTINCT = 2000  # distinct encoded images; files cycle through them (the check and the decode read each file)
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# ------------------------------------------------------------------------------------------- the folder
+def _encoded_images(seed: int, count: int, size: int = 64) -> list[bytes]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)  # smooth content: JPEG-like, small files
+        image = Image.fromarray(base).resize((size, size), Image.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _write_class(args) -> int:
+    root, cls, per_class, encoded = args
+    folder = Path(root) / f"class_{cls:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        (folder / f"{i:05d}.jpg").write_bytes(encoded[(cls * per_class + i) % len(encoded)])
+    return per_class
+
+
+def generate_folder(root: Path, images: int) -> float:
+    """``images`` JPEG files in CLASSES class folders, written by a process pool; -> seconds."""
+    from multiprocessing import Pool
+
+    start = time.perf_counter()
+    encoded = _encoded_images(0, DISTINCT)
+    per_class = images // CLASSES
+    with Pool(max(1, os.cpu_count() or 1)) as pool:
+        pool.map(_write_class, [(str(root), c, per_class, encoded) for c in range(CLASSES)], chunksize=4)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------- the check
+def data_check(root: Path, cache: Path) -> dict:
+    import datasets
+
+    from hf_transfer.datacheck import checked_images
+
+    start = time.perf_counter()
+    splits = datasets.DatasetDict({"train": datasets.load_dataset("imagefolder", data_dir=str(root),
+                                                                  cache_dir=str(cache / "datasets"))["train"]})
+    load_s = time.perf_counter() - start
+    out = {"images": len(splits["train"]), "load_dataset_s": round(load_s, 2), "load_average": load_average()}
+    for name in ("first", "cached"):
+        start = time.perf_counter()
+        report = checked_images(splits, "image", "full", cache_dir=str(cache / "check"))
+        seconds = time.perf_counter() - start
+        out[f"{name}_s"] = round(seconds, 3)
+        out[f"{name}_cached"] = report.cached
+        out[f"{name}_bad"] = len(report.bad)
+    out["first_images_per_s"] = round(out["images"] / out["first_s"], 1)
+    start = time.perf_counter()
+    report = checked_images(splits, "image", "sample", cache_dir=str(cache / "check-sample"))
+    out["sample_s"] = round(time.perf_counter() - start, 3)
+    out["sample_images"] = sum(report.sampled.values())
+    return out
+
+
+# ----------------------------------------------------------------------------- recipe runs (first step, memory)
+def child() -> None:
+    """Inside the recipe's process: record the time of the first training step and the peak memory, per rank."""
+    import resource
+    import runpy
+
+    import hf_transfer.trainer as trainer_module
+
+    record = Path(os.environ["BENCH_SCALE_RECORD"])
+    rank = int(os.environ.get("RANK", "0"))
+    t0 = float(os.environ["BENCH_SCALE_T0"])
+    step = trainer_module.TransferTrainer.training_step
+    seen = {}
+
+    def timed_step(self, *args, **kwargs):
+        if "first_step_s" not in seen:
+            seen["first_step_s"] = time.time() - t0
+            from hf_transfer.fastdata import store_budget_bytes
+
+            seen["store_budget_MiB"] = store_budget_bytes() / 2**20
+            seen["loader_workers"] = self.args.dataloader_num_workers
+            (record / f"rank{rank}.json").write_text(json.dumps(seen))
+        return step(self, *args, **kwargs)
+
+    trainer_module.TransferTrainer.training_step = timed_step
+    try:
+        sys.argv = [str(ROOT / "recipes" / "finetune.py"), *sys.argv[2:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        # ru_maxrss: the peak resident memory of this process (KiB on Linux); children: the loader workers
+        seen["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        seen["peak_rss_workers_MiB"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        (record / f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def recipe_run(root: Path, work: Path, name: str, processes: int, cache: Path, steps: int) -> dict:
+    record = work / f"record-{name}"
+    record.mkdir(parents=True, exist_ok=True)
+    flags = ["--train_dir", str(root), "--max_steps", str(steps), "--max_eval_samples", "128", "--eval_strategy", "no",
+             "--per_device_train_batch_size", "32", "--output_dir", str(work / f"out-{name}"), "--overwrite_output_dir",
+             "--logging_steps", "1000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "BENCH_SCALE_RECORD": str(record),
+           "HF_DATASETS_CACHE": str(cache / "datasets"), "HF_TRANSFER_DATACHECK_CACHE": str(cache / "check"),
+           "BENCH_SCALE_T0": str(time.time())}
+    script = [str(Path(__file__).resolve()), "--child"]
+    if processes == 1:
+        cmd = [sys.executable, *script, *flags]
+    else:
+        accelerate = str(Path(sys.executable).with_name("accelerate"))
+        cmd = [accelerate, "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), *script,
+               *flags, "--use_cpu"]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in range(processes)]
+    notes = [line.split("] ", 1)[-1] for line in result.stdout.splitlines()
+             if "decoded" in line or "data check" in line or "engine:" in line]
+    return {"processes": processes, "wall_s": round(wall, 1), "load_average": load_average(), "notes": notes,
+            "ranks": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in ranks]}
+
+
+# ---------------------------------------------------------------------------- loader vs. what a step consumes
+def loader_against_step(root: Path, cache: Path, batches: int, steps: int) -> dict:
+    import datasets
+    import torch
+
+    from hf_transfer import load_backbone_with_adapter
+    from hf_transfer.plan import TransferConfig, TransferPlan
+    from hf_transfer.transforms import build_transform, batch_transform
+    from hf_transfer.fastdata import cores_per_process, PixelBatchCollator, TransformStages
+
+    model, adapter = load_backbone_with_adapter("embedded:efficientnet_lite0", labels=[str(i) for i in range(CLASSES)])
+    cfg = adapter.data_config()
+    size = cfg["input_size"][-1]
+    split = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=str(cache / "datasets"))["train"]
+    split = split.cast_column("image", datasets.Image(decode=False)).shuffle(seed=0)
+    transform = build_transform(cfg, augmentation="gentle")
+    lazy = split.with_transform(batch_transform(transform, "image", "label"))
+    workers = max(1, min(8, cores_per_process() - 1))  # what resolve_loader_workers gives one process here
+    collator = PixelBatchCollator(None, torch.channels_last)
+    loader = torch.utils.data.DataLoader(lazy, batch_size=32, num_workers=workers, persistent_workers=True,
+                                         prefetch_factor=4, collate_fn=collator)
+    iterator = iter(loader)
+    next(iterator)  # workers started
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    loader_s = time.perf_counter() - start
+    del iterator, loader
+
+    model = model.to(memory_format=torch.channels_last)
+    plan = TransferPlan.build(model, TransferConfig(learning_rate=1e-2))
+    optimizer = torch.optim.AdamW(plan.optimizer_groups(model))
+    pixels = torch.randn(32, 3, size, size).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, CLASSES, (32,))
+    model.train()
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels).logits, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    step_s = time.perf_counter() - start
+    loader_rate, step_rate = batches * 32 / loader_s, steps * 32 / step_s
+    return {"image_size": size, "batch": 32, "loader_workers": workers, "torch_threads": torch.get_num_threads(),
+            "loader_images_per_s": round(loader_rate, 1), "step_images_per_s": round(step_rate, 1),
+            "ratio": round(loader_rate / step_rate, 2), "load_average": load_average()}
+
+
+def imagenet_decode(count: int) -> dict:
+    """One core: ImageNet-sized JPEGs (500x375, the ImageNet median) decoded and random-resized-cropped to 224."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from hf_transfer.transforms import build_transform, decode_image
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    files = []
+    for _ in range(16):
+        base = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+        noise = rng.integers(0, 40, (375, 500, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(base).resize((500, 375), Image.BICUBIC)) // 2 + noise
+        buffer = io.BytesIO()
+        Image.fromarray(image.astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        files.append(buffer.getvalue())
+    cfg = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+           "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+    transform = build_transform(cfg, augmentation="strong")  # random-resized-crop: the ImageNet training recipe
+    start = time.perf_counter()
+    for i in range(count):
+        transform(decode_image({"bytes": files[i % len(files)], "path": None}))
+    seconds = time.perf_counter() - start
+    return {"images": count, "file_KiB": round(sum(map(len, files)) / len(files) / 1024, 1),
+            "images_per_s_one_core": round(count / seconds, 1), "load_average": load_average()}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child()
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=200_000)
+    parser.add_argument("--loader_batches", type=int, default=40)
+    parser.add_argument("--train_steps", type=int, default=3)
+    parser.add_argument("--work", default=None, help="where the folder goes (default: a temporary directory)")
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args()
+    import torch
+
+    from hf_transfer.fastdata import store_budget_bytes
+
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.work))
+    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "images": args.images,
+              "store_budget_machine_MiB": round(store_budget_bytes() / 2**20),
+              "command": f"PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_scale.py --images {args.images}"}
+
+    def save(key, value):
+        report[key] = value
+        print(key, json.dumps(value), flush=True)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+    try:
+        root, cache = work / "images", work / "cache"
+        seconds = generate_folder(root, args.images)
+        save("generate", {"seconds": round(seconds, 1), "files": args.images, "classes": CLASSES,
+                          "load_average": load_average()})
+        save("first_step_cold", recipe_run(root, work, "cold", 1, cache, steps=1))
+        save("first_step_warm", recipe_run(root, work, "warm", 1, cache, steps=1))
+        check_cache = work / "check-bench"
+        save("data_check", data_check(root, check_cache))
+        save("loader", loader_against_step(root, cache, args.loader_batches, args.train_steps))
+        save("two_processes", recipe_run(root, work, "ddp", 2, cache, steps=3))
+        save("imagenet_decode", imagenet_decode(200))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
