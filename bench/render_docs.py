@@ -264,7 +264,37 @@ def table_datacheck(r: Results) -> str:
         "python bench/bench_datacheck.py", "datacheck")
 
 
-TABLES = {"defaults": table_defaults, "loop": table_loop, "transfer": table_transfer, "probe": table_probe,
+def table_probe_speed(r: Results) -> str:
+    data = r.get("probe_speed", "recipes")
+    rows = []
+    for case, sides in data.items():
+        for label, side in (("main at " + r.get("probe_speed", "start_commit"), sides["today"]), ("this code", sides["new"])):
+            first, rerun = side["first"], side["cached_rerun"]
+            rows.append([case, label, f"{first['wall_seconds']:.1f} s (load {first['load_1min']:.1f})",
+                         f"{first['feature_seconds']:.1f} s / {first['probe_seconds']:.1f} s",
+                         f"{first['validation_accuracy']:.3f} ({first['exported']})",
+                         f"{rerun['wall_seconds']:.1f} s ({side['rerun_fraction']:.2f} of the first)"])
+        rows.append([case, "this / main", f"{sides['new_over_today_wall']:.2f}x", "", "", ""])
+    text = markdown_table(["case", "code", "first run, wall", "extraction / probe fits", "validation accuracy",
+                           "cached rerun"], rows)
+    x = r.get("probe_speed", "extraction")
+    text += (f"\nExtraction of {x['images']:,} images at every requested depth: {x['compute_features_img_per_s']:.1f} "
+             f"images/s against {x['bare_decode_once_loop_img_per_s (pooled only)']:.1f} for a bare batched loop that "
+             f"decodes once and returns the pooled feature only ({x['ratio']:.2f}x; target {x['target_ratio']:.1f}x).\n")
+    return text + source("python bench/bench_probe_speed.py", "probe_speed")
+
+
+def table_probe_mlp_cost(r: Results) -> str:
+    rows = [[layer, f"{v['logreg']['fit_seconds']:.1f} s", f"{v['mlp']['fit_seconds']:.1f} s",
+             f"{v['mlp_over_logreg']:.0f}x", f"{v['logreg']['cv_accuracy']:.4f}", f"{v['mlp']['cv_accuracy']:.4f}"]
+            for layer, v in r.get("probe_mlp_cost", "layers").items()]
+    text = markdown_table(["layer", "logreg fit", "MLP fit", "MLP / logreg", "logreg CV accuracy", "MLP CV accuracy"],
+                          rows)
+    text += f"\n{r.get('probe_mlp_cost', 'train_images'):,} training images of {r.get('probe_mlp_cost', 'dataset')}.\n"
+    return text + source("python bench/bench_probe_mlp_cost.py", "probe_mlp_cost")
+
+
+TABLES = {"probe_speed": table_probe_speed, "probe_mlp_cost": table_probe_mlp_cost, "defaults": table_defaults, "loop": table_loop, "transfer": table_transfer, "probe": table_probe,
           "probe_rerun": table_probe_rerun, "probe_variants": table_probe_variants, "lora": table_lora,
           "imbalance": table_imbalance, "cv": table_cv, "advisor": table_advisor, "datacheck": table_datacheck}
 
