@@ -55,3 +55,22 @@ def group_learning_rates(optimizer) -> dict[str, float]:
     else:
         logs.update({f"learning_rate/{name}": lr for name, lr in rates.items()})
     return logs
+
+
+def log_head_rate_first(lr_scheduler, optimizer) -> None:
+    """Trainer logs ``lr_scheduler.get_last_lr()[0]`` as `learning_rate`: the first group's (the stem's, 10x+ below the
+    head's). Make this scheduler report the head's rate first, so any Trainer logs the head's. Its stepping never calls
+    get_last_lr, the groups keep their order, and its state_dict is unchanged (checkpoints stay as they were)."""
+    names = [str(g.get("name", "")) for g in optimizer.param_groups]
+    if lr_scheduler is None or "head" not in names or isinstance(lr_scheduler, _HeadRateFirst):
+        return
+    base = type(lr_scheduler)
+    lr_scheduler.__class__ = type(f"HeadRateFirst{base.__name__}", (_HeadRateFirst, base), {})
+
+
+class _HeadRateFirst:
+    def get_last_lr(self):
+        rates = list(super().get_last_lr())
+        names = [str(g.get("name", "")) for g in self.optimizer.param_groups]
+        head = names.index("head")
+        return [rates[head], *rates[:head], *rates[head + 1:]]

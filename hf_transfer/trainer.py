@@ -34,9 +34,10 @@ from .backbones.resume import load_checkpoint_weights
 from .checkpoints import RESUME_LATEST, check_resumable, checkpoint_problem, checkpoint_to_resume, latest_checkpoint  # noqa: F401
 from .engines import (check_engine, detect_engine, hold_pending_groups, keep_batchnorm_float32,
                       needs_float32_batchnorm, parameter_count, plan_named_parameters, untrained_weights)
+from .batchnorm import BatchNormPolicy  # noqa: F401 (public here too)
 from .errors import TransferError
 from .imbalance import ImbalanceCorrection
-from .optimizers import group_learning_rates, optimizer_for, plan_optimizer  # noqa: F401 (public here too)
+from .optimizers import group_learning_rates, log_head_rate_first, optimizer_for, plan_optimizer  # noqa: F401 (public here too)
 from .plan import TransferConfig, TransferPlan, default_learning_rate
 from .runtime import say
 
@@ -44,44 +45,6 @@ from .runtime import say
 def current_epoch(state) -> int:
     """The whole epoch the loop is in (state.epoch is fractional mid-epoch and None before training)."""
     return int(math.floor((state.epoch or 0.0) + 1e-6))
-
-
-class BatchNormPolicy:
-    """Keeps chosen BatchNorm modules in eval mode while the model trains (a pre-hook on the model root)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.modules: list[torch.nn.Module] = []
-        self.handle = model.register_forward_pre_hook(self._hook)
-
-    def set(self, modules: list[torch.nn.Module]) -> None:
-        self.modules = list(modules)
-
-    def _hook(self, model, args):
-        if model.training:
-            for module in self.modules:
-                module.eval()
-
-    def remove(self) -> None:
-        self.handle.remove()
-
-
-def log_head_rate_first(lr_scheduler, optimizer) -> None:
-    """Trainer logs ``lr_scheduler.get_last_lr()[0]`` as `learning_rate`: the first group's (the stem's, 10x+ below the
-    head's). Make this scheduler report the head's rate first, so any Trainer logs the head's. Its stepping never calls
-    get_last_lr, the groups keep their order, and its state_dict is unchanged (checkpoints stay as they were)."""
-    names = [str(g.get("name", "")) for g in optimizer.param_groups]
-    if lr_scheduler is None or "head" not in names or isinstance(lr_scheduler, _HeadRateFirst):
-        return
-    base = type(lr_scheduler)
-    lr_scheduler.__class__ = type(f"HeadRateFirst{base.__name__}", (_HeadRateFirst, base), {})
-
-
-class _HeadRateFirst:
-    def get_last_lr(self):
-        rates = list(super().get_last_lr())
-        names = [str(g.get("name", "")) for g in self.optimizer.param_groups]
-        head = names.index("head")
-        return [rates[head], *rates[:head], *rates[head + 1:]]
 
 
 class TransferPlanCallback(TrainerCallback):

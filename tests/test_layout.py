@@ -125,6 +125,20 @@ def engine_variables(package: Path = PACKAGE) -> list[str]:
     return found
 
 
+MAX_LINES = 450  # one concern a file: past this a module is doing several jobs
+MAX_LINES_OF = {"hf_transfer.trainer": 200}  # the trainer keeps only the plan wiring
+
+
+def oversized_files(package: Path = PACKAGE) -> list[str]:
+    """'module: N lines' for every module over its line limit."""
+    found = []
+    for name, path in _modules(package).items():
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_LINES_OF.get(name, MAX_LINES):
+            found.append(f"{name}: {lines} lines")
+    return found
+
+
 # -------------------------------------------------------------------------------------------------- the tests
 def test_no_import_cycles():
     cycle = import_cycle()
@@ -151,6 +165,10 @@ def test_only_the_strategies_compare_strategy_names():
 
 def test_only_engines_and_runtime_read_engine_variables():
     assert not engine_variables(), f"engine variables read at {engine_variables()}; ask engines.py or runtime.py"
+
+
+def test_every_file_keeps_to_its_size():
+    assert not oversized_files(), f"split these by concern: {oversized_files()}"
 
 
 def test_probe_model_type_is_self_contained():
@@ -182,6 +200,11 @@ def test_each_check_fails_on_a_planted_violation(package_copy):
 
     job.write_text(clean + "\n\nimport os\nPLANTED = int(os.environ.get('WORLD_SIZE', '1'))\n")
     assert [v.split(" ")[1] for v in engine_variables(package_copy)] == ["WORLD_SIZE"]
+
+    assert not oversized_files(package_copy)
+    trainer = package_copy / "trainer.py"
+    trainer.write_text(trainer.read_text() + "\n" * (201 - len(trainer.read_text().splitlines())))
+    assert oversized_files(package_copy) == ["hf_transfer.trainer: 201 lines"]
 
     (package_copy / "errors.py").write_text((package_copy / "errors.py").read_text() + "\nfrom . import trainer  # planted\n")
     assert import_cycle(package_copy) is not None
