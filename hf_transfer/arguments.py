@@ -64,8 +64,8 @@ class DataArguments:
     )
     max_image_pixels: int | None = field(
         default=None,
-        metadata={"help": "Raise PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS, ~89M pixels; PIL refuses "
-                          "twice that) for this process, for datasets of very large images."},
+        metadata={"help": "Raise PIL's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS) for datasets of very "
+                          "large images."},
     )
 
     @property

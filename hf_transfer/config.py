@@ -78,8 +78,8 @@ class TransferConfig:
         strategy.validate(self)
         if not 0 < self.layer_decay <= 1:
             raise TransferError(f"--layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
-        if self.backbone_lr_multiplier < 0 or (self.learning_rate is not None and self.learning_rate <= 0):
-            raise TransferError(f"--learning_rate {self.learning_rate} / --backbone_lr_multiplier {self.backbone_lr_multiplier:g}: "
+        if self.learning_rate is not None and self.learning_rate <= 0 or self.backbone_lr_multiplier < 0:
+            raise TransferError(f"--learning_rate {self.learning_rate:g} / --backbone_lr_multiplier {self.backbone_lr_multiplier:g}: "
                                 "the learning rate must be > 0 and the multiplier >= 0")
         from .imbalance import CLASS_WEIGHTINGS, SAMPLERS
 

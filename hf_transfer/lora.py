@@ -148,8 +148,8 @@ def wrap_with_lora(model: torch.nn.Module, config, source: str | None = None):
     _check_forward(wrapped, rule)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     say(f"LoRA r={config.lora_r} alpha={config.lora_alpha:g} dropout={config.lora_dropout:g} lr={config.lora_learning_rate:g} "
-        f"on {len(targets)} modules: {rule}; head trained in full ({', '.join(head_modules)}) at lr "
-        f"{config.learning_rate:g}"
+        f"on {len(targets)} modules: {rule}; head trained in full ({', '.join(head_modules)})"
+        + (f" at lr {config.learning_rate:g}" if config.learning_rate is not None else "")
         + ("; BatchNorm keeps its pretrained statistics (the adapter holds no BatchNorm state)" if has_bn else ""))
     return wrapped
 
