@@ -143,14 +143,16 @@ class DeadlineCallback(TrainerCallback):
         return max(budget_reserve(0.0, self.eval_seconds, self.final_evaluations),
                    self.reserve if self._eval_seconds is None else 0.0)
 
-    def replan(self, global_step: int) -> int:
+    def replan(self, global_step: int, steps_bound_to_run: int = 0) -> int:
+        """Re-plan the total from the measured times; ``steps_bound_to_run``: steps that run whatever the plan says
+        (an epoch that has begun runs its first step before any stop is read), so the planned total counts them."""
         now = self.clock()
         eval_seconds = self.eval_seconds or 0.0
         total = steps_that_fit(self.deadline - self.current_reserve() - now, step_seconds=self.step_seconds, steps_done=global_step,
                                steps_per_epoch=self.steps_per_epoch, eval_seconds=eval_seconds)
         if self._ceiling is not None and total > self._ceiling:
             total = self._ceiling
-        total = max(total, global_step)
+        total = max(total, global_step + steps_bound_to_run)
         if total != self.planned_steps:
             set_schedule_horizon(self._scheduler, total) if self._scheduler is not None else None
         self.replans.append({"at_step": global_step, "total_steps": total, "step_seconds": round(self.step_seconds, 4),
@@ -182,7 +184,7 @@ class DeadlineCallback(TrainerCallback):
         if self._eval_began is not None and state.global_step >= self.warmup_steps and self._step_times:
             if self._eval_seconds is None:  # no evaluation event: count the epoch end's whole pause instead
                 self._eval_seconds = self.clock() - self._eval_began
-            self.replan(state.global_step)
+            self.replan(state.global_step, steps_bound_to_run=1)
         self._eval_began = None
 
     def on_step_end(self, args, state, control, **kwargs):
