@@ -66,13 +66,21 @@ def test_every_probe_exports_with_its_decision_function_and_pipeline_agrees_per_
 
     data = load_image_classification_data("embedded:digits", max_train_samples=60, max_eval_samples=20)
     data.labels = [f"digit {name}" for name in data.labels]
+    from hf_transfer.backbones import adapter_for
+    from hf_transfer.features import ProcessorImages, transform_fingerprint
+    from hf_transfer.probes import export_processor
+
+    torch.manual_seed(0)  # the random backbone is the same whatever ran before in this process
     model = load_backbone("test_resnet", labels=data.labels, pretrained=False)
     set_preprocessing(model, 32)
-    splits = with_transforms(data.splits, data, data_config(model), image_size=32, augmentation="none")
     layer_map = build_layer_map(model)
-    fs = compute_features(model, splits, parse_layers("2,pooled", layer_map), layer_map=layer_map,
-                          cache=FeatureCache(tmp_path / "cache"), image_size=32)
-    pixels = torch.stack(splits["validation"][:]["pixel_values"])
+    # features from the pixels the exported folder's processor makes, as the probe job computes them
+    processor = export_processor(adapter_for(model), 32)
+    source = ProcessorImages(processor, data.image_column, data.label_column)
+    fs = compute_features(model, data.splits, parse_layers("2,pooled", layer_map), layer_map=layer_map,
+                          cache=FeatureCache(tmp_path / "cache"), image_size=32, source=source,
+                          transform_key=transform_fingerprint(processor.to_json_string(), None, 32))
+    pixels = torch.cat([batch for batch, _ in source(data.splits["validation"], 64)])
     images = []
     for i, row in enumerate(data.splits["validation"]):
         images.append(tmp_path / f"{i}.png")
