@@ -17,8 +17,8 @@ from hf_transfer.strategies import strategy_names
 PACKAGE = Path(hf_transfer.__file__).parent
 FAMILY_MARKERS = ("is_timm", "TimmWrapperFor", ".timm_model", "_hf_transfer_image", "pretrained_cfg", "timm_wrapper",
                   "timm_model.")
-# The advisor's decision rules choose among strategies by name: that is their job. Anywhere else, ask the strategy.
-STRATEGY_NAMES_ALLOWED = ("hf_transfer.strategies", "hf_transfer.advisor.rules")
+# Outside the strategies, ask the strategy object; the advisor's decision rules may name the few they choose between.
+STRATEGY_NAMES_ALLOWED = ("hf_transfer.strategies",)
 MAX_STRATEGY_COMPARISONS_ELSEWHERE = 2
 ENGINE_VARIABLE = re.compile(r"^(WORLD_SIZE|LOCAL_WORLD_SIZE|RANK|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|ACCELERATE_\w+|"
                              r"FSDP_\w+)$")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from ..strategies import get_strategy
 from .measure import SimilarityStats, SizeStats
 from .rank import ranking_table
 from .rules import SCENARIOS, Decision
@@ -23,7 +24,7 @@ def size_table(size: SizeStats) -> str:
 
 def _frozen_depths(decision: Decision, body_depths: int | None = None) -> int:
     """How many body depth groups a partial plan freezes (0 for other plans)."""
-    if decision.strategy != "partial":
+    if "freeze" not in get_strategy(decision.strategy).decision_flags:  # only a partial plan has a freeze rule
         return 0
     kind, _, value = decision.freeze.partition(":")
     if kind == "depth":

@@ -166,7 +166,7 @@ def is_similar(m: BackboneMeasurement, t: Thresholds) -> tuple[bool, str]:
                   "to the pretraining data")
 
 
-def probe_layers(m: BackboneMeasurement, similar: bool, t: Thresholds) -> tuple[str, str]:
+def probe_layer_choice(m: BackboneMeasurement, similar: bool, t: Thresholds) -> tuple[str, str]:
     """The `--layers` of a probe plan, and why."""
     sim = m.similarity
     single = sim.pooled if similar else sim.best
@@ -213,7 +213,7 @@ def decide(m: BackboneMeasurement, *, time_budget: float | None = None, batch_si
 
 
 def _make_probe(d: Decision, m: BackboneMeasurement, similar: bool, t: Thresholds) -> None:
-    layers, why = probe_layers(m, similar, t)
+    layers, why = probe_layer_choice(m, similar, t)
     d.job, d.strategy, d.layers = "probe", "linear_probe", layers
     d.learning_rate, d.backbone_lr_multiplier, d.num_train_epochs, d.augmentation = None, 0.0, None, "none"
     d.estimated_seconds = round(probe_seconds(m), 1)
