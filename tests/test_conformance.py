@@ -196,11 +196,6 @@ def randomize_batchnorm_stats(model):
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
-# Architectures whose per-depth features fail in modeling_probe.global_pool (a tuple output, PvtV2): fixed by the
-# probes work (issue 18, item 10 and the PvtV2 probe); the rest of their conformance runs here.
-PROBE_FIX_PENDING = {"hf pvtv2"}
-
-
 def check_features_and_probe_export(name, model, layer_map, x, size, tmp_path):
     """Per-depth features are (N, C), for every body group, and the pooled feature too; an exported linear probe of
     the pooled feature gives the probe's logits."""
@@ -286,8 +281,7 @@ def test_backbone_conformance(name, hf_root, parity_images, tmp_path):
     model.eval()
 
     # Per-depth features are (N, C), for every body group, and the pooled feature too.
-    if name not in PROBE_FIX_PENDING:
-        check_features_and_probe_export(name, model, layer_map, x, size, tmp_path)
+    check_features_and_probe_export(name, model, layer_map, x, size, tmp_path)
 
     # The folder the job writes, and the run's own predictions on the validation images (pipeline parity below).
     record_run_predictions(name, model, adapter, size, parity_images, hf_root)
