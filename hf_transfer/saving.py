@@ -277,8 +277,9 @@ def deepspeed_fp32_masters(trainer, model) -> dict:
     plan's untrained weights restore those exactly."""
     import torch
 
-    if not getattr(trainer, "is_deepspeed_enabled", False):
-        return {}
+    if not getattr(trainer, "is_deepspeed_enabled", False) or not hasattr(getattr(trainer, "model_wrapped", None),
+                                                                         "zero_optimization_stage"):
+        return {}  # no DeepSpeed engine wraps the model, so no optimizer holds masters
     if not any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
         return {}  # fp32 training: the module's weights are the masters
     from deepspeed.utils import safe_get_full_fp32_param
