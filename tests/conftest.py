@@ -141,3 +141,24 @@ def _recipe_module(recipe: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ------------------------------------------------------------------------------ a process without hf_transfer
+def run_without_hf_transfer(script: str, *args: str, tmp_path, timeout: int = 600):
+    """Run ``script`` (``python -c``, with ``args``) in a fresh process where hf_transfer cannot be imported, as a
+    user without the package runs the saved folder. A stub package that raises ImportError shadows the installed
+    one, and the script stops if hf_transfer imports all the same. Returns the process's last stdout line as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    stub = tmp_path / "no_hf_transfer" / "hf_transfer"
+    stub.mkdir(parents=True, exist_ok=True)
+    (stub / "__init__.py").write_text("raise ImportError('hf_transfer is not installed here')\n")
+    guard = ("try:\n    import hf_transfer\nexcept ImportError:\n    pass\n"
+             "else:\n    raise SystemExit('hf_transfer is importable')\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(stub.parent)}
+    done = subprocess.run([sys.executable, "-c", guard + script, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import run_without_hf_transfer
 from hf_transfer import TransferError
 from hf_transfer.backbones import adapter_for, load_backbone_with_adapter
 from hf_transfer.features import FeatureExtractor, FeatureLayer, parse_layers
@@ -366,12 +367,6 @@ def record_run_predictions(name, model, adapter, size, data, hf_root):
 
 PIPELINE_SCRIPT = """
 import json, sys
-try:
-    import hf_transfer
-except ImportError:
-    pass
-else:
-    raise SystemExit("hf_transfer is importable")
 from transformers import pipeline
 jobs, out = json.loads(sys.argv[1]), {}
 for name, (folder, paths) in jobs.items():
@@ -385,21 +380,11 @@ def test_pipeline_parity_per_image(tmp_path):
     """Every architecture's folder through pipeline() (image paths, as a user passes them) in one fresh process where
     hf_transfer cannot be imported: per image, the label the run predicted, wherever its top-2 margin exceeds 1e-3."""
     import json
-    import os
-    import subprocess
-    import sys
 
     if not RUN_PREDICTIONS:
         pytest.skip("no conformance run recorded predictions (run the whole module)")
-    stub = tmp_path / "stub" / "hf_transfer"
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise ImportError('hf_transfer is not installed here')\n")
     jobs = {name: (folder, paths) for name, (folder, paths, _) in RUN_PREDICTIONS.items()}
-    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, json.dumps(jobs)], capture_output=True, text=True,
-                          timeout=900, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                          "PYTHONPATH": str(stub.parent)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    served = json.loads(done.stdout.strip().splitlines()[-1])
+    served = run_without_hf_transfer(PIPELINE_SCRIPT, json.dumps(jobs), tmp_path=tmp_path, timeout=900)
     compared, disagreements = 0, []
     for name, (_, paths, probs) in RUN_PREDICTIONS.items():
         for path, run, scores in zip(paths, probs, served[name]):

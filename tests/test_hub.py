@@ -14,7 +14,7 @@ import torch
 
 from hf_transfer import TransferError
 from hf_transfer.hub import push_folder
-from conftest import run_recipe_in_process
+from conftest import run_recipe_in_process, run_without_hf_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--dataset_name", "embedded:digits", "--image_size", "32", "--max_train_samples", "64",
@@ -143,12 +143,6 @@ def test_folder_continues_training_the_way_run_image_classification_loads_it(fin
 
 NO_HF_TRANSFER_SCRIPT = """
 import json, sys
-try:
-    import hf_transfer
-except ImportError:
-    pass
-else:
-    raise SystemExit("hf_transfer is importable")
 from PIL import Image
 from transformers import pipeline
 folder, images = sys.argv[1], json.loads(sys.argv[2])
@@ -172,13 +166,7 @@ def test_pipeline_without_hf_transfer_predicts_what_the_run_measured(finetuned, 
         paths.append(str(tmp_path / f"{i}.png"))
         row[data.image_column].save(paths[-1])  # PNG: the same pixels the run saw
         truth.append(data.labels[row[data.label_column]])
-    stub = tmp_path / "stub" / "hf_transfer"
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise ImportError('hf_transfer is not installed here')\n")
-    done = subprocess.run([sys.executable, "-c", NO_HF_TRANSFER_SCRIPT, str(out), json.dumps(paths)], capture_output=True,
-                          text=True, env=_env(PYTHONPATH=str(stub.parent)), timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    predicted = json.loads(done.stdout.strip().splitlines()[-1])
+    predicted = run_without_hf_transfer(NO_HF_TRANSFER_SCRIPT, str(out), json.dumps(paths), tmp_path=tmp_path)
 
     # The tiny run is near chance, so some logits are near ties that batch size and thread count can flip (one
     # image moved 0.1875 -> 0.21875 on a loaded machine): a preprocessing mismatch would move many, with margins.

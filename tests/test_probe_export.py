@@ -3,15 +3,13 @@
 image. Plus the #18 export cases: a BatchNorm head folds exactly, PvtV2 depths pool, and the size limit."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_without_hf_transfer
 from hf_transfer import TransferError, load_backbone
 from hf_transfer.backbones import build_layer_map, data_config, set_preprocessing
 from hf_transfer.features import FeatureCache, FeatureExtractor, FeatureLayer, compute_features, parse_layers
@@ -23,12 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE_SCRIPT = """
 import json, sys
-try:
-    import hf_transfer
-except ImportError:
-    pass
-else:
-    raise SystemExit("hf_transfer is importable")
 from PIL import Image
 from transformers import pipeline
 folders, images = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -49,15 +41,8 @@ def sklearn_decision(result, features):
 
 
 def run_pipeline_without_hf_transfer(folders: dict, images: list, tmp_path) -> dict:
-    stub = tmp_path / "stub" / "hf_transfer"
-    stub.mkdir(parents=True, exist_ok=True)
-    (stub / "__init__.py").write_text("raise ImportError('hf_transfer is not installed here')\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(stub.parent)}
-    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, json.dumps({k: str(v) for k, v in folders.items()}),
-                           json.dumps([str(p) for p in images])], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_without_hf_transfer(PIPELINE_SCRIPT, json.dumps({k: str(v) for k, v in folders.items()}),
+                                   json.dumps([str(p) for p in images]), tmp_path=tmp_path)
 
 
 @pytest.mark.slow
