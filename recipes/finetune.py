@@ -28,5 +28,8 @@ def main(args=None):
 
 
 if __name__ == "__main__":
+    from hf_transfer.budget import charge_from_process_start
+
+    charge_from_process_start()  # --time_budget counts the whole process: its start and imports too
     main()
     skip_exit_garbage_collection()  # the process ends next: ~1 s less shutdown

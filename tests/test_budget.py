@@ -165,3 +165,21 @@ def test_a_budgeted_fine_tune_ends_at_95_to_100_percent_of_its_budget(tmp_path):
     # the plan ended it (or, the step times on this shared machine jumping, the safety net near its end), not the
     # loop's ceiling
     assert 0.9 * metrics["time_budget_planned_steps"] <= state["global_step"] <= metrics["time_budget_planned_steps"]
+
+
+def test_a_command_line_run_charges_its_own_start_and_imports(monkeypatch):
+    """The budget is the process's wall time: a command line's clock starts when the process did (the imports took
+    5-40 s on the shared machine and were not counted: 45-120 s budgets ran 27-38% over), a library call's at the
+    job's own start."""
+    import time
+
+    import psutil
+
+    from hf_transfer import budget
+
+    now = time.perf_counter()
+    assert budget.run_started(now) == now  # a library call (this test, a notebook)
+    monkeypatch.setattr(budget, "_charge_from_process_start", True)
+    age = time.time() - psutil.Process().create_time()
+    assert age > 1.0  # pytest has been running: the two clocks differ by more than the check's slack
+    assert budget.run_started(time.perf_counter()) == pytest.approx(time.perf_counter() - age, abs=0.2)

@@ -88,6 +88,31 @@ def test_halving_keeps_the_better_half_the_default_and_whatever_the_noise_cannot
     assert pruned == {"c", "d"}
 
 
+def test_a_probe_neither_drops_nor_is_dropped_by_a_short_fine_tune_rung():
+    """A probe's score is final at rung 0, a fine-tune's after 5 steps is not: halving compares equal resources
+    (mnist300: a 5-step fine-tune at 0.27 against a probe's 0.98 was dropped and the budget went unused)."""
+    rng = np.random.default_rng(1)
+    probe = (rng.random(300) < 0.98).astype(np.int8)
+    correct = {"probe": probe, "ft_a": (rng.random(300) < 0.27).astype(np.int8),
+               "ft_b": (rng.random(300) < 0.6).astype(np.int8), "probe_weak": (rng.random(300) < 0.1).astype(np.int8)}
+
+    def pruned_with(probes):
+        study = optuna.create_study(direction="maximize", pruner=make_pruner("probe", 2.0, probes=probes))
+        dist = {"plan": optuna.distributions.CategoricalDistribution(list(correct))}
+        trials = {}
+        for name, hits in correct.items():
+            study.enqueue_trial({"plan": name})
+            trials[name] = study.ask(dist)
+            trials[name].set_user_attr(CORRECT_ATTR, hits.tolist())
+            trials[name].report(float(hits.mean()), step=0)
+        return {name for name, trial in trials.items() if trial.should_prune()}
+
+    # the fine-tunes are judged among themselves (ft_b beats ft_a beyond the noise); no probe is judged
+    assert pruned_with(frozenset({"probe", "probe_weak"})) == {"ft_a"}
+    # without the rule the probes are halved with the fine-tunes: the weak probe goes too
+    assert pruned_with(frozenset()) == {"ft_a", "probe_weak"}
+
+
 def test_candidates_are_three_to_five_plans_with_the_documented_default():
     t = Thresholds()
     curve = [0.5 + 0.05 * d for d in range(BODY)]

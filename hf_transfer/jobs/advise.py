@@ -255,7 +255,7 @@ def _adopt_race_winner(advice, outcome, measurement, data_args, training_args, d
         steps_per_epoch = math.ceil(measurement.size.n_train / max(1, training_args.per_device_train_batch_size))
         epochs = float(d.num_train_epochs or t.min_epochs)
         if deadline is not None:  # the first estimate; the run re-plans it from its own measured steps (budget.py)
-            left = deadline - time.perf_counter() - t.fixed_overhead_seconds
+            left = deadline - time.perf_counter() - t.in_process_overhead_seconds
             epochs = max(1.0, round(left / max(1e-6, measurement.cost.step_seconds(w.trainable_share) * steps_per_epoch), 2))
         d.num_train_epochs = epochs
         d.augmentation = "gentle" if epochs >= t.augmentation_from_epochs else "none"
@@ -292,7 +292,7 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
     decision = advice.decision
     if advice.deadline is not None:  # the probe's forward pass over train must fit what the race left
         m = advice.chosen
-        left = advice.deadline - time.perf_counter() - advice.thresholds.fixed_overhead_seconds
+        left = advice.deadline - time.perf_counter() - advice.thresholds.in_process_overhead_seconds
         fits = int(left * 1000 / max(1e-3, m.cost.forward_ms_per_image)) - 2 * m.size.n_validation
         if fits < m.size.n_train:
             # the measurement's own subsample size (and seed) at least: its features are in the cache already

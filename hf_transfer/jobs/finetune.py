@@ -39,7 +39,9 @@ def run_finetune(
     from ..plan import TransferPlan, default_learning_rate
     from ..trainer import TransferTrainer
 
-    start = time.perf_counter()
+    from ..budget import run_started
+
+    start = run_started(time.perf_counter())  # a command line's budget counts from the process's start
     transfer_args = transfer_args or TransferArguments()
     if needs_advisor(transfer_args.strategy):  # auto: jobs/advise.py measures, decides, fills the flags; a probe plan
         from .advise import resolve_auto_strategy, run_advised_probe  # runs the probe job

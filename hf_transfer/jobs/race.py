@@ -127,12 +127,17 @@ class _Race:
         key = transform_fingerprint(build_transform(self.cfg, image_size=self.image_size), self.cfg, self.image_size)
         fs = compute_features(self.pretrained, {"train": train, "validation": self.lazy["validation"]}, every,
                               layer_map=layer_map, cache=self.cache, transform_key=key, image_size=self.image_size)
+        from threadpoolctl import threadpool_limits
+
         out = {}
         for name, group in layers.items():
             X = {split: np.concatenate([fs.features[split][layer.key] for layer in group], axis=1)
                  for split in ("train", "validation")}
             probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000))
-            probe.fit(X["train"], fs.labels["train"])
+            # one BLAS thread, as probes/search.py: beside torch's OpenMP threads the two fits of mnist300's race
+            # took 17 s, most of the race's time (the probes' own search measured 20x)
+            with threadpool_limits(limits=1):
+                probe.fit(X["train"], fs.labels["train"])
             out[name] = (probe.predict(X["validation"]) == fs.labels["validation"]).astype(np.int8)
         return out
 
@@ -251,7 +256,7 @@ def final_probe_seconds(m, t: Thresholds) -> float:
     """The probe job's final run when time is short: on the measurement's subsample (features cached), one forward
     over validation and a test split of about its size, the fits, loading and saving (`run_advised_probe` sizes the
     probe's training images to the time actually left)."""
-    return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + t.fixed_overhead_seconds
+    return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + t.in_process_overhead_seconds
 
 
 def run_race(measurement, data, model_args, training_args, *, image_size: int, deadline: float | None,
@@ -277,7 +282,8 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     record = RaceRecord([p.as_dict() for p in plans], holdout_images=len(race.holdout_labels))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(default, t.decision_z),
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(default, t.decision_z, probes=frozenset(
+                                    p.name for p in plans if p.job == "probe")),
                                 sampler=optuna.samplers.RandomSampler(seed=training_args.seed))
     dist = {"plan": optuna.distributions.CategoricalDistribution(plans_names)}
     trials = {}
@@ -319,9 +325,12 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
                 break
             left = deadline - rung_began - final_probe_seconds(measurement, t)
             per_plan = left / len(live_finetunes) - overhead
-            steps_for = {n: min(2 * last_steps.get(n, MIN_RUNG_STEPS),
-                                steps_that_fit(per_plan, step_seconds=race.estimated_step_seconds(by_name[n])))
-                         for n in live_finetunes}
+            fits = {n: steps_that_fit(per_plan, step_seconds=race.estimated_step_seconds(by_name[n]))
+                    for n in live_finetunes}
+            # doubling, until what the doubled rung would leave is too short for another: then all of it (a rest
+            # left unused is budget lost: 75% used at 300 s before)
+            steps_for = {n: fits[n] if fits[n] <= 4 * last_steps.get(n, MIN_RUNG_STEPS)
+                         else 2 * last_steps.get(n, MIN_RUNG_STEPS) for n in live_finetunes}
             if min(steps_for.values()) < MIN_RUNG_STEPS:
                 break
         rung_row = {}
@@ -347,7 +356,9 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             rung_row[name] = {"steps": steps, "accuracy": round(acc, 4),
                               "se": round(float(np.sqrt(acc * (1 - acc) / len(correct[name]))), 4),
                               "seconds": round(time.perf_counter() - started if steps else
-                                               (probe_seconds if rung == 0 else 0.0), 1), "dropped": False}
+                                               (probe_seconds if rung == 0 else 0.0), 1), "dropped": False,
+                              # 0/1 per held-out image: the race can be replayed at other thresholds (bench_suite.py)
+                              "correct": "".join(map(str, correct[name].tolist()))}
         if rung < n_rungs - 1:
             dropped = [name for name in alive if trials[name].should_prune()]  # all judged, then told
             for name in dropped:
