@@ -46,7 +46,9 @@ BUDGETED = [s for s, flags in STRATEGIES.items() if flags is not None]  # the ce
 def load_results() -> dict:
     if RESULTS.is_file():
         return json.loads(RESULTS.read_text())
-    return {"command": "python bench/bench_suite.py", "cells": {}}
+    return {"command": "nice -n -5 python bench/bench_suite.py", "cells": {}, "note": (
+        "Fresh since the budget fix (process start charged, advisor2 branch): the cells of c611608 and earlier were "
+        "measured from the job's start, not the process's, and are not comparable.")}
 
 
 def save_results(results: dict) -> None:
@@ -123,6 +125,10 @@ def auto_record(advice: dict) -> dict:
             "default": next((c["name"] for c in race.get("candidates", []) if c["is_default"]), None),
             "soup": race.get("soup"), "budget": advice.get("budget"), "scenario": advice["decision"]["scenario"],
             "final_correct": race.get("final_correct"),
+            # what the replay (sensitivity) reads: the measurement the rules read, the decision's flags
+            "measurement": m, "decision": {k: advice["decision"].get(k) for k in
+                                            ("job", "strategy", "class_weighting", "sampler", "num_train_epochs",
+                                             "augmentation")},
             "measures": {"best_probe": best["probe_cv"], "pooled_probe": pooled["probe_cv"],
                          "bottleneck_gap": round(best["probe_cv"] - pooled["probe_cv"], 4),
                          "gap_se": round(float(np.hypot(best["probe_cv_std"], pooled["probe_cv_std"])
@@ -250,6 +256,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     split = load_split()
     results = load_results()
+    if not args.summary:
+        results.setdefault("commits", [])
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        if head and head not in results["commits"]:
+            results["commits"].append(head)  # the code the cells ran (a resumed run may add one)
     if not args.summary:
         cases = args.cases.split(",") if args.cases else (
             split["dev"] + split["test"] if args.half == "all" else split[args.half])

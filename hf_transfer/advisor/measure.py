@@ -366,6 +366,18 @@ class BackboneMeasurement:
     seconds: float = 0.0
     features_from_cache: bool = False
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackboneMeasurement":
+        """Back from `as_dict` (advice.json): the rules can be re-run on a recorded measurement (the replay)."""
+        size = SizeStats(*(d["size"][k] for k in ("n_train", "n_validation", "n_classes", "per_class", "class_names")))
+        s = d["similarity"]
+        similarity = SimilarityStats([DepthMeasure(**x) for x in s["depths"]], s["body_depths"], s.get("concat"),
+                                     s.get("images", 0), s.get("cv_folds", 3))
+        cost = CostStats(*(d["cost"][k] for k in ("forward_ms_per_image", "train_step_seconds", "batch_size",
+                                                  "image_size")))
+        return cls(d["backbone"], size, similarity, cost, d["default_learning_rate"], d["has_batchnorm"],
+                   d.get("seconds", 0.0), d.get("features_from_cache", False))
+
     def as_dict(self) -> dict:
         return {"backbone": self.backbone, "size": self.size.as_dict(), "similarity": self.similarity.as_dict(),
                 "cost": self.cost.as_dict(), "default_learning_rate": self.default_learning_rate,
