@@ -194,44 +194,68 @@ def summarize(results: dict, split: dict) -> dict:
     return {"rows": rows, "halves": halves}
 
 
-# A race plan -> the fixed cell that runs the same plan for the whole budget (None: no fixed cell matches).
-PLAN_TO_FIXED = {"full x0.1": "default", "probe pooled": "probe_pooled"}
+def _fixed_cell_for(plan: str, measurement: dict) -> str | None:
+    """The fixed cell that runs a race plan for the whole budget (None: none does): the default fine-tune, the pooled
+    probe, and `partial` when the race's knee is the fixed cell's half (fraction:0.5)."""
+    half = int(0.5 * measurement["similarity"]["body_depths"] + 1e-9)
+    return {"full x0.1": "default", "probe pooled": "probe_pooled", f"partial depth:{half}": "partial"}.get(plan)
 
 
-def sensitivity(results: dict, split: dict, factors=(0.5, 2.0), z: float = 2.0) -> dict:
-    """decision_z at x0.5 and x2, replayed on each auto cell's recorded last rung (race.final_correct): the verdict
-    is re-taken without training; a changed winner is scored with the fixed cell that runs its plan (an
-    approximation: that cell trained from the start, not from the race's weights); unmatched plans are counted."""
-    import numpy as np
+def sensitivity(results: dict, split: dict, factors=(0.5, 2.0)) -> dict:
+    """Every threshold of `Thresholds` (and candidate_plans' max_candidates) at x0.5 and x2: each auto cell's
+    decision replayed from its record (hf_transfer/advisor/replay.py), no training. A changed winner is scored with
+    the fixed cell that runs its plan for the whole budget (an approximation: that cell trained from the start, not
+    from the race's weights); a plan no fixed cell runs, or a race the record cannot replay, is counted, not scored.
+    Mean regret against the best fixed strategy, over the cells that could be scored, beside the same cells' regret
+    as run (``as_run``)."""
+    import dataclasses
 
     sys.path.insert(0, str(ROOT))
-    from hf_transfer.advisor.race import choose_winner
+    from hf_transfer.advisor import Thresholds
+    from hf_transfer.advisor.replay import MAX_CANDIDATES, NOT_REPLAYABLE, replay, scaled
 
-    out = {}
-    for factor in factors:
-        per_half = {"dev": [], "test": []}
-        changed = unknown = 0
-        for row in summarize(results, split)["rows"]:
-            rec = results["cells"].get(_key(row, "auto"))
-            final = ((rec or {}).get("auto") or {}).get("final_correct")
-            if not final or "best_fixed" not in row:
-                continue
-            default = rec["auto"]["default"]
-            if default not in final:
-                continue
-            winner = choose_winner({k: np.asarray(v) for k, v in final.items()}, default, z * factor).winner
-            if winner == rec["auto"]["winner"]:
-                acc = row["auto"]
+    base = Thresholds()
+    rows = [r for r in summarize(results, split)["rows"] if "best_fixed" in r]
+    records = {id(r): ((results["cells"].get(_key(r, "auto")) or {}).get("auto") or {}) for r in rows}
+    names = [f.name for f in dataclasses.fields(Thresholds) if f.name not in NOT_REPLAYABLE] + ["max_candidates"]
+    out = {"how": sensitivity.__doc__.split("\n\n")[0].replace("\n", " "), "not_replayable": NOT_REPLAYABLE,
+           "thresholds": {}}
+    for name in names:
+        line = {"value": MAX_CANDIDATES if name == "max_candidates" else getattr(base, name)}
+        for factor in factors:
+            if name == "max_candidates":
+                t, kw = base, {"max_candidates": max(1, int(round(MAX_CANDIDATES * factor)))}
             else:
-                changed += 1
-                fixed = PLAN_TO_FIXED.get(winner)
-                acc = row["fixed"].get(fixed) if fixed else None
-                if acc is None:
-                    unknown += 1
+                t, kw = scaled(base, name, factor), {}
+            per_half = {h: {"replayed": [], "as_run": [], "changed": 0, "unscored": 0, "unreplayable": 0}
+                        for h in ("dev", "test")}
+            for row in rows:
+                rec, acc = records[id(row)], None
+                h = per_half[row["half"]]
+                if "measurement" not in rec or "rungs" not in rec:
+                    h["unreplayable"] += 1
                     continue
-            per_half[row["half"]].append(row["fixed"][row["best_fixed"]] - acc)
-        out[f"decision_z x{factor:g}"] = {"mean_regret_vs_best": {h: _mean(v) for h, v in per_half.items()},
-                                          "cells_changed": changed, "changed_but_unscorable": unknown}
+                winner = replay(rec, t, base=base, **kw).winner
+                if winner is None:
+                    h["unreplayable"] += 1
+                    continue
+                if winner == rec["winner"]:
+                    acc = row["auto"]
+                else:
+                    h["changed"] += 1
+                    fixed = _fixed_cell_for(winner, rec["measurement"])
+                    acc = row["fixed"].get(fixed) if fixed else None
+                if acc is None:
+                    h["unscored"] += 1
+                    continue
+                best = row["fixed"][row["best_fixed"]]
+                h["replayed"].append(best - acc)
+                h["as_run"].append(row["regret_vs_best"])
+            line[f"x{factor:g}"] = {half: {"mean_regret_vs_best": _mean(v["replayed"]), "as_run": _mean(v["as_run"]),
+                                           "scored": len(v["replayed"]), "changed": v["changed"],
+                                           "changed_but_unscored": v["unscored"], "unreplayable": v["unreplayable"]}
+                                    for half, v in per_half.items()}
+        out["thresholds"][name] = line
     return out
 
 

@@ -123,3 +123,43 @@ def test_candidates_are_three_to_five_plans_with_the_documented_default():
     assert {p.job for p in plans} == {"probe", "finetune"}
     small = measurement(curve, pooled=0.8, per_class=[50] * 10)  # 500 images: the pooled probe is the default
     assert (default_plan(small, t).job, default_plan(small, t).layers) == ("probe", "pooled")
+
+
+def _race_record(m, correct_by_rung, dropped_after_first=()):
+    """An auto run's record (as advice.json / the suite keep it): the candidates, every rung's 0/1 per image."""
+    names = [p.name for p in candidate_plans(m, Thresholds())]
+    rungs = []
+    for i, correct in enumerate(correct_by_rung):
+        plans = {n: {"correct": "".join(map(str, c)), "dropped": i == 0 and n in dropped_after_first}
+                 for n, c in correct.items()}
+        rungs.append({"rung": i, "plans": plans, "filling_the_budget": False})
+    return {"measurement": m.as_dict(), "candidates": names, "default": names[0], "rungs": rungs}
+
+
+def test_a_recorded_race_replays_at_other_thresholds_without_training():
+    """The sensitivity lines: the verdict re-taken from the recorded rungs. At the thresholds it ran with the replay
+    gives the recorded winner; at half the decision z a small margin fires; where a changed threshold would keep a
+    plan that the race dropped, the replay refuses (its later rungs were never trained)."""
+    from hf_transfer.advisor.replay import replay, scaled
+
+    curve = [0.5 + 0.05 * d for d in range(BODY)]
+    m = measurement(curve, pooled=0.8, per_class=[150] * 10)  # 1,500 images: full x0.1 is the default
+    names = [p.name for p in candidate_plans(m, Thresholds())]
+    assert names[0] == "full x0.1" and {"partial depth:4", f"probe {BODY - 1}"} <= set(names)
+    t = Thresholds()
+    leader, default = _pair(300, 240, 8, 3)  # +1.7 points, within 2 SE, beyond 1 SE
+    rung0 = {n: default for n in names}
+    rung0["partial depth:4"] = leader
+    record = _race_record(m, [rung0, {"full x0.1": default, "partial depth:4": leader, f"probe {BODY - 1}": default}])
+    assert replay(record, t).winner == "full x0.1"
+    assert replay(record, scaled(t, "decision_z", 0.5)).winner == "partial depth:4"
+    # a far worse fine-tune, dropped after rung 0; at z x2 it would stay within the noise of the leader
+    worse = leader.copy()
+    worse[np.flatnonzero(worse)[:12]] = 0
+    rung0 = {n: default for n in names}
+    rung0.update({"partial depth:4": leader, "full x0.1": leader, names[-1]: worse})
+    record = _race_record(m, [rung0, {n: leader for n in names if n != names[-1]}], dropped_after_first={names[-1]})
+    assert not names[-1].startswith("probe")
+    assert replay(record, t).winner == "full x0.1"
+    refused = replay(record, scaled(t, "decision_z", 2.0))
+    assert refused.winner is None and "never trained" in refused.why
