@@ -75,6 +75,11 @@ def _find(d, key):
     return None
 
 
+def _head() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def run_cell(case: str, backbone: str, seed: int, strategy: str, budget: float, workdir: Path) -> dict:
     c = CASES[case]
     out = workdir / f"{case}-{backbone.split(':')[-1]}-{seed}-{strategy}"
@@ -94,7 +99,7 @@ def run_cell(case: str, backbone: str, seed: int, strategy: str, budget: float, 
     record = {"case": case, "backbone": backbone, "seed": seed, "strategy": strategy, "budget_seconds": budget,
               "wall_seconds": round(wall, 1), "load_before": round(load_before, 2),
               "load_after": round(os.getloadavg()[0], 2), "returncode": proc.returncode,
-              "command": " ".join(cmd[1:])}
+              "command": " ".join(cmd[1:]), "commit": _head()}
     if proc.returncode != 0:
         record["error"] = (proc.stderr or proc.stdout)[-1500:]
         return record
@@ -282,8 +287,7 @@ def main(argv=None):
     results = load_results()
     if not args.summary:
         results.setdefault("commits", [])
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
+        head = _head()
         if head and head not in results["commits"]:
             results["commits"].append(head)  # the code the cells ran (a resumed run may add one)
     if not args.summary:

@@ -392,6 +392,9 @@ def test_strategy_auto_races_the_candidates_and_runs_the_winner(tiny_pretrained,
     markdown = (out / "advice.md").read_text()
     assert "## The race" in markdown and f"**Winner: {winner}.**" in markdown
     assert (out / "all_results.json").is_file()
+    # advice.json rewritten once the winner's run ended: its final scores beside the race's
+    assert advice["final_run"]["plan"] == winner
+    assert advice["final_run"]["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
 
 
 def test_bad_advisor_requests_are_one_line_errors(tmp_path, capsys):

@@ -29,6 +29,8 @@ class Advice:
     budget: dict | None = None  # --time_budget: planned against used (seconds)
     deadline: float | None = None  # `time.perf_counter()` at which the whole budgeted run must end (not saved)
     started: float | None = None  # `time.perf_counter()` when the run began (not saved)
+    start_optimizer: dict | None = None  # the race winner's optimizer state, for its real run (not saved)
+    final_run: dict | None = None  # the chosen plan's run once it ended: its scores (advice.json is rewritten)
 
     @property
     def chosen(self) -> BackboneMeasurement:
@@ -79,6 +81,7 @@ class Advice:
             "seconds": round(self.seconds, 2),
             "race": self.race,
             "budget": self.budget,
+            "final_run": self.final_run,
         }
 
     def write(self, folder: str | Path, plan_name: str = "plan.yaml") -> dict[str, Path]:

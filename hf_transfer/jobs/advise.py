@@ -231,9 +231,11 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
     advice.write(training_args.output_dir)
     if advice.decision.job == "finetune":
         _apply_finetune_plan(advice.decision, data_args, training_args, transfer_args)
-        if outcome.start_folder:  # the winner continues from its race weights (a fresh optimizer and schedule)
-            say(f"--strategy auto: the run continues from the race winner's weights ({outcome.start_folder})")
+        if outcome.start_folder:  # the winner continues from its race weights and AdamW moments (a new schedule)
+            say(f"--strategy auto: the run continues from the race winner's weights ({outcome.start_folder})"
+                + (" and optimizer state" if outcome.optimizer_state is not None else ""))
             model_args.model_name_or_path = outcome.start_folder
+            advice.start_optimizer = outcome.optimizer_state
     return advice
 
 
@@ -285,6 +287,31 @@ def _apply_finetune_plan(decision, data_args, training_args, transfer_args) -> N
         f" --augmentation {decision.augmentation} (these replace any given on the command line)")
 
 
+def continue_from_race(advice, trainer) -> None:
+    """The real run of a fine-tune winner keeps the race's AdamW moments (loaded once its optimizer exists)."""
+    if advice.start_optimizer is not None:
+        from .race import RestoreOptimizer
+
+        trainer.add_callback(RestoreOptimizer(advice.start_optimizer, "--strategy auto"))
+
+
+def record_final_run(advice, results: dict, output_dir) -> None:
+    """advice.json again once the chosen plan has run: planned against used seconds, and the winner's final scores
+    (the race's held-out estimate beside them)."""
+    from ..saving import write_json
+
+    if advice.budget is not None:
+        advice.budget["used_seconds"] = results.get("time_budget_used_seconds")
+        for key in ("time_budget_initial_steps", "time_budget_planned_steps", "stopped_by_time_budget"):
+            if key in results:
+                advice.budget[key.replace("time_budget_", "")] = results[key]
+    verdict = (advice.race or {}).get("verdict") or {}
+    advice.final_run = {"plan": verdict.get("winner"), "strategy": results.get("strategy", advice.decision.strategy),
+                        **{k: results[k] for k in ("eval_accuracy", "eval_macro_f1", "test_accuracy",
+                                                   "test_macro_f1", "total_seconds") if k in results}}
+    write_json(Path(output_dir) / "advice.json", advice.as_dict())
+
+
 def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArguments, training_args) -> dict:
     """The plan is a linear probe: run the probe job (recipes/linear_probe.py) into the fine-tune's output folder."""
     from .probe import ProbeArguments, run_linear_probe
@@ -318,9 +345,10 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
 
         results["time_budget_seconds"] = advice.budget["budget_seconds"]
         results["time_budget_used_seconds"] = round(time.perf_counter() - advice.started, 2)
+        record_final_run(advice, results, training_args.output_dir)
         write_json(Path(training_args.output_dir) / COMPLETION_MARKER, results)
     return results
 
 
-__all__ = ["AdviseArguments", "advise_argument_types", "measure_backbone", "measure_candidates", "resolve_auto_strategy",
-           "resolve_candidates", "run_advise", "run_advised_probe"]
+__all__ = ["AdviseArguments", "advise_argument_types", "continue_from_race", "measure_backbone", "measure_candidates",
+           "record_final_run", "resolve_auto_strategy", "resolve_candidates", "run_advise", "run_advised_probe"]

@@ -43,6 +43,7 @@ def run_finetune(
 
     start = run_started(time.perf_counter())  # a command line's budget counts from the process's start
     transfer_args = transfer_args or TransferArguments()
+    advice = None
     if needs_advisor(transfer_args.strategy):  # auto: jobs/advise.py measures, decides, fills the flags; a probe plan
         from .advise import resolve_auto_strategy, run_advised_probe  # runs the probe job
 
@@ -123,6 +124,10 @@ def run_finetune(
         data_collator=collator,
     )
     quiet_metrics(trainer)
+    if advice is not None:  # --strategy auto: the race winner keeps its optimizer state
+        from .advise import continue_from_race
+
+        continue_from_race(advice, trainer)
     if transfer_args.time_budget:  # budget.py: a deadline; the schedule is re-planned from the measured step time
         from ..budget import attach_deadline
 
@@ -154,6 +159,10 @@ def run_finetune(
     record = RunRecord.from_results(metrics)  # record.py: all_results.json is its serialization
     record.engine = None if engine.kind == "single" else engine.describe()
     results = record.to_results()
+    if advice is not None and trainer.is_world_process_zero():  # advice.json: planned against used, final scores
+        from .advise import record_final_run
+
+        record_final_run(advice, results, training_args.output_dir)
 
     if trainer.is_world_process_zero():
         # hub/run_files.py: {train,eval,test}_results.json, trainer_state.json, training_args.json, the card's figures

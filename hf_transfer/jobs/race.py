@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from ..advisor.race import CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, make_pruner
 from ..advisor.rules import Thresholds
@@ -32,6 +33,25 @@ class RaceOutcome:
     winner: CandidatePlan
     record: RaceRecord
     start_folder: str | None  # the fine-tuned weights the real run continues from (None: a probe, or from scratch)
+    optimizer_state: dict | None = None  # the winner's AdamW moments at its last rung (None: a probe, or a soup)
+
+
+class RestoreOptimizer(TrainerCallback):
+    """A `TrainerCallback` that loads an optimizer state once the Trainer has built its optimizer (on_train_begin):
+    a plan that trains again (the race's next rung, the winner's real run) keeps its AdamW moments instead of
+    starting them from zero. The same plan builds the same parameter groups in the same order; where they differ
+    anyway, the optimizer starts fresh and says so."""
+
+    def __init__(self, state: dict, what: str):
+        self.state, self.what = state, what
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is None:
+            return
+        try:
+            optimizer.load_state_dict(self.state)
+        except (ValueError, KeyError, RuntimeError) as err:  # groups or shapes differ: fresh moments, said once
+            say(f"{self.what}: the race's optimizer state does not fit this optimizer ({err}); it starts fresh")
 
 
 def holdout_split(data, seed: int, t: Thresholds):
@@ -69,6 +89,7 @@ class _Race:
                                                        channels_last=self.adapter.prefers_channels_last())
         self.holdout_labels = np.asarray(holdout[data.label_column])
         self.models: dict[str, torch.nn.Module] = {}
+        self.optimizer_states: dict[str, dict] = {}
         self.step_seconds: dict[str, float] = {}
 
     def _split(self, data, probe_images: int, seed: int):
@@ -168,8 +189,11 @@ class _Race:
             transfer_plan.reinitialize(model)
         trainer = TransferTrainer(model=model, args=args, plan=transfer_plan, train_dataset=self.splits["train"],
                                   eval_dataset=self.splits["validation"], data_collator=self.collator)
+        if plan.name in self.optimizer_states:  # the next rung continues the last one's AdamW moments
+            trainer.add_callback(RestoreOptimizer(self.optimizer_states[plan.name], f"race {plan.name}"))
         began = time.perf_counter()
         trainer.train()
+        self.optimizer_states[plan.name] = copy.deepcopy(trainer.optimizer.state_dict())
         self.step_seconds[plan.name] = (time.perf_counter() - began) / max(1, steps)
         return self.correct_on_holdout(model)
 
@@ -379,6 +403,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     say(f"race verdict: {verdict.reason}")
     winner = by_name[verdict.winner]
     start_model = race.models.get(winner.name)
+    optimizer_state = race.optimizer_states.get(winner.name)
     finalists = [n for n in alive if by_name[n].job == "finetune"]
     if len(finalists) >= 2:
         soup_record, soup = greedy_soup(race, finalists, correct)
@@ -386,7 +411,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         soup_record["kept"] = bool(soup is not None and winner.job == "finetune" and soup[1].mean() > winner_acc)
         soup_record["versus"] = winner.name
         if soup_record["kept"]:
-            start_model = soup[0]
+            start_model, optimizer_state = soup[0], None  # averaged weights: no one plan's moments fit them
         record.soup = soup_record
         say(f"model soup of {', '.join(soup_record['ingredients'])}: {soup_record['accuracy']:.3f} on the held-out "
             f"images against {winner_acc:.3f} for {winner.name}: " + ("kept" if soup_record["kept"] else "not kept"))
@@ -397,7 +422,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         start_folder = str(output_dir / "race" / "start")
         save_model_folder(start_model, start_folder, image_size=image_size)
     record.seconds = round(time.perf_counter() - began, 1)
-    return RaceOutcome(winner, record, start_folder)
+    return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None)
 
 
-__all__ = ["RaceOutcome", "holdout_split", "run_race"]
+__all__ = ["RaceOutcome", "RestoreOptimizer", "holdout_split", "run_race"]
