@@ -25,6 +25,7 @@ from ..budget import steps_that_fit
 from ..runtime import say
 
 MIN_RUNG_STEPS = 5
+RUNG_OVERHEAD_SECONDS = 3.0  # a fine-tune rung beyond its steps (trainer set-up, the held-out prediction): first guess
 PROBE_C = 0.1  # the probe curve's regularization (advisor.measure.CURVE_C): the race scores the same probe
 
 
@@ -253,7 +254,9 @@ def greedy_soup(race: _Race, finalists: list[str], correct: dict[str, np.ndarray
 
 def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds, probe_images: int) -> list[CandidatePlan]:
     """The plans whose first rung fits the race's time: the probes' forward pass first, then each fine-tune's
-    2 x MIN_RUNG_STEPS steps and set-up. When the default fine-tune does not fit, the pooled probe is the default."""
+    MIN_RUNG_STEPS steps and set-up (one rung: while a probe leads, the fill rungs train it on; asking for two left
+    mnist300 at 60 s with no fine-tune in the race and 40% of the budget unused). When the default fine-tune does
+    not fit, the pooled probe is the default."""
     # the held-out images always; the race train too when the measurement's cached subsample is all of it
     images = min(t.holdout_max_images, m.size.n_train) + (m.size.n_train if m.size.n_train <= probe_images + t.holdout_max_images else 0)
     probe_cost = m.cost.forward_ms_per_image * images / 1000
@@ -261,7 +264,7 @@ def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds
     kept = []
     for plan in sorted(plans, key=lambda p: not p.is_default):  # the default is paid for first
         if plan.job == "finetune":
-            cost = 2 * MIN_RUNG_STEPS * m.cost.step_seconds(plan.trainable_share) + 5.0
+            cost = MIN_RUNG_STEPS * m.cost.step_seconds(plan.trainable_share) + RUNG_OVERHEAD_SECONDS
             if cost > left:
                 say(f"race: {plan.name} left out: its shortest rung (~{cost:.0f}s) does not fit the {race_seconds:.0f}s "
                     "the budget leaves")
@@ -322,7 +325,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     probe_began = time.perf_counter()
     correct.update(race.score_probes([by_name[n] for n in alive if by_name[n].job == "probe"]))
     probe_seconds = time.perf_counter() - probe_began
-    overhead = 3.0  # seconds a fine-tune rung costs beyond its steps (trainer set-up, the held-out prediction)
+    overhead = RUNG_OVERHEAD_SECONDS  # re-measured after each rung
     last_steps: dict[str, int] = {}
     rung = 0
     while True:
