@@ -183,3 +183,21 @@ def test_a_command_line_run_charges_its_own_start_and_imports(monkeypatch):
     age = time.time() - psutil.Process().create_time()
     assert age > 1.0  # pytest has been running: the two clocks differ by more than the check's slack
     assert budget.run_started(time.perf_counter()) == pytest.approx(time.perf_counter() - age, abs=0.2)
+
+
+def test_a_race_rung_stops_before_the_step_that_would_pass_its_share():
+    """The race's rungs are planned from a few timed steps; when the steps then slow down (x1.6 here), the rung
+    stops at its share instead of eating the final run's time (mnist300 at 60 s ended at 106% without it)."""
+    from hf_transfer.budget import StopAt
+
+    clock = FakeClock()
+    stop = StopAt(until=20.0, clock=clock)
+    control = SimpleNamespace(should_training_stop=False)
+    steps = 0
+    while not control.should_training_stop and steps < 100:  # planned: 20 steps of 1 s
+        stop.on_step_begin(None, None, control)
+        clock.now += 1.0 if steps < 5 else 1.6
+        steps += 1
+        stop.on_step_end(None, None, control)
+    assert clock.now <= 20.0 and clock.now + 1.6 > 20.0  # the last step that fits, not one more
+    assert steps == 5 + 9

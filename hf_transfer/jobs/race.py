@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from ..advisor.race import CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, make_pruner
 from ..advisor.rules import Thresholds
-from ..budget import steps_that_fit
+from ..budget import StopAt, steps_that_fit
 from ..runtime import say
 
 MIN_RUNG_STEPS = 5
@@ -164,7 +164,9 @@ class _Race:
         return out
 
     # ------------------------------------------------------------------ fine-tunes: trained rung by rung
-    def train_rung(self, plan: CandidatePlan, steps: int) -> np.ndarray:
+    def train_rung(self, plan: CandidatePlan, steps: int, until: float | None = None) -> tuple[np.ndarray, int]:
+        """Train ``plan`` ``steps`` more steps, or until the clock (`time.perf_counter`) would pass ``until``; the
+        held-out correctness, and the steps it ran."""
         from ..arguments import TransferArguments
         from ..plan import TransferPlan
         from ..trainer import TransferTrainer
@@ -192,11 +194,14 @@ class _Race:
                                   eval_dataset=self.splits["validation"], data_collator=self.collator)
         if plan.name in self.optimizer_states:  # the next rung continues the last one's AdamW moments
             trainer.add_callback(RestoreOptimizer(self.optimizer_states[plan.name], f"race {plan.name}"))
+        if until is not None:
+            trainer.add_callback(StopAt(until))
         began = time.perf_counter()
         trainer.train()
+        ran = max(1, trainer.state.global_step)
         self.optimizer_states[plan.name] = copy.deepcopy(trainer.optimizer.state_dict())
-        self.step_seconds[plan.name] = (time.perf_counter() - began) / max(1, steps)
-        return self.correct_on_holdout(model)
+        self.step_seconds[plan.name] = (time.perf_counter() - began) / ran
+        return self.correct_on_holdout(model), ran
 
     def correct_on_holdout(self, model) -> np.ndarray:
         """0/1 per held-out image (a plain no-grad loop: no Trainer needed to predict a few hundred images)."""
@@ -361,20 +366,23 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             if min(steps_for.values()) < MIN_RUNG_STEPS:
                 break
         rung_row = {}
+        hard_end = None if deadline is None else deadline - final_probe_seconds(measurement, t)
         for i, name in enumerate(alive):
             plan = by_name[name]
             started = time.perf_counter()
             steps = 0
             if plan.job == "finetune":
+                left_here = [n for n in alive[i:] if by_name[n].job == "finetune"]
+                # never into the final run's time: this plan's even share of what is left before it, at most
+                until = None if hard_end is None else started + (hard_end - started) / len(left_here) - overhead
                 if steps_for is not None:
                     steps = steps_for[name]
                 elif race_end is None:
                     steps = MIN_RUNG_STEPS * 4 * 2 ** rung
                 else:
-                    left_here = [n for n in alive[i:] if by_name[n].job == "finetune"]
                     share = (race_end - started) / (n_rungs - rung) / max(1, len(left_here)) - overhead
                     steps = max(MIN_RUNG_STEPS, steps_that_fit(share, step_seconds=race.estimated_step_seconds(plan)))
-                correct[name] = race.train_rung(plan, steps)
+                correct[name], steps = race.train_rung(plan, steps, until=until)
                 last_steps[name] = steps
                 overhead = max(1.0, (time.perf_counter() - started) - steps * race.step_seconds[name])
             acc = float(correct[name].mean())

@@ -1,0 +1,98 @@
+"""The held-out suite's tables for docs/advisor.md, from bench/results/suite.json (registered in bench/render_docs.py).
+
+Every function takes the render's `Results`, its `markdown_table` and its `source` line.
+"""
+
+from __future__ import annotations
+
+FIXED_COLUMNS = ["default", "partial", "lp_ft", "probe_pooled", "probe_auto"]
+BUDGETED = ["auto", "default", "partial", "lp_ft"]
+COMMAND = "nice -n -5 python bench/bench_suite.py --half test --backbones embedded:efficientnet_lite0 --seeds 42"
+
+
+def _acc(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _points(value) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}"
+
+
+def _load(cells: dict, row: dict) -> str:
+    loads = [c[k] for c in cells.values() if (c["case"], c["backbone"], c["seed"]) == (row["case"], row["backbone"],
+                                                                                        row["seed"])
+             for k in ("load_before", "load_after")]
+    return f"{min(loads):.0f}-{max(loads):.0f}" if loads else "-"
+
+
+def _half_table(half: str):
+    def table(r, markdown_table, source) -> str:
+        suite = r.file("suite")
+        rows = [row for row in suite["summary"]["rows"] if row["half"] == half]
+        if not rows:
+            return f"\nNo {half}-half cell ran (see *What did not run*).\n"
+        body = []
+        for row in rows:
+            used = row["budget_used"]
+            body.append([row["case"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
+                         f"{row['budget_seconds']:g}", _load(suite["cells"], row),
+                         f"{_acc(row['auto'])} ({row['auto_winner']})",
+                         *[_acc(row["fixed"].get(s)) for s in FIXED_COLUMNS],
+                         _points(row.get("regret_vs_best")), _points(row.get("regret_vs_default")),
+                         " / ".join("-" if used.get(s) is None else f"{used[s]:.0%}" for s in BUDGETED)])
+        h = suite["summary"]["halves"][half]
+        text = markdown_table(["case", "backbone", "seed", "budget, s", "load", "auto (its plan)", "default fine-tune",
+                               "partial", "lp_ft", "probe pooled", "probe auto", "auto regret vs best fixed, points",
+                               "vs default, points", "budget used: auto / default / partial / lp_ft"], body)
+        text += (f"\n{half} half: auto within 1 point of the best fixed strategy in **{h['within_1pt_of_best']}** "
+                 f"cells (mean regret {_points(h['mean_regret_vs_best'])} points); more than 1 point below the default "
+                 f"fine-tune in **{h['more_than_1pt_below_default']}** (mean {_points(h['mean_regret_vs_default'])}"
+                 f"); budgeted runs within 90-100% of their budget: **{h['budget_used_within_90_100']}** "
+                 "(wall time of each subprocess, start to exit).\n")
+        return text + source(COMMAND.replace("test", half), "suite")
+    return table
+
+
+def table_suite_sensitivity(r, markdown_table, source) -> str:
+    sens = r.file("suite")["summary"].get("sensitivity", {})
+    body = []
+    for name, line in sens.get("thresholds", {}).items():
+        cells = []
+        for factor in ("x0.5", "x2"):
+            t = line[factor]["test"]
+            note = [f"{t['changed']} changed"] if t["changed"] else []
+            if t["changed_but_unscored"]:
+                note.append(f"{t['changed_but_unscored']} unscored")
+            if t["unreplayable"]:
+                note.append(f"{t['unreplayable']} not replayable")
+            cells.append(f"{_points(t['mean_regret_vs_best'])} ({t['scored']} scored"
+                         + (f"; {', '.join(note)}" if note else "") + ")")
+        as_run = line["x0.5"]["test"]["as_run"]
+        body.append([f"`{name}`", f"{line['value']:g}", _points(as_run), *cells])
+    text = markdown_table(["threshold", "value", "test regret as run, points", "at x0.5", "at x2"], body)
+    text += "\nNot replayable from the record (they change what is measured or trained):\n\n"
+    text += "".join(f"* `{name}`: {why}\n" for name, why in sens.get("not_replayable", {}).items())
+    return text + source(COMMAND + " (then --summary)", "suite")
+
+
+def table_suite_measures(r, markdown_table, source) -> str:
+    suite = r.file("suite")
+    body = []
+    for row in suite["summary"]["rows"]:
+        key = f"{row['case']}/{row['backbone']}/{row['seed']}/auto/{row['budget_seconds']:g}"
+        rec = (suite["cells"].get(key) or {}).get("auto") or {}
+        m = rec.get("measures")
+        if not m:
+            continue
+        body.append([row["case"], row["half"], f"{m['best_probe']:.3f} ({m['best_depth'].split(' (')[0]})",
+                     f"{m['pooled_probe']:.3f}", f"{m['lift']:.2f}", f"{m['bottleneck_gap']:.3f}", f"{m['gap_se']:.3f}",
+                     f"{m['logme_best']:.3f}", "-" if m["bn_shift"] is None else f"{m['bn_shift']:.2f}",
+                     m["read_as"].split("_")[-1], f"{rec.get('winner')}" + (" (default)" if rec.get("winner") ==
+                                                                               rec.get("default") else "")])
+    text = markdown_table(["case", "half", "best probe (depth)", "pooled", "lift", "gap", "SE of gap", "LogME best",
+                           "BN shift", "read as", "race winner"], body)
+    return text + source(COMMAND, "suite")
+
+
+SUITE_TABLES = {"suite_test": _half_table("test"), "suite_dev": _half_table("dev"),
+                "suite_sensitivity": table_suite_sensitivity, "suite_measures": table_suite_measures}
