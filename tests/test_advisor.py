@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from hf_transfer.advisor import (
-    LATER_FLAGS,
     BackboneMeasurement,
     CostStats,
     DepthMeasure,
@@ -157,20 +156,12 @@ def test_the_recipes_parse_every_plan_the_rules_produce(tmp_path):
     for name, decision in plans.items():
         config = plan_config(decision, backbone="embedded:efficientnet_lite0", image_size=64, data_args=data_args,
                              output_dir=str(tmp_path / name), time_budget=120)
-        later = {k for k in config if k in LATER_FLAGS} | ({"layers"} if "+" in str(config.get("layers")) else set())
-        if name == "probe_concat":
-            assert later == {"layers"}  # `--layers 5+9+pooled` comes with the probes work: checked there
-        elif name in ("probe_weighted", "sampler"):
-            assert later == {"class_weighting"} if name == "probe_weighted" else later == {"sampler"}
-        else:
-            assert not later
-        path = write_plan_yaml(tmp_path / f"{name}.yaml", decision, {k: v for k, v in config.items() if k not in later},
-                               ["a header line"])
+        path = write_plan_yaml(tmp_path / f"{name}.yaml", decision, config, ["a header line"])
         assert yaml.safe_load(path.read_text())["model_name_or_path"] == "embedded:efficientnet_lite0"
         if decision.job == "probe":
             model_args, parsed_data, probe_args = parse_args(probe_argument_types(), [str(path)])
-            if "layers" not in later:
-                assert probe_args.layers == decision.layers
+            assert probe_args.layers == decision.layers  # concatenations (`5+9+pooled`) too
+            assert probe_args.class_weighting == (decision.class_weighting or "none")
             assert parsed_data.max_train_samples == 300 and model_args.image_size == 64
         else:
             model_args, parsed_data, training_args, transfer_args = parse_args(finetune_argument_types(), [str(path)])
@@ -179,6 +170,8 @@ def test_the_recipes_parse_every_plan_the_rules_produce(tmp_path):
             assert (training_args.learning_rate, training_args.num_train_epochs, transfer_args.layer_decay) == \
                 (decision.learning_rate, decision.num_train_epochs, decision.layer_decay)
             assert transfer_args.time_budget == 120 and parsed_data.augmentation == decision.augmentation
+            assert (transfer_args.class_weighting, transfer_args.sampler) == \
+                (decision.class_weighting or "none", decision.sampler or "random")
             config_ = transfer_args.to_config(training_args)
             config_.validate()
             config_.check_run_length(training_args.num_train_epochs)

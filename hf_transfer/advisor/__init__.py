@@ -15,12 +15,11 @@ from .advice import ADVICE_FILES, Advice, build_advice
 from .logme import logme
 from .measure import BackboneMeasurement, CostStats, DepthMeasure, SimilarityStats, SizeStats, batchnorm_shift, gaussian_kl
 from .rank import rank_backbones, ranking_table
-from .recipe import LATER_FLAGS, plan_config, write_plan_yaml
+from .recipe import plan_config, write_plan_yaml
 from .rules import SCENARIOS, Decision, Thresholds, decide
 
 __all__ = [
     "ADVICE_FILES",
-    "LATER_FLAGS",
     "SCENARIOS",
     "Advice",
     "BackboneMeasurement",

@@ -15,9 +15,6 @@ from pathlib import Path
 from ..strategies import get_strategy
 from .rules import Decision
 
-# Flags the plan may emit that come from the cross-validation/imbalance and probe work (`--class_weighting`,
-# `--sampler`, `--layers 3+7+pooled`): listed so that tests and the docs can tell them apart.
-LATER_FLAGS = ("class_weighting", "sampler")
 RECIPES = {"finetune": "hf-transfer finetune", "probe": "hf-transfer probe"}  # installed; recipes/ is a checkout's
 
 
@@ -78,11 +75,8 @@ def write_plan_yaml(path: str | Path, decision: Decision, config: dict, header: 
     recipe = RECIPES[decision.job]
     lines = [f"# {line}" for line in header]
     lines += [f"# run it: {recipe} {shown_path or path}", ""]
-    later = [key for key in config if key in LATER_FLAGS]
-    if later:
-        lines.insert(len(header), f"# {', '.join(later)}: flags of the class-imbalance work; drop them on a version without them")
     path.write_text("\n".join(lines) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
     return path
 
 
-__all__ = ["LATER_FLAGS", "RECIPES", "plan_config", "write_plan_yaml"]
+__all__ = ["RECIPES", "plan_config", "write_plan_yaml"]
