@@ -54,6 +54,7 @@ def run_started(job_started: float) -> float:
     age = time.time() - psutil.Process().create_time()
     return min(job_started, time.perf_counter() - age)
 CEILING_FACTOR = 8  # the re-plan may lengthen the run at least this many times the initial estimate
+REPLAN_EVERY = 10  # steps between re-plans (besides the first, after warm-up, and each epoch end)
 
 
 def budget_reserve(budget_seconds: float, eval_seconds: float | None = None, final_evaluations: float = 1.0) -> float:
@@ -133,6 +134,7 @@ class DeadlineCallback(TrainerCallback):
         # backward; measured 0.4-0.6 on the suite's runs), not zero.
         self.eval_batches = eval_batches
         self.warmup_steps = warmup_steps
+        self.replan_every = REPLAN_EVERY
         self.clock = clock
         self.stopped_at_step: int | None = None  # the safety net stopped the run before the planned total
         self.replans: list[dict] = []
@@ -216,7 +218,13 @@ class DeadlineCallback(TrainerCallback):
         now = self.clock()
         if self._step_began is not None:
             self._step_times.append(now - self._step_began)
-        if state.global_step == self.warmup_steps:
+        since = state.global_step - (self.replans[-1]["at_step"] if self.replans else 0)
+        periodic = since >= self.replan_every and state.global_step % self.steps_per_epoch != 0  # an epoch's last
+        # step is followed by its evaluation, which the epoch-begin re-plan counts
+        if state.global_step == self.warmup_steps or (self.replans and periodic):
+            # and every REPLAN_EVERY steps: a run shorter than an epoch has no epoch end to re-plan at, and its
+            # first steps are slow (allocations, cold caches): the embedded default's auto run, planned from 3 steps,
+            # stopped at 81% of its 300 s
             self.replan(state.global_step)
         if control.should_training_stop:
             return control

@@ -19,13 +19,13 @@ class FakeClock:
 
 
 def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per_epoch=20, eval_seconds=4.0,
-             load_seconds=10.0, eval_batches=0.0, final_evaluations=1.0):
+             load_seconds=10.0, eval_batches=0.0, final_evaluations=1.0, slow_first_steps=0, planned=None):
     """A Trainer loop in miniature on a fake clock: the initial plan is what the estimate fits; every step really
     takes ``real_step``; each epoch end (and the stop) evaluates; the job then evaluates once more and saves."""
     clock = FakeClock()
     clock.now = load_seconds  # loading counts against the budget
-    planned = steps_that_fit(budget - load_seconds - 30, step_seconds=estimated_step, steps_per_epoch=steps_per_epoch,
-                             eval_seconds=eval_seconds)
+    planned = planned or steps_that_fit(budget - load_seconds - 30, step_seconds=estimated_step,
+                                        steps_per_epoch=steps_per_epoch, eval_seconds=eval_seconds)
     ceiling = planned * 8
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=ceiling // 20, num_training_steps=ceiling)
@@ -40,7 +40,7 @@ def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per
         cb.on_epoch_begin(args, state, control)
         for _ in range(steps_per_epoch):
             cb.on_step_begin(args, state, control)
-            clock.now += real_step
+            clock.now += real_step * (3.0 if state.global_step < slow_first_steps else 1.0)
             optimizer.step()
             scheduler.step()
             lrs.append(scheduler.get_last_lr()[0])
@@ -201,3 +201,13 @@ def test_a_race_rung_stops_before_the_step_that_would_pass_its_share():
         stop.on_step_end(None, None, control)
     assert clock.now <= 20.0 and clock.now + 1.6 > 20.0  # the last step that fits, not one more
     assert steps == 5 + 9
+
+
+def test_a_run_shorter_than_an_epoch_re_plans_after_slow_first_steps():
+    """The embedded default's auto run: 135 s left, an epoch of 141 steps, the first steps 3x slower (allocations,
+    cold caches). Planned from 3 steps and never re-planned (no epoch end came), it stopped at 81% of its budget;
+    re-planned every few steps, it ends within the budget's last twentieth."""
+    end, cb, lrs, planned = simulate(real_step=0.8, estimated_step=0.8, budget=135.0, steps_per_epoch=141,
+                                     eval_seconds=1.3, load_seconds=3.0, slow_first_steps=3, planned=60)
+    assert 0.95 * 135 <= end <= 135, (end, cb.replans[:3], cb.replans[-1])
+    assert len(cb.replans) > 2 and cb.planned_steps > 120

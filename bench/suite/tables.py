@@ -65,11 +65,11 @@ def table_suite_sensitivity(r, markdown_table, source) -> str:
                 note.append(f"{t['changed_but_unscored']} unscored")
             if t["unreplayable"]:
                 note.append(f"{t['unreplayable']} not replayable")
-            cells.append(f"{_points(t['mean_regret_vs_best'])} ({t['scored']} scored"
+            cells.append(f"{_points(t['mean_regret_vs_best'])} vs {_points(t['as_run'])} as run ({t['scored']} scored"
                          + (f"; {', '.join(note)}" if note else "") + ")")
-        as_run = line["x0.5"]["test"]["as_run"]
-        body.append([f"`{name}`", f"{line['value']:g}", _points(as_run), *cells])
-    text = markdown_table(["threshold", "value", "test regret as run, points", "at x0.5", "at x2"], body)
+        body.append([f"`{name}`", f"{line['value']:g}", *cells])
+    text = markdown_table(["threshold", "value", "test-half mean regret at x0.5 (the same cells as run), points",
+                           "at x2"], body)
     text += "\nNot replayable from the record (they change what is measured or trained):\n\n"
     text += "".join(f"* `{name}`: {why}\n" for name, why in sens.get("not_replayable", {}).items())
     return text + source(COMMAND + " (then --summary)", "suite")
