@@ -12,6 +12,7 @@ from ..backbones.adapter import _StopForward
 from ..errors import TransferError
 from ..layers import LayerMap
 from ..modeling_probe import global_pool as _global_pool
+from .frozen import frozen_forward
 from .layers import POOLED, FeatureLayer
 
 def global_pool(output, nhwc: bool = False, pooling: str = "avg") -> torch.Tensor:
@@ -61,6 +62,10 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward(pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{layer key: (N, C)} of one batch (no inference mode of its own: `frozen.frozen_forward` traces it)."""
         self._store = {}
         handles = self._hooks()
         try:
@@ -115,10 +120,12 @@ class ProcessorImages:
 
 def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
                      batch_size: int = 64, desc: str = "features",
-                     source=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                     source=None, log=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of every image in ``dataset`` (eval mode, inference mode, batched) -> ({layer key: (N, C)}, labels).
 
-    ``source(dataset, batch_size)`` makes the pixel batches (default: the dataset's own `with_transforms` output)."""
+    ``source(dataset, batch_size)`` makes the pixel batches (default: the dataset's own `with_transforms` output).
+    Convolutional backbones run a frozen TorchScript copy of the forward on large sets (`frozen.frozen_forward`:
+    batch norms folded, checked against the eager forward first); ``log`` hears when it falls back to eager."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -127,6 +134,7 @@ def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_ma
     if channels_last:
         model.to(memory_format=torch.channels_last)  # ~1.7x faster CNN inference on CPU
     extractor = FeatureExtractor(model, layers, layer_map)
+    forward = None  # the frozen forward once the first batch has shown it matches (frozen.py), else the eager one
     chunks: dict[str, list[torch.Tensor]] = {layer.key: [] for layer in layers}
     labels = []
     try:
@@ -134,7 +142,9 @@ def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_ma
             for pixels, batch_labels in (source or iter_batches)(dataset, batch_size):
                 if channels_last:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
-                for key, value in extractor(pixels).items():
+                if forward is None:
+                    forward = frozen_forward(extractor, pixels, len(dataset), log) or extractor
+                for key, value in forward(pixels).items():
                     chunks[key].append(value)
                 labels.append(batch_labels)
                 bar.update(len(batch_labels))

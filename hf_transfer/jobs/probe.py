@@ -155,7 +155,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     transform_key = transform_fingerprint(processor.to_json_string(), None, image_size)
     cache = FeatureCache(probe_args.feature_cache_dir, enabled=not probe_args.no_feature_cache)
     feature_set = compute_features(model, splits, layers, layer_map=layer_map, cache=cache, transform_key=transform_key,
-                                   image_size=image_size, batch_size=probe_args.batch_size, source=source)
+                                   image_size=image_size, batch_size=probe_args.batch_size, source=source,
+                                   log=say)
     say(describe_cache_use(feature_set, cache) + f" [{feature_set.seconds:.1f}s]")
 
     probe_start = time.perf_counter()
