@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the validation split each case scores on (the recipe holds out a stratified 10% of train): accuracies -> images
+VALIDATION_IMAGES = {"default": 500, "digits": 180}
 DATASETS = {"embedded default (MNIST-5k, Lite0, 96 px)": [], "digits (8x8, Lite0)": ["--dataset_name", "embedded:digits"]}
 
 
@@ -128,13 +130,47 @@ def extraction_comparison(images: int = 1000, batch_size: int = 64) -> dict:
             "ratio": round(t_bare / t_ours, 3), "target_ratio": 0.9, "load_1min": round(os.getloadavg()[0], 2)}
 
 
+def summarize(results: dict) -> dict:
+    """Plain keys for the figures the docs quote in prose (render_docs' dotted keys cannot hold the case names)."""
+    summary, loads = {}, []
+    for case, row in results["recipes"].items():
+        short = "digits" if "digits" in case else "default"
+        today, new = row["today"]["first"], row["new"]["first"]
+        images = results.get("validation_images", {}).get(short)
+        summary[short] = {"new_over_today_wall": row["new_over_today_wall"],
+                          "today_wall_seconds": today["wall_seconds"], "new_wall_seconds": new["wall_seconds"],
+                          "today_accuracy": today["validation_accuracy"], "new_accuracy": new["validation_accuracy"],
+                          "new_rerun_fraction": row["new"]["rerun_fraction"],
+                          "today_rerun_fraction": row["today"]["rerun_fraction"]}
+        if images:
+            correct = [round(a * images) for a in (today["validation_accuracy"], new["validation_accuracy"])]
+            summary[short].update({"validation_images": images, "today_correct": correct[0], "new_correct": correct[1],
+                                   "images_apart": abs(correct[0] - correct[1]),
+                                   # the binomial standard error of one accuracy at this size and level
+                                   "accuracy_standard_error": round((today["validation_accuracy"] * (
+                                       1 - today["validation_accuracy"]) / images) ** 0.5, 4)})
+        loads += [side[run]["load_1min"] for side in (row["today"], row["new"]) for run in ("first", "cached_rerun")]
+    if "extraction" in results:
+        summary["extraction_ratio"] = results["extraction"]["ratio"]
+        loads.append(results["extraction"]["load_1min"])
+    summary["load_min"], summary["load_max"] = min(loads), max(loads)
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--start", default="9035cf2", help="the start commit: today's code")
     parser.add_argument("--only", choices=["digits", "default"], default=None)
     parser.add_argument("--skip_extraction", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "probe_speed.json"))
+    parser.add_argument("--summarize_only", action="store_true", help="recompute the summary of --output, run nothing")
     args = parser.parse_args()
+    if args.summarize_only:
+        results = json.loads(Path(args.output).read_text())
+        results["validation_images"] = VALIDATION_IMAGES
+        results["summary"] = summarize(results)
+        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        return
     datasets = dict(DATASETS)
     if args.only:
         datasets = {k: v for k, v in datasets.items() if (args.only == "digits") == ("digits" in k)}
@@ -150,6 +186,8 @@ def main():
         results["extraction"] = extraction_comparison()
         print(results["extraction"], flush=True)
     results["load_at_end"] = os.getloadavg()
+    results["validation_images"] = VALIDATION_IMAGES
+    results["summary"] = summarize(results)
     Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 

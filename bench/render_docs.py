@@ -286,8 +286,11 @@ def table_probe_speed(r: Results) -> str:
 
 def table_probe_mlp_cost(r: Results) -> str:
     rows = [[layer, f"{v['logreg']['fit_seconds']:.1f} s", f"{v['mlp']['fit_seconds']:.1f} s",
-             f"{v['mlp_over_logreg']:.0f}x", f"{v['logreg']['cv_accuracy']:.4f}", f"{v['mlp']['cv_accuracy']:.4f}"]
+             f"{v['mlp_over_logreg']:.1f}x", f"{v['logreg']['cv_accuracy']:.4f}", f"{v['mlp']['cv_accuracy']:.4f}"]
             for layer, v in r.get("probe_mlp_cost", "layers").items()]
+    total = r.get("probe_mlp_cost", "all_layers_fit_seconds")
+    rows.append(["all layers", f"{total['logreg']:.1f} s", f"{total['mlp']:.1f} s",
+                 f"{r.get('probe_mlp_cost', 'all_layers_mlp_over_logreg'):.1f}x", "", ""])
     text = markdown_table(["layer", "logreg fit", "MLP fit", "MLP / logreg", "logreg CV accuracy", "MLP CV accuracy"],
                           rows)
     text += f"\n{r.get('probe_mlp_cost', 'train_images'):,} training images of {r.get('probe_mlp_cost', 'dataset')}.\n"
