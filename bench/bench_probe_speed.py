@@ -74,8 +74,8 @@ def recipe_comparison(today: Path, datasets: dict) -> dict:
     return out
 
 
-def extraction_comparison(images: int = 1000, batch_size: int = 64) -> dict:
-    """compute_features (no cache) vs a bare decode-once loop, chunk by chunk, order alternating."""
+def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
+    """compute_features (no cache) vs a bare decode-once loop, both at the recipe's batch size, order alternating."""
     import torch
 
     from hf_transfer.backbones import adapter_for, build_layer_map, load_backbone

@@ -15,7 +15,7 @@ import numpy as np
 from ..backbones import build_layer_map
 from ..errors import TransferError
 from ..layers import LayerMap
-from .extract import extract_features
+from .extract import EXTRACTION_BATCH, extract_features
 from ..fingerprint import split_fingerprint
 from .fingerprints import (
     dataset_fingerprint,
@@ -168,7 +168,7 @@ class FeatureSet:
 
 def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
                      cache: FeatureCache | None = None, transform_key: str | None = None, image_size: int | None = None,
-                     batch_size: int = 64, source=None, log=None) -> FeatureSet:
+                     batch_size: int = EXTRACTION_BATCH, source=None, log=None) -> FeatureSet:
     """Features of each split for each layer, from the cache where possible; only missing images are computed.
 
     The cache is keyed by image (`row_keys`: a digest of each image's bytes), so the folds of a cross-validation,

@@ -13,6 +13,11 @@ from ..errors import TransferError
 from ..layers import LayerMap
 from ..modeling_probe import global_pool as _global_pool
 from .frozen import frozen_forward
+
+# Images per forward. 32 rather than 64: measured here on EfficientNet-Lite0 at 96 px (frozen forward, one thread),
+# 2.8 ms of CPU per image at 32 against 3.7-4.0 at 64 and 5.0-5.2 at 128; the activations of a smaller batch stay
+# in the CPU's caches. The features do not depend on it (eval mode: every image is computed on its own).
+EXTRACTION_BATCH = 32
 from .layers import POOLED, FeatureLayer
 
 def global_pool(output, nhwc: bool = False, pooling: str = "avg") -> torch.Tensor:
@@ -133,7 +138,7 @@ class ProcessorImages:
 
 
 def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
-                     batch_size: int = 64, desc: str = "features",
+                     batch_size: int = EXTRACTION_BATCH, desc: str = "features",
                      source=None, log=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of every image in ``dataset`` (eval mode, inference mode, batched) -> ({layer key: (N, C)}, labels).
 
