@@ -180,5 +180,9 @@ def with_transforms(splits, data, data_cfg: dict, *, image_size: int | None, aug
         preset = augmentation if name == "train" else "none"
         transform = build_transform(data_cfg, image_size=image_size, augmentation=preset)
         split = split.cast_column(data.image_column, Image(decode=False))
-        out[name] = split.with_transform(batch_transform(transform, data.image_column, data.label_column))
+        apply = batch_transform(transform, data.image_column, data.label_column)
+        if hasattr(split, "with_transform"):
+            out[name] = split.with_transform(apply)
+        else:  # a streamed split (`datasets.IterableDataset`, --streaming): transformed as it is read
+            out[name] = split.map(apply, batched=True, remove_columns=list(split.column_names or ()))
     return out
