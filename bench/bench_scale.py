@@ -324,8 +324,8 @@ def imagenet_decode(count: int) -> dict:
             "images_per_s_one_core": round(count / seconds, 1), "load_average": load_average()}
 
 
-PARTS = ("generate", "first_step_cold", "first_step_before", "first_step_warm", "two_processes", "data_check",
-         "loader", "imagenet_decode")
+PARTS = ("generate", "first_step_cold", "first_step_before", "first_step_warm", "two_processes",
+         "two_processes_store", "data_check", "loader", "imagenet_decode")
 
 
 def main() -> None:
@@ -385,6 +385,9 @@ def main() -> None:
             save("first_step_warm", recipe_run(root, work, "warm", 1, cache, steps=1))
         if "two_processes" in parts:
             save("two_processes", recipe_run(root, work, "ddp", 2, cache, steps=3))
+        if "two_processes_store" in parts:  # a subset that fits each rank's share of the store budget
+            save("two_processes_store", recipe_run(root, work, "ddp-store", 2, cache, steps=3,
+                                                   extra=["--max_train_samples", "16000", "--image_size", "112"]))
         if "data_check" in parts:
             save("data_check", data_check(root, cache, work / "check-bench"))
         if "loader" in parts:

@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-TABLE_VERSION = "1"  # bump when what is stored changes
+TABLE_VERSION = "2"  # bump when what is stored changes
+IMAGE_COLUMNS = "image_columns.json"  # the Image columns, stored as plain structs; written last
 
 
 def table_cache_dir(cache_dir: str | None) -> Path:
@@ -41,28 +42,59 @@ def folders_key(folders: dict[str, str]) -> str:
     return digest.hexdigest()[:32]
 
 
+def _image_columns(raw) -> list[str]:
+    from datasets import Image
+
+    return sorted({name for split in raw.values() for name, feature in split.features.items()
+                   if isinstance(feature, Image)})
+
+
+def _cast_columns(raw, columns: list[str], feature):
+    from datasets import DatasetDict
+
+    out = {}
+    for name, split in raw.items():
+        for column in columns:
+            split = split.cast_column(column, feature)
+        out[name] = split
+    return DatasetDict(out)
+
+
 def load_folders_cached(folders: dict[str, str], build: Callable[[], "datasets.DatasetDict"],  # noqa: F821
                         cache_dir: str | None = None):
     """``build()``'s `DatasetDict` for ``folders``, read back from disk when the folders have not changed.
     -> (DatasetDict, whether it came from the cache). Several processes may race: each writes its own temporary
-    folder and renames it into place; the first rename wins and the others are dropped."""
-    from datasets import DatasetDict, load_from_disk
+    folder and renames it into place; the first rename wins and the others are dropped. What is kept holds the
+    images' paths, not their bytes (about 65 bytes a row)."""
+    import json
+
+    from datasets import DatasetDict, Image, Value, load_from_disk
 
     target = table_cache_dir(cache_dir) / folders_key(folders)
-    if (target / "dataset_dict.json").exists():
+
+    def read_back() -> DatasetDict:
+        columns = json.loads((target / IMAGE_COLUMNS).read_text())
+        return _cast_columns(load_from_disk(str(target)), columns, Image())
+
+    if (target / IMAGE_COLUMNS).exists():
         try:
-            return load_from_disk(str(target)), True
+            return read_back(), True
         except (FileNotFoundError, ValueError, OSError):
             shutil.rmtree(target, ignore_errors=True)  # damaged (a disk filled up mid-write): rebuilt below
     raw: DatasetDict = build()
     staging = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        raw.save_to_disk(str(staging))
+        # Image columns as their plain storage struct: `save_to_disk` embeds the files of decodable columns (a
+        # copy of every image) and keeps a plain struct (the paths) as it is.
+        columns = _image_columns(raw)
+        plain = _cast_columns(raw, columns, {"bytes": Value("binary"), "path": Value("string")})
+        plain.save_to_disk(str(staging))
+        (staging / IMAGE_COLUMNS).write_text(json.dumps(columns))  # last: marks the copy complete
         os.rename(staging, target)
     except OSError:  # another process renamed its copy first, or the cache folder is read-only
         shutil.rmtree(staging, ignore_errors=True)
-    if not (target / "dataset_dict.json").exists():
+    if not (target / IMAGE_COLUMNS).exists():
         return raw, False
-    # The saved copy, not ``raw``: `load_from_disk` gives it another `datasets` fingerprint than the builder's,
-    # and the first run must key the data-check cache as every later run will.
-    return load_from_disk(str(target)), False
+    # The saved copy, not ``raw``: it has another `datasets` fingerprint than the builder's, and the first run
+    # must key the data-check cache as every later run will.
+    return read_back(), False
