@@ -60,11 +60,11 @@ class DataArguments:
     )
     data_check: str = field(
         default="full",
-        metadata={"help": "Image check: full, sample or off (cached)."},
+        metadata={"help": "Check images: full|sample|off."},
     )
     streaming: bool = field(
         default=False,
-        metadata={"help": "Read the dataset as it trains (datasets IterableDataset); needs --max_steps."},
+        metadata={"help": "Stream the dataset (needs --max_steps)."},
     )
     max_image_pixels: int | None = field(
         default=None,
