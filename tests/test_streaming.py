@@ -182,3 +182,19 @@ def test_a_label_column_that_is_not_a_class_label_is_refused(tmp_path):
         str(folder / "train.parquet"))
     with pytest.raises(TransferError, match="label column 'label' is Value, not a ClassLabel"):
         _load(folder)
+
+
+def test_an_image_folder_streams_with_its_class_folders_as_labels(tmp_path):
+    from PIL import Image
+
+    from hf_transfer.arguments import DataArguments
+
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 60 * c + 10 * i, dtype=np.uint8)).save(tmp_path / "train" / name / f"{i}.png")
+    data = DataArguments(train_dir=str(tmp_path / "train"), streaming=True, max_eval_samples=2).load(0, allow_streaming=True)
+    assert data.labels == ["cat", "dog"] and data.source == f"imagefolder:{tmp_path / 'train'}"
+    held_out = {c["path"] for c in data.splits["validation"]["image"]}
+    trained = [row["image"]["path"] for row in data.splits["train"]]
+    assert len(held_out) == 2 and len(trained) == 6 and not held_out & set(trained)
