@@ -12,6 +12,13 @@ def _first_batch(rank: dict) -> float:
     return rank["first_step_s"] - rank["stages"]["dataloader build"]["end_s"]
 
 
+def _data_path_MiB(rank: dict) -> float:
+    """Resident memory the data path added: loading, checking and splitting, then the image store."""
+    stages = rank["stages"]
+    loaded = stages["data total"]["rss_after_MiB"] - rank["rss_after_imports_MiB"]
+    return loaded + stages["store / transform setup"]["rss_after_MiB"] - stages["lazy transforms"]["rss_after_MiB"]
+
+
 def _runs(x: dict) -> list[tuple[str, dict]]:
     names = [("first_step_before", "main, warm caches¹"), ("first_step_cold", "this branch, cold caches"),
              ("first_step_warm", "this branch, warm caches"), ("two_processes", "2 processes, rank 0, warm")]
@@ -63,9 +70,10 @@ def table_scale_data(r) -> str:
         ranks = run["ranks"]
         store = next((n for n in run["notes"] if "into memory" in n), "no image store (decoded per step)")
         rows.append([f"{what}: per rank", "; ".join(
-            f"rank {i}: {rank['rss_at_first_step_MiB']:.0f} MiB at the first step, peak {rank['peak_rss_MiB']:.0f} MiB "
-            f"(largest loader worker {rank['peak_rss_largest_worker_MiB']:.0f} MiB)" for i, rank in enumerate(ranks))
-            + f"; store budget {ranks[0]['store_budget_MiB']:.0f} MiB per rank; {store}", f"{run['load_average']:.1f}"])
+            f"rank {i}: data path {_data_path_MiB(rank):.0f} MiB (table, split, store), {rank['rss_at_first_step_MiB']:.0f} "
+            f"MiB at the first step, peak {rank['peak_rss_MiB']:.0f} MiB (largest loader worker "
+            f"{rank['peak_rss_largest_worker_MiB']:.0f} MiB, shared pages included)" for i, rank in enumerate(ranks))
+            + f"; store budget **{ranks[0]['store_budget_MiB']:.0f} MiB per rank**; {store}", f"{run['load_average']:.1f}"])
     arrow = x.get("arrow_1m")
     if arrow:
         made = arrow["generate"]

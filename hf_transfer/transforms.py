@@ -183,6 +183,7 @@ def with_transforms(splits, data, data_cfg: dict, *, image_size: int | None, aug
         apply = batch_transform(transform, data.image_column, data.label_column)
         if hasattr(split, "with_transform"):
             out[name] = split.with_transform(apply)
-        else:  # a streamed split (`datasets.IterableDataset`, --streaming): transformed as it is read
-            out[name] = split.map(apply, batched=True, remove_columns=list(split.column_names or ()))
+        else:  # a streamed split (`datasets.IterableDataset`, --streaming): transformed as it is read, a few rows
+            # at a time (map's default of 1,000 would hold ~600 MB of float pixels per loader worker at 224 px)
+            out[name] = split.map(apply, batched=True, batch_size=16, remove_columns=list(split.column_names or ()))
     return out
