@@ -1,22 +1,27 @@
 #!/usr/bin/env python
-"""Data at scale: a generated folder of 200,000 small JPEGs through the real recipe -> bench/results/scale.json.
+"""Data at scale: a generated folder of 200,000 small JPEGs (and a 1,000,000-row Arrow dataset) through the real
+recipe -> bench/results/scale.json.
 
-Measures, on this machine (CPU):
+Measures, on this machine (CPU), each part named by ``--parts`` (the others already in the file are kept):
 
-* ``data_check``: the image check over all 200,000 files, first run and cached (`datacheck.checked_images`);
-* ``first_step``: seconds from starting `python recipes/finetune.py --train_dir <folder>` to its first training
-  step (the default model; the split is too large for the in-memory store, so images are decoded per step by the
-  default loader workers), with the datasets cache and the check cache cold, then warm;
-* ``two_processes``: peak resident memory of each rank of `accelerate launch --config_file
-  recipes/accelerate/cpu_2proc.yaml` on the same folder, against the store budget each rank is given;
-* ``loader``: images/s the training loader delivers (the default workers, the training transform) against the
-  images/s one training step of the default model consumes (a fixed batch, same batch size and image size);
-* ``imagenet_decode``: one core decoding + random-resized-cropping ImageNet-sized JPEGs (500x375) to 224 px, the
-  number the ImageNet-1k on 8 GPUs projection in docs/scale.md starts from.
+* ``first_step_cold`` / ``first_step_warm``: seconds from starting `python recipes/finetune.py --train_dir <folder>`
+  to its first training step, stage by stage (the functions the recipe calls are wrapped and timed: imports,
+  folder listing and table load, label checks, data check, split, model, store, Trainer, first batch), with the
+  caches cold, then warm; ``first_step_before``: the same warm run with the code of ``--before`` (a checkout of
+  main), side by side in one invocation;
+* ``two_processes`` / ``two_processes_store``: each rank of `accelerate launch --config_file
+  recipes/accelerate/cpu_2proc.yaml` (memory at every stage, peak), on the whole folder (decoded per step) and on
+  a subset that fits each rank's share of the image-store budget;
+* ``data_check``: the image check over every file, first run, cached, and sampled;
+* ``loader``: images/s the training loader delivers against the images/s one training step of the default model
+  consumes (same batch and image size);
+* ``imagenet_decode``: one core decoding + random-resized-cropping ImageNet-sized JPEGs (500x375) to 224 px;
+* ``arrow_1m``: a 1,000,000-row dataset of 32 px JPEG bytes, saved with `save_to_disk` and as parquet shards: time
+  to first step map-style (check first run, then cached) and with ``--streaming``;
+* ``projection``: ImageNet-1k on 8 GPUs from the above (`projection`), written whenever its inputs are present.
 
-The folder (and every cache this writes) lives in a temporary directory removed at the end.
-
-    PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 5 python bench/bench_scale.py [--images 200000]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 10 python bench/bench_scale.py --images 200000 --before <main> --work <dir>
+    PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 10 python bench/bench_scale.py --parts arrow_1m --work <dir>
 """
 
 from __future__ import annotations

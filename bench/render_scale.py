@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-COMMAND = "PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 10 python bench/bench_scale.py --images 200000 --before <checkout of main>"
+COMMAND = ("PYTHONPATH=. HF_HUB_OFFLINE=1 nice -n 10 python bench/bench_scale.py --images 200000 --before <checkout of main> "
+           "--work <folder>, then the same with --parts arrow_1m")
 STAGES = ["folder layout check", "folder listing + table load", "label mapping check", "data check (cache lookup)",
           "class sets", "split + subsets", "model load", "store / transform setup", "trainer init"]
 
