@@ -97,7 +97,7 @@ def load_streaming_data(data_args, seed: int, model_args=None):
     from datasets import ClassLabel, Image
 
     from .data import IMAGE_COLUMN_CANDIDATES, LABEL_COLUMN_CANDIDATES, ImageClassificationData, _detect_column
-    from .datacheck import SAMPLE_IMAGES, bad_images_error, check_images
+    from .datacheck import SAMPLE_IMAGES, bad_images_error, check_images, checked_images
 
     raw, source = _open_stream(data_args, model_args)
     if "train" not in raw:
@@ -144,11 +144,18 @@ def load_streaming_data(data_args, seed: int, model_args=None):
     report = None
     if mode != "off":
         # The stream's head plus the validation rows: the only rows known before training reads them.
-        report = check_images({"train": _rows(train, SAMPLE_IMAGES), "validation": validation}, image_col)
+        head = {"train": _rows(train, SAMPLE_IMAGES), "validation": validation}
+        # Rows that carry their bytes have a content fingerprint: checked once per node (`checked_images`' cache
+        # and lock), like the map-style check. Rows that only name files are checked each time (an edited file
+        # keeps its path).
+        with_bytes = all(split.with_format("arrow")[image_col].combine_chunks().field("bytes").null_count == 0
+                         for split in head.values())
+        report = checked_images(head, image_col, "full") if with_bytes else check_images(head, image_col)
         if report.bad:
             raise bad_images_error(report)
         notes.append(f"data check on the first {report.images.get('train', 0):,} streamed training images and "
-                     f"{len(validation):,} validation images in {report.seconds:.1f} s; unreadable images further in "
+                     f"{len(validation):,} validation images in {report.seconds:.1f} s"
+                     f"{' (cached result)' if report.cached else ''}; unreadable images further in "
                      "the stream stop training when reached")
     train = train.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     notes.append(f"streaming {source}: training rows shuffled in a buffer of {SHUFFLE_BUFFER:,} rows (and the shard "

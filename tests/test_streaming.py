@@ -199,3 +199,13 @@ def test_an_image_folder_streams_with_its_class_folders_as_labels(tmp_path):
     held_out = {c["path"] for c in data.splits["validation"]["image"]}
     trained = [row["image"]["path"] for row in data.splits["train"]]
     assert len(held_out) == 2 and len(trained) == 6 and not held_out & set(trained)
+
+
+def test_the_check_of_a_streamed_head_with_bytes_is_cached(parquet_dir, tmp_path, monkeypatch):
+    import hf_transfer.datacheck as datacheck
+
+    monkeypatch.setenv("HF_TRANSFER_DATACHECK_CACHE", str(tmp_path / "check"))
+    first = _load(parquet_dir, max_eval_samples=6)
+    monkeypatch.setattr(datacheck, "check_images", lambda *a, **k: pytest.fail("checked again"))
+    again = _load(parquet_dir, max_eval_samples=6)
+    assert not first.check.cached and again.check.cached and again.check.images == first.check.images
