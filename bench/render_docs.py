@@ -56,6 +56,9 @@ class Results:
     def get(self, name: str, key: str):
         value = self.file(name)
         for part in key.split("."):
+            if isinstance(value, list) and part.isdigit() and int(part) < len(value):  # ranks.0.first_step_s
+                value = value[int(part)]
+                continue
             if not isinstance(value, dict) or part not in value:
                 raise MissingResult(f"bench/results/{name}.json has no '{key}'")
             value = value[part]
