@@ -56,6 +56,9 @@ class Results:
     def get(self, name: str, key: str):
         value = self.file(name)
         for part in key.split("."):
+            if isinstance(value, list) and part.isdigit() and int(part) < len(value):  # ranks.0.first_step_s
+                value = value[int(part)]
+                continue
             if not isinstance(value, dict) or part not in value:
                 raise MissingResult(f"bench/results/{name}.json has no '{key}'")
             value = value[part]
@@ -300,6 +303,10 @@ def table_probe_mlp_cost(r: Results) -> str:
 TABLES = {"probe_speed": table_probe_speed, "probe_mlp_cost": table_probe_mlp_cost, "defaults": table_defaults, "loop": table_loop, "transfer": table_transfer, "probe": table_probe,
           "probe_rerun": table_probe_rerun, "probe_variants": table_probe_variants, "lora": table_lora,
           "imbalance": table_imbalance, "cv": table_cv, "advisor": table_advisor, "datacheck": table_datacheck}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render_scale import TABLES as SCALE_TABLES  # noqa: E402 (docs/scale.md's tables)
+
+TABLES.update(SCALE_TABLES)
 
 
 # ------------------------------------------------------------------------------------------- the flags reference
