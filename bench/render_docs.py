@@ -56,6 +56,9 @@ class Results:
     def get(self, name: str, key: str):
         value = self.file(name)
         for part in key.split("."):
+            if isinstance(value, list) and part.isdigit() and int(part) < len(value):  # ranks.0.first_step_s
+                value = value[int(part)]
+                continue
             if not isinstance(value, dict) or part not in value:
                 raise MissingResult(f"bench/results/{name}.json has no '{key}'")
             value = value[part]
@@ -286,8 +289,11 @@ def table_probe_speed(r: Results) -> str:
 
 def table_probe_mlp_cost(r: Results) -> str:
     rows = [[layer, f"{v['logreg']['fit_seconds']:.1f} s", f"{v['mlp']['fit_seconds']:.1f} s",
-             f"{v['mlp_over_logreg']:.0f}x", f"{v['logreg']['cv_accuracy']:.4f}", f"{v['mlp']['cv_accuracy']:.4f}"]
+             f"{v['mlp_over_logreg']:.1f}x", f"{v['logreg']['cv_accuracy']:.4f}", f"{v['mlp']['cv_accuracy']:.4f}"]
             for layer, v in r.get("probe_mlp_cost", "layers").items()]
+    total = r.get("probe_mlp_cost", "all_layers_fit_seconds")
+    rows.append(["all layers", f"{total['logreg']:.1f} s", f"{total['mlp']:.1f} s",
+                 f"{r.get('probe_mlp_cost', 'all_layers_mlp_over_logreg'):.1f}x", "", ""])
     text = markdown_table(["layer", "logreg fit", "MLP fit", "MLP / logreg", "logreg CV accuracy", "MLP CV accuracy"],
                           rows)
     text += f"\n{r.get('probe_mlp_cost', 'train_images'):,} training images of {r.get('probe_mlp_cost', 'dataset')}.\n"
@@ -297,9 +303,11 @@ def table_probe_mlp_cost(r: Results) -> str:
 TABLES = {"probe_speed": table_probe_speed, "probe_mlp_cost": table_probe_mlp_cost, "defaults": table_defaults, "loop": table_loop, "transfer": table_transfer, "probe": table_probe,
           "probe_rerun": table_probe_rerun, "probe_variants": table_probe_variants, "lora": table_lora,
           "imbalance": table_imbalance, "cv": table_cv, "advisor": table_advisor, "datacheck": table_datacheck}
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render_scale import TABLES as SCALE_TABLES  # noqa: E402 (docs/scale.md's tables)
 from suite.tables import SUITE_TABLES  # noqa: E402  (the advisor's held-out suite: bench/suite/tables.py)
 
+TABLES.update(SCALE_TABLES)
 TABLES.update({name: (lambda r, f=f: f(r, markdown_table, source)) for name, f in SUITE_TABLES.items()})
 
 

@@ -60,7 +60,11 @@ class DataArguments:
     )
     data_check: str = field(
         default="full",
-        metadata={"help": "Image check: full, sample or off (cached)."},
+        metadata={"help": "Check images: full|sample|off."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the dataset (needs --max_steps)."},
     )
     max_image_pixels: int | None = field(
         default=None,
@@ -73,14 +77,22 @@ class DataArguments:
         """What the data is called in default output folder names, known before anything is loaded."""
         return self.train_dir or self.dataset_name or DEFAULT_DATASET
 
-    def load(self, seed: int, model_args: ModelArguments | None = None):
+    def load(self, seed: int, model_args: ModelArguments | None = None, allow_streaming: bool = False):
         from .data import load_image_classification_data
+        from .errors import TransferError
 
         if self.max_image_pixels is not None:
             from PIL import Image
 
             # A process-wide setting in PIL: the data check and the training transforms both read it.
             Image.MAX_IMAGE_PIXELS = self.max_image_pixels
+        if self.streaming:
+            if not allow_streaming:
+                raise TransferError("--streaming is for fine-tuning (finetune); linear probes, cross-validation and the "
+                                    "advisor read the whole dataset: drop --streaming")
+            from .streaming import load_streaming_data
+
+            return load_streaming_data(self, seed, model_args)
         return load_image_classification_data(
             self.dataset_name,
             dataset_config_name=self.dataset_config_name,

@@ -75,7 +75,7 @@ class PreloadedDataArguments(DataArguments):
         values = {f.name: getattr(data_args, f.name) for f in dataclasses.fields(DataArguments) if f.init}
         return cls(**values, preloaded=data)
 
-    def load(self, seed: int, model_args=None):
+    def load(self, seed: int, model_args=None, allow_streaming: bool = False):  # a fold is in memory: never streamed
         return self.preloaded
 
 

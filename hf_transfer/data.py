@@ -99,9 +99,8 @@ def _load_raw(dataset_name: str | None, dataset_config_name: str | None, train_d
                                     f"score; pass a folder of other images, or drop --{split}_dir to hold out part of "
                                     "the training images")
             notes += _check_class_folders(folder, min_classes=2 if split == "train" else 1)
-            files[split] = _folder_files(folder)
-        with _no_download_bars():
-            raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cache_dir)
+            files[split] = folder
+        raw = _load_image_folders(files, cache_dir)
         return raw, f"imagefolder:{train_dir}", None, notes
     name = dataset_name or DEFAULT_DATASET
     if name.startswith(EMBEDDED_PREFIX):
@@ -114,9 +113,8 @@ def _load_raw(dataset_name: str | None, dataset_config_name: str | None, train_d
             raw = datasets.load_from_disk(name)
             return (raw if isinstance(raw, datasets.DatasetDict) else datasets.DatasetDict({"train": raw})), name, None, []
         notes = _check_class_folders(name)
-        with _no_download_bars():
-            raw = datasets.load_dataset("imagefolder", data_dir=name, cache_dir=cache_dir)
-        return raw, f"imagefolder:{name}", None, notes
+        # data_dir (not data_files): imagefolder then finds train/validation/test sub-folders as splits
+        return _load_image_folders({"": name}, cache_dir), f"imagefolder:{name}", None, notes
     try:
         raw = datasets.load_dataset(name, dataset_config_name, cache_dir=cache_dir, token=token, trust_remote_code=trust_remote_code) \
             if trust_remote_code else datasets.load_dataset(name, dataset_config_name, cache_dir=cache_dir, token=token)
@@ -133,6 +131,24 @@ def _load_raw(dataset_name: str | None, dataset_config_name: str | None, train_d
     return raw, name, None, []
 
 
+def _load_image_folders(folders: dict[str, str], cache_dir: str | None):
+    """``{split: folder}`` (``{"": folder}``: one folder whose sub-folders may name the splits) -> imagefolder's
+    `DatasetDict`; an unchanged set of folders is read back from disk (`folder_table`: no per-file resolution of
+    data files on a warm start)."""
+    import datasets
+
+    from .folder_table import load_folders_cached
+
+    def build():
+        if "" in folders:
+            return datasets.load_dataset("imagefolder", data_dir=folders[""], cache_dir=cache_dir)
+        return datasets.load_dataset("imagefolder", data_files={k: _folder_files(f) for k, f in folders.items()},
+                                     cache_dir=cache_dir)
+
+    with _no_download_bars():
+        return load_folders_cached(folders, build, cache_dir)[0]
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -142,8 +158,8 @@ def _is_image_file(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _no_download_bars():
-    """datasets shows "Downloading data" and "Generating split" bars while it indexes a local image folder: nothing
-    is downloaded, and the data check right after shows the real pass over the images."""
+    """datasets shows "Downloading data", "Generating split" and "Saving" bars while it indexes a local image folder
+    and keeps the table: nothing is downloaded, and the data check right after shows the real pass over the images."""
     from datasets.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
 
     was_disabled = are_progress_bars_disabled()
@@ -170,16 +186,18 @@ def _other_label_columns(train, image_col: str, label_col: str) -> list[str]:
 
 def _check_metadata_labels(raw, image_col: str, label_col: str) -> None:
     """An imagefolder whose metadata.csv labels contradict its class folders is ambiguous: refuse rather than pick."""
-    from datasets import ClassLabel, Image
+    from datasets import ClassLabel
 
     for name, split in raw.items():
         if label_col not in split.column_names:
             continue
         feature = split.features[label_col]
         names = feature.names if isinstance(feature, ClassLabel) else None
-        cells = split.select_columns([image_col, label_col]).cast_column(image_col, Image(decode=False))
-        rows = [(Path(cell[image_col].get("path") or "").parent.name,
-                 names[cell[label_col]] if names else str(cell[label_col])) for cell in cells]
+        # Read from Arrow (paths of the undecoded image cells, label ids), not row by row through Python dicts.
+        paths = split.with_format("arrow")[image_col].combine_chunks().field("path").to_pylist()
+        values = _column_array(split, label_col)
+        rows = [(os.path.basename(os.path.dirname(path or "")), names[value] if names else str(value))
+                for path, value in zip(paths, values.tolist())]
         folders, labels = {f for f, _ in rows}, {lab for _, lab in rows}
         if len(folders) < 2 or not folders <= labels:
             continue  # the folders are not named after the classes: nothing to contradict
@@ -188,6 +206,11 @@ def _check_metadata_labels(raw, image_col: str, label_col: str) -> None:
             raise TransferError(f"{label_col!r} in metadata.csv contradicts the class folders for {len(wrong)} of "
                                 f"{len(rows)} {name} images (e.g. one in {wrong[0][0]}/ labelled {wrong[0][1]!r}); fix "
                                 "metadata.csv or move the images, so that both say the same class")
+
+
+def _column_array(dataset, column: str) -> np.ndarray:
+    """One column as a numpy array, read from Arrow (a selected split's row order kept)."""
+    return dataset.with_format("arrow")[column].to_numpy()
 
 
 def _folder_files(folder: str) -> str | list[str]:
@@ -250,7 +273,7 @@ def _stratified_split(dataset, label_col: str, test_size: float | int, seed: int
     or a number of images; ``what`` and ``fix`` word the error when scikit-learn cannot stratify."""
     from sklearn.model_selection import train_test_split
 
-    labels = np.asarray(dataset[label_col])
+    labels = _column_array(dataset, label_col)
     try:
         train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=labels)
     except ValueError as err:  # a class with a single image cannot be on both sides
@@ -263,7 +286,7 @@ def _stratified_subset(dataset, label_col: str, n: int, seed: int, flag: str):
     """At most ``n`` images with every class of ``dataset`` kept (class proportions as far as ``n`` allows)."""
     if n >= len(dataset):
         return dataset
-    classes = len(np.unique(dataset[label_col]))
+    classes = len(np.unique(_column_array(dataset, label_col)))
     if n < classes:
         raise TransferError(f"{flag} {n} is smaller than the {classes} classes present, so some class would have no "
                             f"images; pass at least {flag} {classes}")
@@ -302,7 +325,7 @@ def _run_data_check(splits, image_col: str, on_bad_image: str, notes: list[str],
 
 
 def _present_labels(split, label_col: str) -> set[int]:
-    ids = np.unique(np.asarray(split[label_col], dtype=np.int64))
+    ids = np.unique(_column_array(split, label_col).astype(np.int64))
     return set(ids[ids >= 0].tolist())  # -1: no label (hidden test labels on the Hub)
 
 

@@ -17,6 +17,9 @@ Without it a corrupt image is found mid-training, one at a time, after minutes o
   in training too;
 * every other format (GIF, BMP, TIFF, WebP, ...): a full decode (``load()``), so nothing is missed, at the
   cost of decoding; these formats are rare in image datasets.
+* 16-bit, 32-bit and float images (rare): decoded, and refused when their values do not fit 0..255, since
+  ``convert("RGB")`` (training's decode, as ``pipeline()``'s) would clip them; transparent images are counted
+  (their alpha is dropped in training as in serving).
 
 Measured on a shared 2-core CPU (bench/bench_datacheck.py, bench/results/datacheck.json): ~14,600 images/s for
 MNIST-5k as PNG files in a folder, ~27,000/s for the same PNGs inside Arrow, ~8,900/s for 1024x768 JPEG files:
@@ -65,6 +68,7 @@ class DataCheckReport:
     seconds: float = 0.0
     sampled: dict[str, int] = field(default_factory=dict)  # split -> images checked, where only a sample was
     cached: bool = False  # read back from the cache: this process checked nothing
+    transparent: int = 0  # images with an alpha channel: trained with it dropped, as pipeline() serves them
 
     @property
     def total(self) -> int:
@@ -82,13 +86,13 @@ class DataCheckReport:
 
     def to_dict(self) -> dict:
         return {"images": self.images, "bad": self.bad_as_dicts(), "oversized": [asdict(b) for b in self.oversized],
-                "seconds": self.seconds, "sampled": self.sampled}
+                "seconds": self.seconds, "sampled": self.sampled, "transparent": self.transparent}
 
     @classmethod
     def from_dict(cls, payload: dict) -> "DataCheckReport":
         return cls(images=dict(payload["images"]), bad=[BadImage(**b) for b in payload["bad"]],
                    oversized=[BadImage(**b) for b in payload["oversized"]], seconds=float(payload["seconds"]),
-                   sampled=dict(payload.get("sampled", {})), cached=True)
+                   sampled=dict(payload.get("sampled", {})), transparent=int(payload.get("transparent", 0)), cached=True)
 
 
 # ------------------------------------------------------------------------------------------- one image
@@ -145,23 +149,41 @@ def _reason_from_error(err: Exception) -> str:
 
 def inspect_image(cell: dict) -> tuple[str | None, int]:
     """An undecoded image cell -> (why it is bad, or None; its pixel count, 0 when unknown)."""
+    reason, pixels, _ = _inspect(cell)
+    return reason, pixels
+
+
+def _has_alpha(image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _inspect(cell: dict) -> tuple[str | None, int, bool]:
+    """`inspect_image`, plus whether the image is transparent (trained, like served, with its alpha dropped)."""
     from PIL import Image, UnidentifiedImageError
+
+    from .transforms import clipped_by_rgb, is_high_depth
 
     source, reason = _open_source(cell)
     if reason:
-        return reason, 0
-    pixels = 0
+        return reason, 0, False
+    pixels, transparent, high_depth = 0, False, False
     try:
         with Image.open(source) as image:
             pixels = image.width * image.height
+            transparent, high_depth = _has_alpha(image), is_high_depth(image.mode)
             _read_fully(image)
+        if high_depth:  # rare: decode it and look at its values (verify() leaves a PNG unusable, so reopen)
+            if hasattr(source, "seek"):
+                source.seek(0)
+            with Image.open(source) as image:
+                reason = clipped_by_rgb(image)
     except Image.DecompressionBombError as err:
-        return _oversize_reason(err, Image.MAX_IMAGE_PIXELS), 0
+        return _oversize_reason(err, Image.MAX_IMAGE_PIXELS), 0, False
     except UnidentifiedImageError:
-        return "not an image", 0
+        return "not an image", 0, False
     except Exception as err:  # noqa: BLE001 - PIL plugins raise many types on bad data; training would fail on any
-        return _reason_from_error(err), pixels
-    return None, pixels
+        return _reason_from_error(err), pixels, False
+    return reason, pixels, transparent
 
 
 # ------------------------------------------------------------------------------------------- datasets
@@ -196,7 +218,8 @@ def check_images(splits, image_column: str, sample: int | None = None, seed: int
             for row, cell in _image_cells(split, image_column):
                 bar.update()
                 row = rows[row] if rows is not None else row
-                reason, pixels = inspect_image(cell)
+                reason, pixels, transparent = _inspect(cell)
+                report.transparent += transparent
                 entry = BadImage(split_name, row, cell.get("path"), reason or "")
                 if reason:
                     report.bad.append(entry)
@@ -237,6 +260,9 @@ def describe(entries: list[BadImage], limit: int = SHOWN_IN_MESSAGE) -> str:
 def bad_images_error(report: DataCheckReport) -> TransferError:
     n = len(report.bad)
     fix = "fix or remove them, or pass --on_bad_image skip to train without them"
+    if any("convert('RGB')" in b.reason for b in report.bad):
+        fix += (" (high-depth images: save them as 8-bit, scaled by their range, and serve them the same way; "
+                "pipeline() would clip them as they are)")
     if any("MAX_IMAGE_PIXELS" in b.reason for b in report.bad):
         fix += " (or raise PIL's limit for the oversized ones with --max_image_pixels)"
     return TransferError(f"{n} unreadable image{'s' if n != 1 else ''} {describe(report.bad)}; {fix}")
@@ -254,7 +280,7 @@ def drop_bad_images(splits, report: DataCheckReport):
 # ------------------------------------------------------------------------------------------- at scale
 DATA_CHECK_MODES = ("full", "sample", "off")
 SAMPLE_IMAGES = 10_000  # per split in `--data_check sample`: ~1-2 s of checking, whatever the dataset's size
-CHECK_FORMAT = 1  # bump when what the check catches changes: cached results then stop matching
+CHECK_FORMAT = 2  # bump when what the check catches changes: cached results then stop matching
 CACHE_ENV = "HF_TRANSFER_DATACHECK_CACHE"
 
 
@@ -341,7 +367,9 @@ def describe_check(report: DataCheckReport | None) -> str:
         return "data check off (--data_check off): unreadable images stop training when reached"
     checked = sum(report.sampled.get(name, n) for name, n in report.images.items())
     where = " (cached result: the data has not changed since it was checked)" if report.cached else ""
+    alpha = (f"; {report.transparent:,} transparent images trained with their alpha dropped, as pipeline() serves "
+             "them (composite them on a background yourself if the hidden colours are noise)") if report.transparent else ""
     if report.sampled:
         return (f"data check on a random sample: {checked:,} of {report.total:,} images in {report.seconds:.1f} s{where}; "
-                "unreadable images outside it stop training when reached (--data_check full checks them all)")
-    return f"data check: {report.total:,} images in {report.seconds:.1f} s{where}"
+                f"unreadable images outside it stop training when reached (--data_check full checks them all){alpha}")
+    return f"data check: {report.total:,} images in {report.seconds:.1f} s{where}{alpha}"

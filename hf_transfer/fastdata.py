@@ -231,12 +231,13 @@ def prepare_splits(data, lazy_splits: dict, data_cfg: dict, *, image_size: int |
 
     budget = store_budget_bytes()
     size = int(image_size or data_cfg["input_size"][-1])
-    needed = sum(len(s) for s in lazy_splits.values()) * 3 * size * size
+    streamed = [name for name, s in lazy_splits.items() if not hasattr(s, "__len__")]  # --streaming: read as it trains
+    needed = sum(len(s) for name, s in lazy_splits.items() if name not in streamed) * 3 * size * size
     eval_stages = TransformStages.split(build_transform(data_cfg, image_size=image_size, augmentation="none"))
     out, prepared = dict(lazy_splits), []
     if budget > 0 and needed <= budget and eval_stages is not None:
         for name, raw in data.splits.items():
-            if name not in lazy_splits:
+            if name not in lazy_splits or name in streamed:
                 continue
             preset = augmentation if name == "train" else "none"
             stages = TransformStages.split(build_transform(data_cfg, image_size=image_size, augmentation=preset))

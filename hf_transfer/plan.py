@@ -53,6 +53,46 @@ def default_learning_rate(model: torch.nn.Module) -> float:
 
 
 @dataclass
+class FoldedRow:
+    """Consecutive depth groups that train alike (same rate, same schedule), shown as one row."""
+
+    first_depth: int
+    last_depth: int
+    first_name: str
+    last_name: str
+    tensors: int
+    lr: str
+    weight_decay: str
+    when: str
+
+    @property
+    def depths(self) -> str:
+        return f"{self.first_depth}" if self.first_depth == self.last_depth else f"{self.first_depth}-{self.last_depth}"
+
+    @property
+    def names(self) -> str:
+        return self.first_name if self.first_name == self.last_name else f"{self.first_name} … {self.last_name}"
+
+
+def fold_groups(groups: list[dict], when) -> list[FoldedRow]:
+    """The plan's groups (``transfer_plan.json``'s dicts) folded for reading: a deep backbone has dozens of depth
+    groups, most of them alike. ``when(group)`` says when a group trains; a group's ``/no_decay`` part (biases and
+    normalization weights, weight decay 0) folds into its row, which shows the decayed part's weight decay."""
+    rows: list[FoldedRow] = []
+    for g in groups:
+        name, no_decay = g["name"].removesuffix("/no_decay"), g["name"].endswith("/no_decay")
+        lr, wd, trains = f"{g['lr']:.6g}", "0" if no_decay else f"{g['weight_decay']:.6g}", when(g)
+        last = rows[-1] if rows else None
+        if last is not None and last.lr == lr and last.when == trains:
+            last.last_depth, last.last_name, last.tensors = g["depth"], name, last.tensors + len(g["params"])
+            if not no_decay:
+                last.weight_decay = wd
+        else:
+            rows.append(FoldedRow(g["depth"], g["depth"], name, name, len(g["params"]), lr, wd, trains))
+    return rows
+
+
+@dataclass
 class ParamGroup:
     """One optimizer parameter group: parameters that share depth, lr, weight decay and start epoch."""
 
@@ -285,15 +325,16 @@ class TransferPlan:
                 + c.strategy_object.describe(c) + f" layer_decay={c.layer_decay:g}"
                 + (f" reinit={','.join(self.reinit_modules)}" if self.reinit_modules else "")
                 + (f" (epoch {epoch})" if epoch is not None else ""))
-        rows = [head, f"{'depth':>5}  {'group':<34} {'params':>7} {'lr':>10} {'wd':>7}  trains"]
-        for g in self.groups:
-            if g.frozen:
-                when = "frozen"
-            elif epoch is not None:
-                when = "yes" if g.trains_from_epoch <= epoch else f"from epoch {g.trains_from_epoch}"
-            else:
-                when = f"from epoch {g.trains_from_epoch}"
-            rows.append(f"{g.depth:>5}  {g.name[:34]:<34} {len(g.params):>7} {g.lr:>10.3g} {g.weight_decay:>7.3g}  {when}")
+        def when(g: dict) -> str:
+            if g["frozen"]:
+                return "frozen"
+            if epoch is not None and g["trains_from_epoch"] <= epoch:
+                return "yes"
+            return f"from epoch {g['trains_from_epoch']}"
+
+        rows = [head, f"{'depths':>6}  {'groups':<44} {'tensors':>7} {'lr':>10} {'wd':>7}  trains"]
+        for r in fold_groups(self.to_dict()["groups"], when):
+            rows.append(f"{r.depths:>6}  {r.names[:44]:<44} {r.tensors:>7} {r.lr:>10} {r.weight_decay:>7}  {r.when}")
         rows.append(self.frozen_share())
         if c.strategy_object.trains_adapters and self.sizes:
             rows.append(self.trainable_share())

@@ -181,7 +181,7 @@ class TransferTrainer(ImbalanceCorrection, Trainer):
 
     def _run_length(self) -> tuple[float, str]:
         """(epochs this run trains, how they were counted) from num_train_epochs or max_steps."""
-        if self.args.max_steps is None or self.args.max_steps <= 0 or self.train_dataset is None:
+        if self.args.max_steps is None or self.args.max_steps <= 0 or not hasattr(self.train_dataset, "__len__"):
             return float(self.args.num_train_epochs), ""
         batch = self.args.per_device_train_batch_size * max(1, self.args.world_size)
         batches = len(self.train_dataset) // batch if self.args.dataloader_drop_last else math.ceil(len(self.train_dataset) / batch)

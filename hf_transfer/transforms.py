@@ -33,34 +33,26 @@ _INTERPOLATION = {
 }
 
 
-HIGH_DEPTH_MODES = ("I", "F")  # plus every "I;16*" variant; PIL clips these to 0..255 in convert("RGB")
+HIGH_DEPTH_MODES = ("I", "F")  # plus every "I;16*" variant
 
 
-def _is_high_depth(mode: str) -> bool:
+def is_high_depth(mode: str) -> bool:
+    """16-bit, 32-bit integer or float greyscale: ``convert("RGB")`` clips these to 0..255."""
     return mode in HIGH_DEPTH_MODES or mode.startswith("I;16")
 
 
-def _scale_to_8bit(image):
-    """A 16-bit, 32-bit integer or float greyscale image -> mode ``L``, by the image's own value range.
-
-    Rule: the linear map of [min, max] to [0, 255], rounded; a constant image becomes 0 (black), and NaN
-    pixels (float images) become 0. Not the dtype's range: a 12-bit sensor in a 16-bit container (0..4095 of
-    0..65535) would come out nearly black, and float images have no fixed range at all. The price is that the
-    absolute brightness between images is not kept; each image uses the full 8-bit range, which is what a
-    backbone pretrained on 8-bit photos expects.
-    """
-    import numpy as np
-    from PIL import Image
-
-    values = np.asarray(image, dtype=np.float32)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return Image.new("L", image.size)
-    low, high = float(values[finite].min()), float(values[finite].max())
-    if high <= low:
-        return Image.new("L", image.size)
-    scaled = (np.where(finite, values, low) - low) * (255.0 / (high - low))
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # uint8 2-D: mode L
+def clipped_by_rgb(image) -> str | None:
+    """Why ``convert("RGB")`` would wash a high-depth image out (None when it keeps every value), e.g. a 12-bit
+    sensor in a 16-bit PNG: values up to 4095 clip to white. The data check refuses such images (issue #18's
+    parity: training must see what `pipeline()` will)."""
+    if not is_high_depth(image.mode):
+        return None
+    low, high = image.getextrema()
+    if image.mode == "F" and high <= 1.0 and high > low:
+        return f"float image with values in 0..{high:g}, which convert('RGB') turns black"
+    if low < 0 or high > 255:
+        return f"{image.mode} image with values {low:g}..{high:g}, which convert('RGB') clips to 0..255"
+    return None
 
 
 EXIF_ORIENTATION = 0x0112
@@ -80,24 +72,14 @@ def upright(image):
 
 
 def _to_rgb(image):
-    """Greyscale, palette, CMYK and RGBA images become RGB (alpha composited on white, not dropped to black), upright
-    (`upright`).
-
-    16-bit (``I;16*``), 32-bit integer (``I``) and float (``F``) images are first scaled to 8 bits by their own
-    value range (`_scale_to_8bit`): ``convert("RGB")`` alone would clip them, turning most pixels white.
+    """Any image -> RGB, upright (`upright`), exactly as transformers' ``load_image`` (hence ``pipeline()``), timm's
+    and torchvision's loaders make it: ``convert("RGB")``. A model must train on the pixels it will be served:
+    alpha is dropped (the colour under transparent pixels stays), palettes are expanded, greyscale is repeated.
+    High-depth images whose values ``convert("RGB")`` would clip are refused by the data check
+    (`clipped_by_rgb`), not rescaled here, since serving would clip them anyway.
     """
     image = upright(image)
-    if image.mode == "RGB":
-        return image
-    if _is_high_depth(image.mode):
-        return _scale_to_8bit(image).convert("RGB")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        from PIL import Image
-
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def resolve_augmentation(preset: str, num_train_epochs: float) -> str:
@@ -180,5 +162,10 @@ def with_transforms(splits, data, data_cfg: dict, *, image_size: int | None, aug
         preset = augmentation if name == "train" else "none"
         transform = build_transform(data_cfg, image_size=image_size, augmentation=preset)
         split = split.cast_column(data.image_column, Image(decode=False))
-        out[name] = split.with_transform(batch_transform(transform, data.image_column, data.label_column))
+        apply = batch_transform(transform, data.image_column, data.label_column)
+        if hasattr(split, "with_transform"):
+            out[name] = split.with_transform(apply)
+        else:  # a streamed split (`datasets.IterableDataset`, --streaming): transformed as it is read, a few rows
+            # at a time (map's default of 1,000 would hold ~600 MB of float pixels per loader worker at 224 px)
+            out[name] = split.map(apply, batched=True, batch_size=16, remove_columns=list(split.column_names or ()))
     return out

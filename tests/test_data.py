@@ -73,9 +73,12 @@ def test_transforms_make_rgb_tensors_from_any_mode():
     for mode in ("L", "RGBA", "P", "RGB", "LA", "I;16"):
         out = transform(Image.new(mode, (20, 28)))
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32, mode
-    # transparent pixels are composited on white, not black
-    clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
-    assert torch.allclose(transform(clear), torch.ones(3, 32, 32))
+    # the pixels pipeline() will serve: transformers' load_image drops the alpha (the colour under it stays)
+    from transformers.image_utils import load_image
+
+    clear = Image.new("RGBA", (32, 32), (200, 10, 90, 0))
+    assert torch.equal(transform(clear), transform(load_image(clear)))
+    assert not torch.equal(transform(clear), transform(Image.new("RGB", (32, 32), "white")))
 
 
 @pytest.mark.parametrize("preset", ["none", "flip", "gentle", "standard", "strong"])

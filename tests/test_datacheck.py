@@ -110,32 +110,46 @@ def test_embedded_sets_skip_the_check():
 
 
 # ------------------------------------------------------------------------------------------- high-depth images
-def _transformed(image):
-    return build_transform(CFG, image_size=image.width)(image)  # no resizing: the extremes stay
+def _check_one(tmp_path, array, name="x.png"):
+    Image.fromarray(array).save(tmp_path / name)
+    return check_images({"train": _file_dataset([tmp_path / name])}, "image")
 
 
-def test_16_bit_png_spans_the_full_range(tmp_path):
+def _file_dataset(paths):
+    from datasets import Dataset, Image as ImageFeature
+
+    return Dataset.from_dict({"image": [str(p) for p in paths]}).cast_column("image", ImageFeature())
+
+
+def test_16_bit_png_beyond_8_bits_is_refused_by_the_check(tmp_path):
     twelve_bit = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)  # a 12-bit sensor in 16 bits
-    Image.fromarray(twelve_bit).save(tmp_path / "x.png")
-    image = Image.open(tmp_path / "x.png")
+    report = _check_one(tmp_path, twelve_bit)
+    assert [b.reason for b in report.bad] == ["I;16 image with values 0..4095, which convert('RGB') clips to 0..255"]
+    from hf_transfer.datacheck import bad_images_error
+
+    assert "save them as 8-bit, scaled by their range" in str(bad_images_error(report))
+
+
+def test_float_image_in_0_1_is_refused_and_16_bit_within_8_bits_passes(tmp_path):
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32).reshape(16, 16)
+    report = _check_one(tmp_path, ramp, "f.tiff")
+    assert len(report.bad) == 1 and "turns black" in report.bad[0].reason
+    within = (np.arange(256).reshape(16, 16)).astype(np.uint16)
+    assert _check_one(tmp_path, within, "ok.png").bad == []
+    image = Image.open(tmp_path / "ok.png")
     assert image.mode.startswith("I;16")
-    out = _transformed(image)
-    assert out.min() == pytest.approx(-1.0) and out.max() == pytest.approx(1.0)  # not all white (clipped)
-    assert (out > 0.99).float().mean() < 0.1
+    out = build_transform(CFG, image_size=16)(image)  # what training sees = what convert("RGB") gives, every value
+    assert torch.equal(out, build_transform(CFG, image_size=16)(image.convert("RGB")))
 
 
-@pytest.mark.parametrize("values", [np.linspace(0.0, 1.0, 256, dtype=np.float32),
-                                    np.linspace(-500, 3000, 256).astype(np.int32)], ids=["F", "I"])
-def test_float_and_32_bit_images_scale_by_their_range(values):
-    image = Image.fromarray(values.reshape(16, 16))
-    out = _transformed(image)
-    assert out.min() == pytest.approx(-1.0) and out.max() == pytest.approx(1.0)
-    assert abs(float(out.mean())) < 0.05  # a linear ramp stays centred
+def test_transparent_images_are_counted_and_said(tmp_path):
+    from hf_transfer.datacheck import describe_check
 
-
-def test_constant_high_depth_image_is_black():
-    out = _transformed(Image.fromarray(np.full((16, 16), 3000, dtype=np.uint16)))
-    assert torch.allclose(out, torch.full_like(out, -1.0))
+    Image.new("RGBA", (8, 8), (1, 2, 3, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    report = check_images({"train": _file_dataset([tmp_path / "a.png", tmp_path / "b.png"])}, "image")
+    assert report.bad == [] and report.transparent == 1
+    assert "1 transparent images trained with their alpha dropped" in describe_check(report)
 
 
 # ------------------------------------------------------------------------------------------- class sets

@@ -270,3 +270,16 @@ def test_lr_multipliers_keep_regex_quantifiers_whole():
 
     rules = parse_lr_multipliers(r"blocks\.[0-9]{1,2}\.=0.5, head=2")
     assert [(r.pattern, f) for r, f in rules] == [(r"blocks\.[0-9]{1,2}\.", 0.5), ("head", 2.0)]
+
+
+def test_console_plan_table_folds_groups_that_train_alike():
+    """The log's plan table folds consecutive depth groups with one rate and schedule (as the card does), and still
+    accounts for every tensor; at epoch 1 of a head-first run the body's row changes from "from epoch 1" to "yes"."""
+    model = make_model("test_efficientnet")
+    plan = TransferPlan.build(model, TransferConfig(freeze="fraction:0.5", lp_epochs=1, strategy="lp_ft"))
+    body = plan.table(0).splitlines()[2:-1]
+    folded = [line.split() for line in body]
+    assert [row[0] for row in folded] == ["0-2", "3-5", "6"]
+    assert [row[-1] for row in folded] == ["frozen", "1", "yes"]  # "from epoch 1" ends in 1
+    assert sum(int(line[53:60]) for line in body) == sum(len(g.params) for g in plan.groups)  # the tensors column
+    assert [line.split()[-1] for line in plan.table(1).splitlines()[2:-1]] == ["frozen", "yes", "yes"]

@@ -265,6 +265,13 @@ def test_probe_job_exports_auto_the_cv_best_probe_a_kernel_one_included(setup, t
     card = (tmp_path / "run" / "README.md").read_text()
     assert "| class | recall |" in card and "cannot be exported as a model" not in card
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "hf_transfer_probe"
+    # the job writes its typed record: the file reads back to the same record, key for key
+    from hf_transfer.record import RunRecord
+
+    written = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    record = RunRecord.read(tmp_path / "run")
+    assert written == results == record.to_results() and record.is_probe
+    assert record.data.samples == {"train": 60, "eval": 20} and record.imbalance == {"class_weighting": "none"}
 
 
 @pytest.mark.parametrize("kind", ["vit", "resnet", "convnext"])

@@ -14,7 +14,7 @@ changes. Concatenations are never cached: they are assembled from their parts' e
 """
 
 from .cache import CACHE_ENV, FeatureCache, FeatureSet, compute_features, concat_features, default_cache_dir, describe_cache_use
-from .extract import FeatureExtractor, ProcessorImages, extract_features, global_pool, iter_batches
+from .extract import EXTRACTION_BATCH, FeatureExtractor, ProcessorImages, extract_features, global_pool, iter_batches
 from .fingerprints import (
     dataset_fingerprint,
     dataset_transform_fingerprint,
@@ -27,6 +27,7 @@ from .fingerprints import (
 from .layers import POOLED, POOLINGS, FeatureLayer, auto_depths, concat_layer, parse_layers
 
 __all__ = [
+    "EXTRACTION_BATCH",
     "POOLED",
     "FeatureCache",
     "FeatureExtractor",

@@ -15,7 +15,7 @@ import numpy as np
 from ..backbones import build_layer_map
 from ..errors import TransferError
 from ..layers import LayerMap
-from .extract import extract_features
+from .extract import EXTRACTION_BATCH, extract_features
 from ..fingerprint import split_fingerprint
 from .fingerprints import (
     dataset_fingerprint,
@@ -27,7 +27,7 @@ from .fingerprints import (
 from .layers import FeatureLayer
 
 CACHE_ENV = "HF_TRANSFER_CACHE"
-CACHE_FORMAT = 2  # bump when the way features are computed changes: old entries then stop matching
+CACHE_FORMAT = 3  # bump when the way features are computed changes: old entries then stop matching
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hf_transfer" / "features").expanduser()
@@ -168,7 +168,7 @@ class FeatureSet:
 
 def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
                      cache: FeatureCache | None = None, transform_key: str | None = None, image_size: int | None = None,
-                     batch_size: int = 64, source=None) -> FeatureSet:
+                     batch_size: int = EXTRACTION_BATCH, source=None, log=None) -> FeatureSet:
     """Features of each split for each layer, from the cache where possible; only missing images are computed.
 
     The cache is keyed by image (`row_keys`: a digest of each image's bytes), so the folds of a cross-validation,
@@ -179,6 +179,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
     computed and never cached, so features made under one transform are never served for another. Only single
     layers are cached; a concatenation is assembled from its parts (``features[split][concat.key]``).
     ``from_cache`` is per single layer: True when every image of the split came from the cache.
+    ``log`` hears why extraction stayed on the eager forward, if it did (`extract_features`).
     """
     import time
 
@@ -202,7 +203,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
         def extract(rows=None):
             subset = dataset if rows is None else dataset.select(rows)
             return extract_features(model, subset, missing, layer_map=layer_map, batch_size=batch_size,
-                                    desc=f"{split_name} features", source=source)
+                                    desc=f"{split_name} features", source=source, log=log)
 
         features[split_name] = {}
         keyed = row_keys(dataset)

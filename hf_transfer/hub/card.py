@@ -125,6 +125,7 @@ def card_metadata(record: FolderRecord, model_name: str):
 
 
 def _plan_section(plan: dict) -> list[str]:
+    from ..plan import fold_groups
     from ..strategies import get_strategy
 
     c = plan["config"]
@@ -150,21 +151,11 @@ def _plan_section(plan: dict) -> list[str]:
         "| depths | groups | tensors | learning rate | weight decay | trains |",
         "|---:|---|---:|---:|---:|---|",
     ]
-    rows: list[list] = []  # [first depth, last depth, first name, last name, tensors, (lr, weight decay, when)]
-    for g in plan["groups"]:
-        when = "frozen" if g["frozen"] else f"from epoch {g['trains_from_epoch']}"
-        name, no_decay = g["name"].removesuffix("/no_decay"), g["name"].endswith("/no_decay")
-        if rows and rows[-1][5][0] == f"{g['lr']:.6g}" and rows[-1][5][2] == when:
-            rows[-1][1], rows[-1][3], rows[-1][4] = g["depth"], name, rows[-1][4] + len(g["params"])
-            if not no_decay:
-                rows[-1][5] = (rows[-1][5][0], f"{g['weight_decay']:.6g}", when)
-        else:
-            rows.append([g["depth"], g["depth"], name, name, len(g["params"]),
-                         (f"{g['lr']:.6g}", "0" if no_decay else f"{g['weight_decay']:.6g}", when)])
-    for first, last, first_name, last_name, tensors, (lr, wd, when) in rows:
-        depths = f"{first}" if first == last else f"{first}-{last}"
-        names = first_name if first_name == last_name else f"{first_name} … {last_name}"
-        lines.append(f"| {depths} | {names} | {tensors} | {lr} | {wd} | {when} |")
+    def when(g: dict) -> str:
+        return "frozen" if g["frozen"] else f"from epoch {g['trains_from_epoch']}"
+
+    for r in fold_groups(plan["groups"], when):
+        lines.append(f"| {r.depths} | {r.names} | {r.tensors} | {r.lr} | {r.weight_decay} | {r.when} |")
     return lines + [""]
 
 

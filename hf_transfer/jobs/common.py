@@ -41,7 +41,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, training_args:
 
     The jobs name the output folder themselves, before anything loads (``recipe`` is no longer needed here; it is
     accepted so that callers need no change)."""
-    data = data_args.load(training_args.seed, model_args)
+    data = data_args.load(training_args.seed, model_args, allow_streaming=recipe == "finetune")
     image_size = model_args.image_size or data.suggested_image_size
     model, adapter = load_sized_backbone(model_args, data.labels, image_size,
                                          pretrained=(not model_args.no_pretrained) if pretrained is None else pretrained)

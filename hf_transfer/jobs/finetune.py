@@ -20,6 +20,7 @@ from ..runtime import configure_cpu_threads, is_main_process, quiet_metrics, say
 from ..checkpoints import resolve_resume  # noqa: F401 (imported from here too)
 from ..saving import COMPLETION_MARKER, prepare_output_dir, resolve_output_dir, staged_output, trained_weights, write_json
 from ..strategies import REGISTRY, get_strategy, needs_advisor
+from ..streaming import split_size
 from ..transforms import resolve_augmentation
 from .common import prepare
 
@@ -44,6 +45,12 @@ def run_finetune(
     start = run_started(time.perf_counter())  # a command line's budget counts from the process's start
     transfer_args = transfer_args or TransferArguments()
     advice = None
+    if data_args.streaming:  # streaming.py: the flags that need the dataset's length are refused here
+        from ..streaming import streaming_refusal
+
+        if refusal := streaming_refusal(data_args, training_args, transfer_args):
+            raise TransferError(refusal)
+        training_args.accelerator_config.dispatch_batches = False  # each process reads and decodes its own share
     if needs_advisor(transfer_args.strategy):  # auto: jobs/advise.py measures, decides, fills the flags; a probe plan
         from .advise import resolve_auto_strategy, run_advised_probe  # runs the probe job
 
@@ -91,7 +98,7 @@ def run_finetune(
     plan.reinitialize(model)
     say(
         f"{model_args.model_name_or_path} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params)"
-        f" on {data.source}: {len(splits['train'])} train / {len(splits['validation'])} validation images,"
+        f" on {data.source}: {split_size(splits['train'])} train / {split_size(splits['validation'])} validation images,"
         f" {len(data.labels)} classes, {image_size} px, augmentation {data_args.augmentation!r}"
     )
     for note in data.notes:
@@ -154,7 +161,8 @@ def run_finetune(
     if transfer_args.time_budget:
         metrics["time_budget_used_seconds"] = metrics["total_seconds"]
     metrics["skipped_bad_images"] = len(data.bad_images)
-    metrics.update(run_summary(model_args.model_name_or_path, data.source, image_size, splits))
+    metrics.update(run_summary(model_args.model_name_or_path, data.source, image_size,
+                               {k: v for k, v in splits.items() if split_size(v) != "streamed"}))
     metrics.update(trainer.imbalance_summary())  # class weights / sampler: the card and later readers see them
     record = RunRecord.from_results(metrics)  # record.py: all_results.json is its serialization
     record.engine = None if engine.kind == "single" else engine.describe()

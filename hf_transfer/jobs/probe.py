@@ -12,7 +12,9 @@ from ..arguments import DataArguments, ModelArguments
 from ..backbones import adapter_for
 from ..errors import TransferError
 from ..hub import run_summary, write_model_card
+from ..record import RESULTS_FILE, DataSummary, RunRecord
 from ..features import (
+    EXTRACTION_BATCH,
     POOLINGS,
     FeatureCache,
     ProcessorImages,
@@ -81,7 +83,9 @@ class ProbeArguments:
         default=None, metadata={"help": "Feature cache (default $HF_TRANSFER_CACHE or ~/.cache/hf_transfer/features)."}
     )
     no_feature_cache: bool = field(default=False, metadata={"help": "Always recompute features; write no cache."})
-    batch_size: int = field(default=64, metadata={"help": "Images per forward pass during feature extraction."})
+    batch_size: int = field(default=EXTRACTION_BATCH, metadata={
+        "help": f"Images per forward pass during feature extraction ({EXTRACTION_BATCH}: cheaper per image on CPU than "
+                "larger batches, measured; the features do not depend on it)."})
     seed: int = field(default=42, metadata={"help": "Seed for the validation split and the CV folds."})
 
     def __post_init__(self):
@@ -155,7 +159,8 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
     transform_key = transform_fingerprint(processor.to_json_string(), None, image_size)
     cache = FeatureCache(probe_args.feature_cache_dir, enabled=not probe_args.no_feature_cache)
     feature_set = compute_features(model, splits, layers, layer_map=layer_map, cache=cache, transform_key=transform_key,
-                                   image_size=image_size, batch_size=probe_args.batch_size, source=source)
+                                   image_size=image_size, batch_size=probe_args.batch_size, source=source,
+                                   log=say)
     say(describe_cache_use(feature_set, cache) + f" [{feature_set.seconds:.1f}s]")
 
     probe_start = time.perf_counter()
@@ -174,22 +179,24 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
         say(recall_text)
     better = report.better_non_exportable()
 
-    results = {
-        **report.as_dict(),
-        "exported": {**chosen.summary(), "head_bytes": chosen.head_bytes} if chosen else None,
-        "eval_accuracy": (chosen or best).eval_metrics.get("validation_accuracy"),
-        "eval_macro_f1": (chosen or best).eval_metrics.get("validation_macro_f1"),
-        "eval_per_class_recall": (chosen or best).per_class_recall.get("validation"),
-        "test_per_class_recall": chosen.per_class_recall.get("test") if chosen else None,
-        "pooling": probe_args.pooling,
-        "class_weighting": probe_args.class_weighting,
-        "features_from_cache": feature_set.all_cached,
-        "feature_cache_hits": feature_set.from_cache,
-        "backbone_forward_images": feature_set.forward_images,
-        "feature_seconds": round(feature_set.seconds, 2),
-        "probe_seconds": round(probe_seconds, 2),
-        **run_summary(model_args.model_name_or_path, data.source, image_size, splits),  # hub.py: what the card describes
-    }
+    shown_metrics = (chosen or best).eval_metrics
+    summary = run_summary(model_args.model_name_or_path, data.source, image_size, splits)  # hub.py: the card's facts
+    record = RunRecord(
+        kind="probe",
+        metrics={"eval_accuracy": shown_metrics.get("validation_accuracy"),
+                 "eval_macro_f1": shown_metrics.get("validation_macro_f1")},
+        per_class_recall={"eval": (chosen or best).per_class_recall.get("validation"),
+                          "test": chosen.per_class_recall.get("test") if chosen else None},
+        data=DataSummary(model_name_or_path=summary["model_name_or_path"], dataset=summary["dataset"],
+                         image_size=summary["image_size"], skipped_bad_images=len(data.bad_images),
+                         samples={k[:-len("_samples")]: v for k, v in summary.items() if k.endswith("_samples")}),
+        imbalance={"class_weighting": probe_args.class_weighting},
+        export={**report.as_dict(), "pooling": probe_args.pooling,
+                "exported": {**chosen.summary(), "head_bytes": chosen.head_bytes} if chosen else None},
+        extra={"features_from_cache": feature_set.all_cached, "feature_cache_hits": feature_set.from_cache,
+               "backbone_forward_images": feature_set.forward_images,
+               "feature_seconds": round(feature_set.seconds, 2), "probe_seconds": round(probe_seconds, 2)},
+    )
     with staged_output(probe_args.output_dir) as staging:
         if chosen is not None:
             export_probe(model, chosen, staging, layer_map=layer_map, image_size=image_size,
@@ -200,9 +207,9 @@ def run_linear_probe(model_args: ModelArguments, data_args: DataArguments, probe
                         highlight=shown)
         (staging / "probe_table.txt").write_text(report.table() + "\n" + (f"\n{recall_text}\n" if recall_text else ""))
         data.write_bad_images(staging)
-        results["skipped_bad_images"] = len(data.bad_images)
-        results["total_seconds"] = round(time.perf_counter() - start, 2)
-        write_json(staging / "all_results.json", results)
+        record.extra["total_seconds"] = round(time.perf_counter() - start, 2)
+        results = record.to_results()  # record.py: all_results.json is the record's serialization
+        write_json(staging / RESULTS_FILE, results)
     if chosen is not None:
         write_model_card(probe_args.output_dir)  # hub.py: README.md, read back from the finished folder
     if chosen is not None:

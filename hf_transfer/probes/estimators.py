@@ -60,10 +60,12 @@ class ProbeConfig:
     rbf_svm_c: tuple[float, ...] = (1.0, 10.0)
     knn_k: tuple[int, ...] = (5, 15)
     torch_linear_c: tuple[float, ...] = (0.1, 1.0)
-    mlp_weight_decay: tuple[float, ...] = (0.5, 0.05)  # stronger first: ties go to it
-    mlp_hidden: int = 256
+    # One value: early stopping regularizes the MLP, and each grid value costs cv_folds fits (the MLP's budget in
+    # `auto` is 2x a logistic regression's).
+    mlp_weight_decay: tuple[float, ...] = (0.05,)
+    mlp_hidden: int = 128
     mlp_dropout: float = 0.2
-    mlp_max_epochs: int = 100  # early stopping usually ends training well before
+    mlp_max_epochs: int = 60  # early stopping usually ends training well before
     max_iter: int = 100
     class_weight: str | None = None  # None or "balanced"
     select_by: str = "accuracy"  # the CV metric that picks hyper-parameters and the best probe: accuracy or macro_f1
@@ -206,18 +208,30 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
     when the hold-out loss has not improved by 1% for ``patience`` epochs, and the weights of the best epoch are
     kept. The standardization (mean, std as in `StandardScaler`; block factors as in `BlockStandardScaler`) lives in
     the module, so ``module_`` alone is the probe: predicting and exporting run the same float32 computation.
+
+    Cheap on purpose (`--probe auto` takes it only at <= 2x a logistic regression's cost,
+    bench/bench_probe_mlp_cost.py): one torch thread (these matrices are small: a second thread only adds
+    synchronisation, and on a busy CPU it waits for a core), large batches (256) with a higher learning rate and
+    a short patience.
     """
 
-    def __init__(self, weight_decay: float = 0.05, hidden_size: int = 256, dropout: float = 0.2,
-                 activation: str = "gelu", lr: float = 1e-3, max_epochs: int = 100, patience: int = 8,
-                 batch_size: int = 128, class_weight: str | None = None, seed: int = 0,
+    def __init__(self, weight_decay: float = 0.05, hidden_size: int = 128, dropout: float = 0.2,
+                 activation: str = "gelu", lr: float = 3e-3, max_epochs: int = 60, patience: int = 4,
+                 batch_size: int = 256, class_weight: str | None = None, seed: int = 0,
                  blocks: tuple[int, ...] | None = None):
         self.weight_decay, self.hidden_size, self.dropout, self.activation = weight_decay, hidden_size, dropout, activation
         self.lr, self.max_epochs, self.patience, self.batch_size = lr, max_epochs, patience, batch_size
         self.class_weight, self.seed, self.blocks = class_weight, seed, blocks
 
     def fit(self, X, y):
-        X = np.asarray(X, dtype=np.float32)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._fit(np.asarray(X, dtype=np.float32), y)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, X, y):
         self.classes_ = np.unique(y)
         targets = torch.as_tensor(np.searchsorted(self.classes_, y))
         train, held_out = _hold_out(np.asarray(targets), self.seed)
@@ -237,6 +251,7 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(self.seed)
         train_idx, held_idx = torch.as_tensor(train), torch.as_tensor(held_out)
+        held_inputs, held_targets = inputs[held_idx], targets[held_idx]
         best_loss, best_state, best_epoch, epoch = float("inf"), None, 0, 0
         for epoch in range(1, self.max_epochs + 1):
             module.train()
@@ -244,15 +259,14 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 loss = torch.nn.functional.cross_entropy(module(inputs[batch]), targets[batch], weight=weights)
-                optimizer.zero_grad()
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             if not len(held_idx):
                 continue
             module.eval()
             with torch.no_grad():
-                held_loss = float(torch.nn.functional.cross_entropy(module(inputs[held_idx]), targets[held_idx],
-                                                                    weight=weights))
+                held_loss = float(torch.nn.functional.cross_entropy(module(held_inputs), held_targets, weight=weights))
             if held_loss < best_loss * (1 - 1e-2):  # a 1% gain: a slow slide on separable data is not progress
                 best_loss, best_epoch = held_loss, epoch
                 best_state = {k: v.clone() for k, v in module.state_dict().items()}
