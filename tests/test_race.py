@@ -62,6 +62,19 @@ def test_a_margin_below_two_standard_errors_falls_back_to_the_default():
     assert choose_winner({"partial": leader, "full x0.1": default}, "full x0.1", z=1.0).winner == "partial"
 
 
+def test_a_race_that_filled_the_budget_crowns_its_leader_not_an_untrained_default():
+    """Once the race has used the budget to its end, no plan trains further: the default within the noise of the
+    leader would be a default trained on a fraction of the budget (dev half: mnist1k, digits_8x8), so the leader by
+    held-out accuracy wins; with time left the noise still sends it back to the default."""
+    leader, default = _pair(300, 240, 8, 3)
+    plans = {"probe 10": leader, "full x0.1": default}
+    assert choose_winner(plans, "full x0.1", z=2.0).winner == "full x0.1"
+    verdict = choose_winner(plans, "full x0.1", z=2.0, fallback=False)
+    assert verdict.winner == verdict.leader == "probe 10" and "filled the budget" in verdict.reason
+    # the default leading stays the default either way
+    assert choose_winner({"probe 10": default, "full x0.1": leader}, "full x0.1", z=2.0, fallback=False).winner == "full x0.1"
+
+
 def test_halving_keeps_the_better_half_the_default_and_whatever_the_noise_cannot_separate():
     rng = np.random.default_rng(0)
     n = 400
@@ -188,3 +201,54 @@ def test_the_race_winner_keeps_its_optimizer_state_and_a_mismatch_starts_fresh(c
     _, other = adam(3)  # one group of one tensor: does not fit
     RestoreOptimizer(raced.state_dict(), "test").on_train_begin(None, None, None, optimizer=other)
     assert other.state_dict()["state"] == {} and "starts fresh" in capsys.readouterr().out
+
+
+def test_the_spare_time_trains_only_the_best_fine_tune_and_a_race_out_of_time_crowns_its_leader(monkeypatch, tmp_path):
+    """The race's loop with the training faked (each rung sleeps its steps' time): while a probe leads beyond the
+    noise, the time left goes to the better fine-tune alone (split between two, neither caught up: dev half), and
+    when the budget runs out the verdict takes the measured leader, with no fallback to an untrained default."""
+    import dataclasses
+    import time
+    import types
+
+    from hf_transfer.advisor import CostStats
+    from hf_transfer.jobs import race as race_job
+
+    step = 0.002
+    m = dataclasses.replace(measurement(list(np.linspace(0.6, 0.9, BODY)), 0.88, [300] * 4),
+                            cost=CostStats(0.01, step, 32, 224))
+    n, accuracy = 200, {"probe 7": 0.95, "full x0.1": 0.5, "partial depth:4": 0.93}
+    trained: dict[str, list[int]] = {"full x0.1": [], "partial depth:4": []}
+
+    def right(acc):
+        return (np.arange(n) < round(acc * n)).astype(np.int8)
+
+    class FakeRace:
+        def __init__(self, *args, **kwargs):
+            self.holdout_labels = np.zeros(n)
+            self.models, self.optimizer_states, self.step_seconds = {}, {}, {name: step for name in trained}
+
+        def score_probes(self, plans):
+            return {p.name: right(accuracy[p.name]) for p in plans}
+
+        def estimated_step_seconds(self, plan):
+            return step
+
+        def train_rung(self, plan, steps, until=None):
+            trained[plan.name].append(steps)
+            time.sleep(steps * step)
+            return right(accuracy[plan.name]), steps
+
+    monkeypatch.setattr(race_job, "_Race", FakeRace)
+    monkeypatch.setattr(race_job, "greedy_soup", lambda race, finalists, correct: ({"ingredients": finalists, "accuracy": 0.0}, None))
+    t = Thresholds(in_process_overhead_seconds=0.2)
+    began = time.perf_counter()
+    outcome = race_job.run_race(m, None, None, types.SimpleNamespace(seed=0), image_size=224, deadline=began + 8.0,
+                                output_dir=tmp_path, thresholds=t)
+    record = outcome.record
+    filling = [r for r in record.rungs if r["filling_the_budget"]]
+    assert filling, "a probe led beyond the noise: the race should have filled the budget"
+    for r in filling:
+        assert r["plans"]["full x0.1"]["steps"] == 0 and r["plans"]["partial depth:4"]["steps"] > 0
+    assert record.ran_out_of_time and outcome.winner.name == "probe 7"
+    assert time.perf_counter() - began < 8.0

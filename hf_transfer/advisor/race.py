@@ -126,12 +126,19 @@ class Verdict:
     reason: str
 
 
-def choose_winner(correct: dict[str, np.ndarray], default: str, z: float) -> Verdict:
-    """The leader wins only when it beats the default by more than ``z`` paired standard errors; else the default."""
+def choose_winner(correct: dict[str, np.ndarray], default: str, z: float, fallback: bool = True) -> Verdict:
+    """The leader wins only when it beats the default by more than ``z`` paired standard errors; else the default.
+
+    ``fallback=False``: the race has filled the budget to its end, so what it measured is what each plan will be
+    (no time is left to train the default further); the robust default is robust only when trained to the end, so the leader
+    by held-out accuracy wins (dev half: the default chosen this way had a few seconds left and lost 3-5 points)."""
     leader = max(correct, key=lambda name: (float(np.mean(correct[name])), name == default))
     if leader == default:
         return Verdict(default, leader, 0.0, 0.0, f"the default ({default}) leads on the held-out images")
     margin, se = paired_difference(correct[leader], correct[default])
+    if not fallback:
+        return Verdict(leader, leader, margin, se, f"{leader} leads the default ({default}) by {margin:+.3f} "
+                       f"(SE {se:.3f}); the race filled the budget, so no plan trains further: the leader wins")
     if margin > z * se:
         return Verdict(leader, leader, margin, se, f"{leader} beats the default ({default}) by {margin:+.3f} on the "
                        f"held-out images, > {z:g} SE ({se:.3f}): it wins")
@@ -189,6 +196,8 @@ class RaceRecord:
     final_correct: dict | None = None
     holdout_images: int = 0
     seconds: float = 0.0
+    # the race filled the budget to its end: no plan trains further, so the verdict cannot fall back on the default
+    ran_out_of_time: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

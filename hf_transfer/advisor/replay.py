@@ -97,7 +97,7 @@ def replay(record: dict, t: Thresholds, *, base: Thresholds | None = None,
                 correct = {n: correct[n] for n in alive}
     if correct is None:
         return Replayed(None, "no rung recorded")
-    verdict = choose_winner(correct, default, t.decision_z)
+    verdict = choose_winner(correct, default, t.decision_z, fallback=not record.get("ran_out_of_time", False))
     return Replayed(verdict.winner, verdict.reason)
 
 
