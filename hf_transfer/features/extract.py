@@ -13,6 +13,7 @@ from ..errors import TransferError
 from ..layers import LayerMap
 from ..modeling_probe import global_pool as _global_pool
 from .frozen import frozen_forward
+from .threads import ThreadChooser, restored_threads
 
 # Images per forward. 32 rather than 64: measured here on EfficientNet-Lite0 at 96 px (frozen forward, one thread),
 # 2.8 ms of CPU per image at 32 against 3.7-4.0 at 64 and 5.0-5.2 at 128; the activations of a smaller batch stay
@@ -156,14 +157,20 @@ def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_ma
     forward = None  # the frozen forward once the first batch has shown it matches (frozen.py), else the eager one
     chunks: dict[str, list[torch.Tensor]] = {layer.key: [] for layer in layers}
     labels = []
+    threads = ThreadChooser()  # threads.py: one or all threads, whichever this machine runs faster right now
     try:
-        with tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar:
+        with tqdm(total=len(dataset), desc=desc, unit="img", leave=False) as bar, restored_threads():
             for pixels, batch_labels in (source or iter_batches)(dataset, batch_size):
                 if channels_last:
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
                 if forward is None:
-                    forward = frozen_forward(extractor, pixels, len(dataset), log) or extractor
-                for key, value in forward(pixels).items():
+                    # One thread: tracing is serial Python work, and two spinning OpenMP threads made the trace and
+                    # its check take 7-8 s instead of 1 on a busy machine (measured).
+                    with restored_threads(1):
+                        forward = frozen_forward(extractor, pixels, len(dataset), log) or extractor
+                with threads.batch(len(batch_labels)):
+                    features = forward(pixels)
+                for key, value in features.items():
                     chunks[key].append(value)
                 labels.append(batch_labels)
                 bar.update(len(batch_labels))
