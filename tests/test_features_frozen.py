@@ -92,3 +92,35 @@ def test_frozen_forward_only_where_it_is_safe_and_pays():
     vit = load_backbone("test_vit", labels=["a", "b"], pretrained=False).eval()  # not a CNN: stays eager
     vit_layers = parse_layers("pooled", build_layer_map(vit))
     assert frozen.frozen_forward(FeatureExtractor(vit, vit_layers), torch.randn(2, 3, 160, 160), 10**6) is None
+
+
+def test_the_splits_of_one_call_share_one_trace_and_other_pixel_shapes_run_eager(monkeypatch):
+    """compute_features passes one ``forwards`` dict to every split: the second split (below FREEZE_FROM_IMAGES on
+    its own) reuses the first split's frozen forward, with the same features; pixels of another size, which the
+    trace's padding arithmetic does not hold, take the eager forward."""
+    model, layer_map, layers, source = _setup()
+    monkeypatch.setattr(frozen, "FREEZE_FROM_IMAGES", 10**9)
+    eager = _extract(model, layer_map, layers, source)
+    monkeypatch.setattr(frozen, "FREEZE_FROM_IMAGES", IMAGES)
+    traces = []
+    real_trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: traces.append(1) or real_trace(*a, **k))
+    forwards = {}
+    first = extract_features(model, list(range(IMAGES)), layers, layer_map=layer_map, batch_size=BATCH,
+                             source=source, forwards=forwards)[0]
+    second = extract_features(model, list(range(2 * BATCH)), layers, layer_map=layer_map, batch_size=BATCH,
+                              source=source, forwards=forwards)[0]
+    assert len(traces) == 1 and len(forwards) == 1
+    for layer in layers:
+        scale = np.abs(eager[layer.key]).max()
+        assert np.abs(first[layer.key] - eager[layer.key]).max() <= frozen.FROZEN_TOLERANCE * scale
+        assert np.abs(second[layer.key] - eager[layer.key][:2 * BATCH]).max() <= frozen.FROZEN_TOLERANCE * scale
+
+    shared = next(iter(forwards.values()))
+    bigger = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    from hf_transfer.features import FeatureExtractor
+
+    expected = FeatureExtractor(model, layers, layer_map)(bigger)
+    got = shared(bigger)
+    for layer in layers:
+        torch.testing.assert_close(got[layer.key], expected[layer.key], rtol=0, atol=0)

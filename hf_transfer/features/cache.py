@@ -192,6 +192,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
     labels: dict[str, np.ndarray] = {}
     hits: dict[str, bool] = {}
     forwarded = 0
+    forwards: dict = {}  # one traced forward for every split (extract_features)
     for split_name, dataset in splits.items():
         split_transform = transform_key or dataset_transform_fingerprint(dataset)
         split_cache = cache if split_transform else FeatureCache(cache.dir, enabled=False)
@@ -203,7 +204,7 @@ def compute_features(model, splits: dict, layers: Sequence[FeatureLayer], *, lay
         def extract(rows=None):
             subset = dataset if rows is None else dataset.select(rows)
             return extract_features(model, subset, missing, layer_map=layer_map, batch_size=batch_size,
-                                    desc=f"{split_name} features", source=source, log=log)
+                                    desc=f"{split_name} features", source=source, log=log, forwards=forwards)
 
         features[split_name] = {}
         keyed = row_keys(dataset)

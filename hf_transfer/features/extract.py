@@ -140,12 +140,15 @@ class ProcessorImages:
 
 def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_map: LayerMap | None = None,
                      batch_size: int = EXTRACTION_BATCH, desc: str = "features",
-                     source=None, log=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                     source=None, log=None, forwards: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of every image in ``dataset`` (eval mode, inference mode, batched) -> ({layer key: (N, C)}, labels).
 
     ``source(dataset, batch_size)`` makes the pixel batches (default: the dataset's own `with_transforms` output).
     Convolutional backbones run a frozen TorchScript copy of the forward on large sets (`frozen.frozen_forward`:
-    batch norms folded, checked against the eager forward first); ``log`` hears when it falls back to eager."""
+    batch norms folded, checked against the eager forward first); ``log`` hears when it falls back to eager.
+    ``forwards``: a dict that keeps the forward chosen here for the next call with the same layers and batch size
+    (the splits of one `compute_features` call: one trace, and a validation split below `FREEZE_FROM_IMAGES` runs
+    the frozen forward too). Only for calls on one model with unchanged weights: freezing copies them."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -153,8 +156,10 @@ def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_ma
     channels_last = adapter_for(model).prefers_channels_last()
     if channels_last:
         model.to(memory_format=torch.channels_last)  # ~1.7x faster CNN inference on CPU
-    extractor = FeatureExtractor(model, layers, layer_map)
-    forward = None  # the frozen forward once the first batch has shown it matches (frozen.py), else the eager one
+    reuse_key = (tuple(layer.key for layer in layers), batch_size, channels_last)
+    # the frozen forward once the first batch has shown it matches (frozen.py), else the eager one
+    forward = forwards.get(reuse_key) if forwards is not None else None
+    extractor = FeatureExtractor(model, layers, layer_map) if forward is None else None
     chunks: dict[str, list[torch.Tensor]] = {layer.key: [] for layer in layers}
     labels = []
     threads = ThreadChooser()  # threads.py: one or all threads, whichever this machine runs faster right now
@@ -168,6 +173,8 @@ def extract_features(model, dataset, layers: Sequence[FeatureLayer], *, layer_ma
                     # its check take 7-8 s instead of 1 on a busy machine (measured).
                     with restored_threads(1):
                         forward = frozen_forward(extractor, pixels, len(dataset), log) or extractor
+                    if forwards is not None:
+                        forwards[reuse_key] = forward
                 with threads.batch(len(batch_labels)):
                     features = forward(pixels)
                 for key, value in features.items():

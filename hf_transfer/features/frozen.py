@@ -69,10 +69,14 @@ def frozen_forward(extractor, first_batch: torch.Tensor, images: int,
                 log(f"note: features through the eager forward (the frozen one differed by {error:.1e} of the scale "
                     f"on {key})")
             return None
-    batch = first_batch.shape[0]
+    batch, traced_shape, traced_layout = first_batch.shape[0], first_batch.shape[1:], _layout(first_batch)
 
     @torch.no_grad()
     def run(pixels: torch.Tensor) -> dict:
+        if pixels.shape[1:] != traced_shape or _layout(pixels) != traced_layout:
+            # the trace holds the first batch's padding arithmetic and layout: other pixels take the eager forward
+            with torch.inference_mode():
+                return extractor.forward(pixels)
         n = pixels.shape[0]
         if n > batch:
             parts = [run(pixels[i:i + batch]) for i in range(0, n, batch)]
