@@ -48,6 +48,8 @@ def run_recipe(root: Path, flags: list[str], cache: Path, out: Path) -> dict:
         raise SystemExit(f"{root}: {done.stderr[-2000:]}")
     results = json.loads((out / "all_results.json").read_text())
     return {"wall_seconds": round(seconds, 1), "validation_accuracy": results.get("eval_accuracy"),
+            # the process's time outside run_linear_probe: imports before it, interpreter exit after it
+            "outside_job_seconds": round(seconds - results.get("total_seconds", seconds), 1),
             "exported": f"{results['exported']['probe']} on {results['exported']['layer']}",
             "feature_seconds": results.get("feature_seconds"), "probe_seconds": results.get("probe_seconds"),
             "load_1min": round(os.getloadavg()[0], 2)}
@@ -66,7 +68,8 @@ def recipe_comparison(today: Path, datasets: dict) -> dict:
                 first = run_recipe(root, flags, cache, folder)
                 rerun = run_recipe(root, flags, cache, folder)
             row[side] = {"first": first, "cached_rerun": rerun,
-                         "rerun_fraction": round(rerun["wall_seconds"] / first["wall_seconds"], 3)}
+                         "rerun_fraction": round(rerun["wall_seconds"] / first["wall_seconds"], 3),
+                         "import_seconds": import_seconds(root)}
             print(name, side, row[side], flush=True)
         row["new_over_today_wall"] = round(row["new"]["first"]["wall_seconds"] / row["today"]["first"]["wall_seconds"], 3)
         row["accuracy_today_new"] = [row["today"]["first"]["validation_accuracy"], row["new"]["first"]["validation_accuracy"]]
@@ -98,7 +101,8 @@ def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
     model.to(memory_format=torch.channels_last)
     inner = model.timm_model
 
-    def bare(part):
+    def bare(part, threads):
+        torch.set_num_threads(threads)
         start = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(part), batch_size):
@@ -106,7 +110,9 @@ def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
                 pixels = processor(images=[_to_rgb(decode_image(c)) for c in cells], return_tensors="pt")["pixel_values"]
                 inner.forward_head(inner.forward_features(pixels.contiguous(memory_format=torch.channels_last)),
                                    pre_logits=True)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        torch.set_num_threads(default_threads)
+        return seconds
 
     def ours(part):
         start = time.perf_counter()
@@ -114,20 +120,40 @@ def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
                          transform_key="bench", image_size=96, batch_size=batch_size, source=source)
         return time.perf_counter() - start
 
-    bare(train.select(range(batch_size)))  # warm-up
+    default_threads = torch.get_num_threads()
+    bare(train.select(range(batch_size)), default_threads)  # warm-up
     ours(train.select(range(batch_size)))
     # Whole passes over all images (the frozen forward needs >= FREEZE_FROM_IMAGES per call, and its trace is part of
-    # its cost), in the order ours, bare, bare, ours: a neighbour's burst lands on both sides alike.
-    t_ours, t_bare = 0.0, 0.0
+    # its cost), in the order ours, bare, bare, ours: a neighbour's burst lands on both sides alike. The bare loop
+    # runs at torch's thread count and at one thread, and the faster of the two is the baseline (compute_features
+    # chooses between the same two counts batch by batch, features/threads.py).
+    t_ours, t_bare = 0.0, {default_threads: 0.0, 1: 0.0}
     for side in ("ours", "bare", "bare", "ours"):
         if side == "ours":
             t_ours += ours(train)
         else:
-            t_bare += bare(train)
+            for threads in t_bare:
+                t_bare[threads] += bare(train, threads)
+    best_bare = min(t_bare.values())
     return {"images": len(train), "passes_per_side": 2, "layers": [l.name for l in layers],
             "compute_features_img_per_s": round(2 * len(train) / t_ours, 1),
-            "bare_decode_once_loop_img_per_s (pooled only)": round(2 * len(train) / t_bare, 1),
-            "ratio": round(t_bare / t_ours, 3), "target_ratio": 0.9, "load_1min": round(os.getloadavg()[0], 2)}
+            "bare_decode_once_loop_img_per_s (pooled only)": round(2 * len(train) / best_bare, 1),
+            "bare_loop_img_per_s_by_threads": {str(k): round(2 * len(train) / v, 1) for k, v in t_bare.items()},
+            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default"),
+            "ratio": round(best_bare / t_ours, 3), "target_ratio": 0.9, "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def import_seconds(root: Path, repeats: int = 2) -> float:
+    """Wall time of a fresh process that only imports what recipes/linear_probe.py imports (the least time any run,
+    cached or not, can take), the faster of ``repeats``."""
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    code = "import hf_transfer.arguments, hf_transfer.jobs.probe, hf_transfer.errors, hf_transfer.runtime"
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+        times.append(time.perf_counter() - start)
+    return round(min(times), 2)
 
 
 def summarize(results: dict) -> dict:
@@ -137,10 +163,17 @@ def summarize(results: dict) -> dict:
         short = "digits" if "digits" in case else "default"
         today, new = row["today"]["first"], row["new"]["first"]
         images = results.get("validation_images", {}).get(short)
+        new_imports = row["new"].get("import_seconds")
         summary[short] = {"new_over_today_wall": row["new_over_today_wall"],
                           "today_wall_seconds": today["wall_seconds"], "new_wall_seconds": new["wall_seconds"],
                           "today_accuracy": today["validation_accuracy"], "new_accuracy": new["validation_accuracy"],
                           "new_rerun_fraction": row["new"]["rerun_fraction"],
+                          "new_import_seconds": new_imports, "today_import_seconds": row["today"].get("import_seconds"),
+                          "new_import_share_of_first": round(new_imports / new["wall_seconds"], 3) if new_imports else None,
+                          "new_feature_seconds": new["feature_seconds"], "new_probe_seconds": new["probe_seconds"],
+                          "today_feature_seconds": today["feature_seconds"], "today_probe_seconds": today["probe_seconds"],
+                          "new_rest_seconds": round(new["wall_seconds"] - new["feature_seconds"] - new["probe_seconds"]
+                                                    - (new_imports or 0), 1),
                           "today_rerun_fraction": row["today"]["rerun_fraction"]}
         if images:
             correct = [round(a * images) for a in (today["validation_accuracy"], new["validation_accuracy"])]
@@ -165,6 +198,9 @@ def main():
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "probe_speed.json"))
     parser.add_argument("--summarize_only", action="store_true", help="recompute the summary of --output, run nothing")
     args = parser.parse_args()
+    from hf_transfer_openmp import choose_wait_policy
+
+    choose_wait_policy()  # the recipe's OpenMP policy for the in-process extraction too (before torch loads)
     if args.summarize_only:
         results = json.loads(Path(args.output).read_text())
         results["validation_images"] = VALIDATION_IMAGES
