@@ -273,17 +273,22 @@ def table_probe_speed(r: Results) -> str:
     for case, sides in data.items():
         for label, side in (("main at " + r.get("probe_speed", "start_commit"), sides["today"]), ("this code", sides["new"])):
             first, rerun = side["first"], side["cached_rerun"]
+            imports = f"{side['import_seconds']:.1f} s" if "import_seconds" in side else ""
             rows.append([case, label, f"{first['wall_seconds']:.1f} s (load {first['load_1min']:.1f})",
                          f"{first['feature_seconds']:.1f} s / {first['probe_seconds']:.1f} s",
                          f"{first['validation_accuracy']:.3f} ({first['exported']})",
-                         f"{rerun['wall_seconds']:.1f} s ({side['rerun_fraction']:.2f} of the first)"])
-        rows.append([case, "this / main", f"{sides['new_over_today_wall']:.2f}x", "", "", ""])
+                         f"{rerun['wall_seconds']:.1f} s ({side['rerun_fraction']:.2f} of the first)", imports])
+        rows.append([case, "this / main", f"{sides['new_over_today_wall']:.2f}x", "", "", "", ""])
     text = markdown_table(["case", "code", "first run, wall", "extraction / probe fits", "validation accuracy",
-                           "cached rerun"], rows)
+                           "cached rerun", "imports alone"], rows)
     x = r.get("probe_speed", "extraction")
+    by_threads = x.get("bare_loop_img_per_s_by_threads")
+    threads = (" (the faster of its runs at " + " and ".join(f"{k} thread{'s' if k != '1' else ''}: {v:.1f}"
+                                                            for k, v in by_threads.items()) + ")") if by_threads else ""
     text += (f"\nExtraction of {x['images']:,} images at every requested depth: {x['compute_features_img_per_s']:.1f} "
              f"images/s against {x['bare_decode_once_loop_img_per_s (pooled only)']:.1f} for a bare batched loop that "
-             f"decodes once and returns the pooled feature only ({x['ratio']:.2f}x; target {x['target_ratio']:.1f}x).\n")
+             f"decodes once and returns the pooled feature only{threads} ({x['ratio']:.2f}x; target "
+             f"{x['target_ratio']:.1f}x). Imports alone: a process that only imports what the recipe imports.\n")
     return text + source("python bench/bench_probe_speed.py", "probe_speed")
 
 
