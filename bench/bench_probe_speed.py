@@ -26,6 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # the validation split each case scores on (the recipe holds out a stratified 10% of train): accuracies -> images
 VALIDATION_IMAGES = {"default": 500, "digits": 180}
+# the images each case pushes through the backbone on a first run (train + validation; all_results.json's
+# backbone_forward_images): the extraction rate the half-time target needs is computed from it
+FORWARD_IMAGES = {"default": 5000, "digits": 1797}
 DATASETS = {"embedded default (MNIST-5k, Lite0, 96 px)": [], "digits (8x8, Lite0)": ["--dataset_name", "embedded:digits"]}
 
 
@@ -175,6 +178,15 @@ def summarize(results: dict) -> dict:
                           "new_rest_seconds": round(new["wall_seconds"] - new["feature_seconds"] - new["probe_seconds"]
                                                     - (new_imports or 0), 1),
                           "today_rerun_fraction": row["today"]["rerun_fraction"]}
+        # What extraction would have to take for the half-time target if everything else stayed as it ran
+        half = today["wall_seconds"] / 2
+        rest = new["wall_seconds"] - new["feature_seconds"]
+        forwarded = FORWARD_IMAGES[short]
+        summary[short].update({"half_target_seconds": round(half, 1), "new_seconds_besides_features": round(rest, 1),
+                               "feature_seconds_left_for_half": round(half - rest, 1),
+                               "new_feature_img_per_s": round(forwarded / new["feature_seconds"], 1),
+                               "feature_img_per_s_needed_for_half": round(forwarded / (half - rest), 1)
+                               if half > rest else None})
         if images:
             correct = [round(a * images) for a in (today["validation_accuracy"], new["validation_accuracy"])]
             summary[short].update({"validation_images": images, "today_correct": correct[0], "new_correct": correct[1],
