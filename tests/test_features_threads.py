@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from hf_transfer.features.threads import RETRY_AFTER_SLOWDOWN, RETRY_EVERY, ThreadChooser, restored_threads
+from hf_transfer.features.threads import (
+    RETRY_AFTER_SLOWDOWN,
+    RETRY_EVERY,
+    RETRY_STRETCH,
+    ThreadChooser,
+    restored_threads,
+)
 
 
 def _run(chooser: ThreadChooser, cost: dict[int, float], batches: int) -> list[int]:
@@ -33,10 +39,20 @@ def test_a_neighbour_arriving_moves_to_one_thread_and_leaving_moves_back():
     switched = busy.index(1)
     assert switched <= RETRY_AFTER_SLOWDOWN + 1
     assert busy[switched:] == [1] * (30 - switched)  # no flapping back while two threads are slow
-    quiet = _run(chooser, {2: 1.0, 1: 1.7}, RETRY_EVERY + 10)
+    # two threads were last seen 10/1.8 times slower: re-measured after RETRY_EVERY stretched by that (capped)
+    quiet = _run(chooser, {2: 1.0, 1: 1.7}, RETRY_EVERY * RETRY_STRETCH + 10)
     back = quiet.index(2)
-    assert back <= RETRY_EVERY + 1
+    assert RETRY_EVERY < back <= RETRY_EVERY * RETRY_STRETCH + 1
     assert quiet[back:] == [2] * (len(quiet) - back)
+
+
+def test_a_much_slower_count_is_measured_rarely():
+    """Sixteen threads on a free many-core machine, one thread ten times slower: the single-thread batches that keep
+    the choice honest stay near 1 in RETRY_EVERY * RETRY_STRETCH."""
+    chooser = ThreadChooser((16, 1))
+    ran = _run(chooser, {16: 1.0, 1: 10.0}, 2000)
+    assert ran.count(1) <= 2000 // (RETRY_EVERY * RETRY_STRETCH) + 2
+    assert ran.count(1) >= 2  # but it is measured again
 
 
 def test_one_candidate_never_changes_anything():

@@ -10,7 +10,7 @@ within the run. The thread count can change at any batch, so extraction measures
 * the first batches try each count in turn;
 * afterwards the faster one runs; the other is measured again when the running one gets much slower than its
   best (a neighbour arrived; at most every `RETRY_AFTER_SLOWDOWN` batches) or every `RETRY_EVERY` batches (a
-  neighbour left).
+  neighbour left), stretched up to `RETRY_STRETCH` times when the other count was that much slower.
 
 The features do not depend on the thread count (every image is computed the same way, batch by batch).
 """
@@ -23,6 +23,9 @@ from contextlib import contextmanager
 import torch
 
 RETRY_EVERY = 64  # batches between re-measurements of the count not in use (one slow batch at worst)
+# ... times how much slower it was, up to this factor: on a many-core machine one thread can be ten times slower,
+# and re-measuring it every 64 batches would cost 15 %; stretched, the cost stays near 1/64 (4 % at worst)
+RETRY_STRETCH = 4
 SLOWDOWN = 1.5  # the running count is re-examined when a batch costs this much more per image than its best
 RETRY_AFTER_SLOWDOWN = 8  # ... but not sooner than this many batches after the last re-measurement
 
@@ -46,12 +49,16 @@ class ThreadChooser:
             return untried[0]
         faster = min(self.counts, key=lambda c: self.recent[c])
         others = [c for c in self.counts if c != faster]
+        if not others:
+            return faster
+        other = min(others, key=lambda c: self.recent[c])
         slowed = self.recent[faster] > SLOWDOWN * self.best[faster]
-        due = self._since_retry >= (RETRY_AFTER_SLOWDOWN if slowed else RETRY_EVERY)
-        if others and due:
+        stretch = min(RETRY_STRETCH, self.recent[other] / self.recent[faster]) if self.recent[faster] > 0 else 1.0
+        due = self._since_retry >= (RETRY_AFTER_SLOWDOWN if slowed else RETRY_EVERY * max(1.0, stretch))
+        if due:
             self._since_retry = 0
             # measure the count not in use again; after it, `recent` ranks the two with fresh numbers
-            return min(others, key=lambda c: self.recent[c])
+            return other
         self._since_retry += 1
         return faster
 
@@ -84,4 +91,4 @@ def restored_threads(count: int | None = None):
             torch.set_num_threads(before)
 
 
-__all__ = ["RETRY_AFTER_SLOWDOWN", "RETRY_EVERY", "SLOWDOWN", "ThreadChooser", "restored_threads"]
+__all__ = ["RETRY_AFTER_SLOWDOWN", "RETRY_EVERY", "RETRY_STRETCH", "SLOWDOWN", "ThreadChooser", "restored_threads"]
