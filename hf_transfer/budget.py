@@ -32,9 +32,12 @@ from transformers import TrainerCallback
 
 from .runtime import say
 
-# writing the model folder, the card and the run files of a small backbone, and the interpreter's exit (its
-# garbage-collection walk skipped: under 1 s): 5 s left 3-5 s unused on the suite's 60 s runs
+# The save's share of the reserve when the weights' write could not be timed (a sharded engine's placeholders).
 SAVE_SECONDS = 5.0
+# Beside the weights: config, processor, plan, run files, figures, card and the interpreter's exit (its garbage-
+# collection walk skipped). 0.2-1 s on the suite's runs, about 2 s on a contended machine; the flat 5 s kept before
+# left 4-5 s of a 45 s budget unused (lfw_faces: 89%).
+SAVE_OVERHEAD_SECONDS = 2.0
 _charge_from_process_start = False
 
 
@@ -57,12 +60,36 @@ CEILING_FACTOR = 8  # the re-plan may lengthen the run at least this many times 
 REPLAN_EVERY = 10  # steps between re-plans (besides the first, after warm-up, and each epoch end)
 
 
-def budget_reserve(budget_seconds: float, eval_seconds: float | None = None, final_evaluations: float = 1.0) -> float:
+def budget_reserve(budget_seconds: float, eval_seconds: float | None = None, final_evaluations: float = 1.0,
+                   save_seconds: float = SAVE_SECONDS) -> float:
     """Seconds kept back from the training loop for the final evaluation(s) and the save: measured evaluation time
     times the evaluations still to run, plus the save, when known; else a tenth of the budget (at most 30 s)."""
     if eval_seconds is not None:
-        return eval_seconds * final_evaluations + SAVE_SECONDS
+        return eval_seconds * final_evaluations + save_seconds
     return min(30.0, 0.1 * budget_seconds)
+
+
+def estimate_save_seconds(model) -> float:
+    """What writing the trained model costs here: its weights written once with safetensors (the writer the save
+    uses, to the temporary directory's disk) and timed, twice that for a busy disk, plus `SAVE_OVERHEAD_SECONDS`.
+    A 1 GB ViT on a network disk needs far more than a flat constant, a 13 MB CNN far less. `SAVE_SECONDS` where
+    the weights are not all here (ZeRO-3, FSDP: empty placeholders) or the write fails."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+        if not tensors or any(t.numel() == 0 for t in tensors.values()):
+            return SAVE_SECONDS
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            began = time.perf_counter()
+            save_file(tensors, f"{tmp}/weights.safetensors")
+            took = time.perf_counter() - began
+    except (OSError, RuntimeError, ValueError):
+        return SAVE_SECONDS
+    return SAVE_OVERHEAD_SECONDS + 2.0 * took
 
 
 def steps_that_fit(seconds: float, *, step_seconds: float, steps_done: int = 0, steps_per_epoch: int | None = None,
@@ -123,8 +150,10 @@ class DeadlineCallback(TrainerCallback):
 
     def __init__(self, deadline: float, *, planned_steps: int, steps_per_epoch: int, budget_seconds: float | None = None,
                  reserve: float | None = None, final_evaluations: float = 1.0, warmup_steps: int = 3,
-                 eval_batches: float = 0.0, clock: Callable[[], float] = time.perf_counter):
+                 eval_batches: float = 0.0, save_seconds: float = SAVE_SECONDS,
+                 clock: Callable[[], float] = time.perf_counter):
         self.deadline = deadline
+        self.save_seconds = save_seconds
         self.budget_seconds = budget_seconds
         self.planned_steps = self.initial_steps = int(planned_steps)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
@@ -167,7 +196,7 @@ class DeadlineCallback(TrainerCallback):
         """The final evaluation(s) and save: from the evaluation's time once known, else the initial reserve."""
         if self.eval_seconds is None:
             return self.reserve
-        return max(budget_reserve(0.0, self.eval_seconds, self.final_evaluations),
+        return max(budget_reserve(0.0, self.eval_seconds, self.final_evaluations, self.save_seconds),
                    self.reserve if self._eval_seconds is None else 0.0)
 
     def replan(self, global_step: int, steps_bound_to_run: int = 0) -> int:
@@ -278,10 +307,10 @@ def attach_deadline(trainer, budget_seconds: float, started: float, *, final_eva
     eval_batches = math.ceil(len(trainer.eval_dataset) / max(1, args.per_device_eval_batch_size)) if evaluates else 0
     callback = DeadlineCallback(started + budget_seconds, planned_steps=max(1, planned), steps_per_epoch=steps_per_epoch,
                                 budget_seconds=budget_seconds, final_evaluations=final_evaluations,
-                                eval_batches=eval_batches)
+                                eval_batches=eval_batches, save_seconds=estimate_save_seconds(trainer.model))
     trainer.add_callback(callback)
     return callback
 
 
 __all__ = ["CEILING_FACTOR", "DeadlineCallback", "StopAt", "attach_deadline", "budget_reserve", "charge_from_process_start",
-           "epochs_that_fit", "run_started", "set_schedule_horizon", "steps_that_fit"]
+           "epochs_that_fit", "estimate_save_seconds", "run_started", "set_schedule_horizon", "steps_that_fit"]

@@ -23,6 +23,19 @@ def recording_step(self, model, inputs, *args, **kwargs):
     return step(self, model, inputs, *args, **kwargs)
 
 
+predict = trainer_module.TransferTrainer.predict
+
+
+def recording_predict(self, dataset, *args, **kwargs):
+    """The run's own validation logits (the streamed data path's decode and transform), for the parity test."""
+    output = predict(self, dataset, *args, **kwargs)
+    if self.is_world_process_zero():
+        (RECORD / "validation.json").write_text(json.dumps({"logits": output.predictions.tolist(),
+                                                           "labels": output.label_ids.tolist()}))
+    return output
+
+
 trainer_module.TransferTrainer.training_step = recording_step
+trainer_module.TransferTrainer.predict = recording_predict
 sys.argv = [str(ROOT / "recipes" / "finetune.py"), *sys.argv[1:]]
 runpy.run_path(sys.argv[0], run_name="__main__")

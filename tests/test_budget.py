@@ -211,3 +211,28 @@ def test_a_run_shorter_than_an_epoch_re_plans_after_slow_first_steps():
                                      eval_seconds=1.3, load_seconds=3.0, slow_first_steps=3, planned=60)
     assert 0.95 * 135 <= end <= 135, (end, cb.replans[:3], cb.replans[-1])
     assert len(cb.replans) > 2 and cb.planned_steps > 120
+
+
+def test_the_save_reserve_is_timed_on_the_model_not_a_flat_guess(monkeypatch):
+    """The reserve's save share is the model's weights written once and timed (twice that, plus the overhead): a
+    flat 5 s left a tenth of a 45 s budget unused for a 13 MB CNN, and would be short for a 1 GB ViT."""
+    import time
+
+    import hf_transfer.budget as budget
+
+    small = torch.nn.Linear(4, 2)
+    assert budget.SAVE_OVERHEAD_SECONDS <= budget.estimate_save_seconds(small) < budget.SAVE_OVERHEAD_SECONDS + 1.0
+    slow_write = lambda tensors, path: time.sleep(0.3)  # a slow disk: the estimate follows the measured write
+    monkeypatch.setattr("safetensors.torch.save_file", slow_write)
+    assert budget.estimate_save_seconds(small) >= budget.SAVE_OVERHEAD_SECONDS + 0.6
+    monkeypatch.undo()
+
+    placeholder = torch.nn.Linear(4, 2)  # ZeRO-3 / FSDP: the weights are not all on this process
+    placeholder.weight = torch.nn.Parameter(torch.empty(0))
+    assert budget.estimate_save_seconds(placeholder) == budget.SAVE_SECONDS
+
+    clock = FakeClock()
+    cb = DeadlineCallback(100.0, planned_steps=50, steps_per_epoch=10, budget_seconds=100.0, final_evaluations=1.5,
+                          save_seconds=2.5, clock=clock)
+    cb._eval_seconds = 2.0
+    assert cb.current_reserve() == pytest.approx(2.0 * 1.5 + 2.5)
