@@ -146,6 +146,62 @@ def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
             "ratio": round(best_bare / t_ours, 3), "target_ratio": 0.9, "load_1min": round(os.getloadavg()[0], 2)}
 
 
+def thread_choice(images: int = 640) -> dict:
+    """Extraction with the thread count chosen per batch against torch's fixed count, under libgomp's default
+    (spinning) wait policy, in a fresh process: what a run started on a quiet machine meets when a neighbour takes a
+    core. Both passes in one process, fixed first (the chooser then starts on a warm process, a slight advantage
+    for it that the load outweighs; the load is recorded)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run([sys.executable, __file__, "--thread_choice_child", str(images)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _thread_choice_child(images: int) -> None:
+    import torch
+
+    import hf_transfer.features.extract as extract
+    from hf_transfer.backbones import adapter_for, build_layer_map, load_backbone
+    from hf_transfer.data import load_image_classification_data
+    from hf_transfer.features import FeatureCache, ProcessorImages, compute_features, parse_layers
+    from hf_transfer.features.threads import ThreadChooser
+    from hf_transfer.probes import export_processor
+
+    data = load_image_classification_data("embedded:mnist", max_train_samples=images, max_eval_samples=10)
+    model = load_backbone("embedded:efficientnet_lite0", labels=data.labels).eval()
+    adapter = adapter_for(model)
+    adapter.set_preprocessing(96)
+    layer_map = build_layer_map(model)
+    layers = parse_layers("auto", layer_map)
+    source = ProcessorImages(export_processor(adapter, 96), data.image_column, data.label_column)
+    counts = []
+
+    class Fixed(ThreadChooser):  # torch's count for every batch
+        def next_count(self):
+            return self.counts[0]
+
+    class Counted(ThreadChooser):
+        def record(self, count, seconds, n):
+            counts.append(count)
+            super().record(count, seconds, n)
+
+    out = {"images": images, "torch_threads": torch.get_num_threads(),
+           "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default")}
+    for name, chooser in (("fixed", Fixed), ("chosen_per_batch", Counted)):
+        extract.ThreadChooser = chooser
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        compute_features(model, {"train": data.splits["train"]}, layers, layer_map=layer_map,
+                         cache=FeatureCache(enabled=False), transform_key="bench", image_size=96, source=source)
+        seconds = time.perf_counter() - start
+        out[name] = {"seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / images, 2),
+                     "load_1min_at_start": round(load, 2)}
+    out["chosen_per_batch"]["batches_at_each_count"] = {str(c): counts.count(c) for c in sorted(set(counts))}
+    out["fixed_over_chosen"] = round(out["fixed"]["seconds"] / out["chosen_per_batch"]["seconds"], 2)
+    print(json.dumps(out))
+
+
 def import_seconds(root: Path, repeats: int = 2) -> float:
     """Wall time of a fresh process that only imports what recipes/linear_probe.py imports (the least time any run,
     cached or not, can take), the faster of ``repeats``."""
@@ -198,6 +254,8 @@ def summarize(results: dict) -> dict:
     if "extraction" in results:
         summary["extraction_ratio"] = results["extraction"]["ratio"]
         loads.append(results["extraction"]["load_1min"])
+    if "thread_choice" in results:
+        summary["thread_choice_fixed_over_chosen"] = results["thread_choice"]["fixed_over_chosen"]
     summary["load_min"], summary["load_max"] = min(loads), max(loads)
     return summary
 
@@ -209,7 +267,10 @@ def main():
     parser.add_argument("--skip_extraction", action="store_true")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "probe_speed.json"))
     parser.add_argument("--summarize_only", action="store_true", help="recompute the summary of --output, run nothing")
+    parser.add_argument("--thread_choice_child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.thread_choice_child:
+        return _thread_choice_child(args.thread_choice_child)
     from hf_transfer_openmp import choose_wait_policy
 
     choose_wait_policy()  # the recipe's OpenMP policy for the in-process extraction too (before torch loads)
@@ -233,6 +294,8 @@ def main():
     if not args.skip_extraction:
         results["extraction"] = extraction_comparison()
         print(results["extraction"], flush=True)
+        results["thread_choice"] = thread_choice()
+        print(results["thread_choice"], flush=True)
     results["load_at_end"] = os.getloadavg()
     results["validation_images"] = VALIDATION_IMAGES
     results["summary"] = summarize(results)

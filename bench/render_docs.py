@@ -289,6 +289,12 @@ def table_probe_speed(r: Results) -> str:
              f"images/s against {x['bare_decode_once_loop_img_per_s (pooled only)']:.1f} for a bare batched loop that "
              f"decodes once and returns the pooled feature only{threads} ({x['ratio']:.2f}x; target "
              f"{x['target_ratio']:.1f}x). Imports alone: a process that only imports what the recipe imports.\n")
+    t = r.file("probe_speed").get("thread_choice")
+    if t:
+        text += (f"\nThread count under libgomp's default wait policy ({t['images']:,} images, a fresh process, load "
+                 f"{t['fixed']['load_1min_at_start']:.1f}): torch's {t['torch_threads']} threads for every batch "
+                 f"{t['fixed']['ms_per_image']:.1f} ms per image, chosen per batch "
+                 f"{t['chosen_per_batch']['ms_per_image']:.1f} ms ({t['fixed_over_chosen']:.1f}x).\n")
     return text + source("python bench/bench_probe_speed.py", "probe_speed")
 
 
