@@ -211,6 +211,30 @@ def test_mlp_fit_and_cv_scores_come_back_from_the_cache(tmp_path):
     assert not other.from_cache  # another class weighting is another fit
 
 
+def test_an_mlp_fit_does_not_depend_on_what_the_process_ran_before():
+    """Dropout's masks come from the fit's own seed, not from torch's global generator: the same data and settings
+    give the same probe whatever was drawn before (another layer's fit, or none when it came from the cache)."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 20)
+    X = rng.normal(size=(60, 8)).astype(np.float32)
+    X[:, 0] += 2 * y
+    config = ProbeConfig(cv_folds=2, mlp_weight_decay=(0.05,), mlp_max_epochs=30)
+    fits = []
+    for draws in (0, 1000):
+        torch.manual_seed(0)
+        torch.rand(draws)  # what an earlier fit would have drawn
+        fits.append(fit_probe("mlp", FeatureLayer("pooled"), X, y, config))
+    assert fits[0].cv_metrics == fits[1].cv_metrics
+    np.testing.assert_array_equal(fits[0].decision_function(X), fits[1].decision_function(X))
+    torch.manual_seed(5)  # and the global generator is left where it was
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fit_probe("mlp", FeatureLayer("pooled"), X, y, config)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_report_names_a_better_probe_too_large_to_export(monkeypatch):
     from hf_transfer.probes import search
 

@@ -227,7 +227,11 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._fit(np.asarray(X, dtype=np.float32), y)
+            # Dropout draws from torch's global generator: seeded here, so a fit depends on its data and settings,
+            # not on what the process ran before (other layers, fits that came from the cache)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                return self._fit(np.asarray(X, dtype=np.float32), y)
         finally:
             torch.set_num_threads(threads)
 
@@ -240,9 +244,7 @@ class MLPProbeClassifier(ClassifierMixin, BaseEstimator):
         factors = block_factors(self.blocks, X.shape[1])
         if factors is not None:  # equal variance per concatenated block, as BlockStandardScaler
             std = std / factors
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            module = ProbeMLP(X.shape[1], self.hidden_size, len(self.classes_), self.activation, self.dropout)
+        module = ProbeMLP(X.shape[1], self.hidden_size, len(self.classes_), self.activation, self.dropout)
         with torch.no_grad():
             module.mean.copy_(torch.from_numpy(mean))
             module.scale.copy_(torch.from_numpy(std))
