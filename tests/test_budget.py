@@ -225,6 +225,21 @@ def test_a_plan_from_very_slow_first_steps_is_confirmed_before_it_ends_the_run()
     assert 0.9 * 120 <= end <= 120, (end, cb.replans)
 
 
+def test_a_lone_slow_step_near_the_end_does_not_stop_the_run():
+    """One step 10x slower (a neighbour's burst) with 12 s left: the safety net waits for a second one."""
+    clock = FakeClock()
+    cb = DeadlineCallback(60.0, planned_steps=140, steps_per_epoch=1000, budget_seconds=60.0, reserve=5.0, clock=clock)
+    args, control = SimpleNamespace(lr_scheduler_type="cosine"), SimpleNamespace(should_training_stop=False)
+    state = SimpleNamespace(global_step=0, max_steps=400, epoch=0.0)
+    cb.on_train_begin(args, state, control)
+    while not control.should_training_stop:
+        cb.on_step_begin(args, state, control)
+        clock.now += 4.0 if state.global_step == 120 else 0.4
+        state.global_step += 1
+        cb.on_step_end(args, state, control)
+    assert cb.stopped_at_step is None and clock.now >= 0.9 * 60, (clock.now, cb.stopped_at_step)
+
+
 def test_the_save_reserve_is_timed_on_the_model_not_a_flat_guess(monkeypatch):
     """The reserve's save share is the model's weights written once and timed (twice that, plus the overhead): a
     flat 5 s left a tenth of a 45 s budget unused for a 13 MB CNN, and would be short for a 1 GB ViT."""
