@@ -19,7 +19,8 @@ class FakeClock:
 
 
 def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per_epoch=20, eval_seconds=4.0,
-             load_seconds=10.0, eval_batches=0.0, final_evaluations=1.0, slow_first_steps=0, planned=None):
+             load_seconds=10.0, eval_batches=0.0, final_evaluations=1.0, slow_first_steps=0, planned=None,
+             slow_factor=3.0):
     """A Trainer loop in miniature on a fake clock: the initial plan is what the estimate fits; every step really
     takes ``real_step``; each epoch end (and the stop) evaluates; the job then evaluates once more and saves."""
     clock = FakeClock()
@@ -40,7 +41,7 @@ def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per
         cb.on_epoch_begin(args, state, control)
         for _ in range(steps_per_epoch):
             cb.on_step_begin(args, state, control)
-            clock.now += real_step * (3.0 if state.global_step < slow_first_steps else 1.0)
+            clock.now += real_step * (slow_factor if state.global_step < slow_first_steps else 1.0)
             optimizer.step()
             scheduler.step()
             lrs.append(scheduler.get_last_lr()[0])
@@ -211,6 +212,32 @@ def test_a_run_shorter_than_an_epoch_re_plans_after_slow_first_steps():
                                      eval_seconds=1.3, load_seconds=3.0, slow_first_steps=3, planned=60)
     assert 0.95 * 135 <= end <= 135, (end, cb.replans[:3], cb.replans[-1])
     assert len(cb.replans) > 2 and cb.planned_steps > 120
+
+
+def test_a_plan_from_very_slow_first_steps_is_confirmed_before_it_ends_the_run():
+    """mnist_textured on Lite1 beside a busy neighbour (spinning threads): the first steps many times slower than
+    the rest. Planned from those three, the run was to end at step 10, before its next periodic re-plan (step 13):
+    it stopped at 28% of its 120 s."""
+    end, cb, lrs, planned = simulate(real_step=0.35, estimated_step=0.35, budget=120.0, steps_per_epoch=32,
+                                     eval_seconds=0.4, load_seconds=14.0, slow_first_steps=3, slow_factor=25.0,
+                                     planned=32)
+    assert cb.replans[0]["total_steps"] < 13  # the first plan ends before the periodic re-plan would come
+    assert 0.9 * 120 <= end <= 120, (end, cb.replans)
+
+
+def test_a_lone_slow_step_near_the_end_does_not_stop_the_run():
+    """One step 10x slower (a neighbour's burst) with 12 s left: the safety net waits for a second one."""
+    clock = FakeClock()
+    cb = DeadlineCallback(60.0, planned_steps=140, steps_per_epoch=1000, budget_seconds=60.0, reserve=5.0, clock=clock)
+    args, control = SimpleNamespace(lr_scheduler_type="cosine"), SimpleNamespace(should_training_stop=False)
+    state = SimpleNamespace(global_step=0, max_steps=400, epoch=0.0)
+    cb.on_train_begin(args, state, control)
+    while not control.should_training_stop:
+        cb.on_step_begin(args, state, control)
+        clock.now += 4.0 if state.global_step == 120 else 0.4
+        state.global_step += 1
+        cb.on_step_end(args, state, control)
+    assert cb.stopped_at_step is None and clock.now >= 0.9 * 60, (clock.now, cb.stopped_at_step)
 
 
 def test_the_save_reserve_is_timed_on_the_model_not_a_flat_guess(monkeypatch):
