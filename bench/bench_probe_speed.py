@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,15 +79,13 @@ def recipe_comparison(today: Path, datasets: dict) -> dict:
     return out
 
 
-def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
-    """compute_features (no cache) vs a bare decode-once loop, both at the recipe's batch size, order alternating."""
-    import torch
-
+def _default_extraction(images: int):
+    """The embedded default's first ``images`` digits, Lite0 at 96 px, the `--layers auto` depths, the export's
+    processor and the image source over it: (data, model, layers, layer_map, processor, source)."""
     from hf_transfer.backbones import adapter_for, build_layer_map, load_backbone
     from hf_transfer.data import load_image_classification_data
-    from hf_transfer.features import FeatureCache, ProcessorImages, compute_features, parse_layers
+    from hf_transfer.features import ProcessorImages, parse_layers
     from hf_transfer.probes import export_processor
-    from hf_transfer.transforms import _to_rgb, decode_image
 
     data = load_image_classification_data("embedded:mnist", max_train_samples=images, max_eval_samples=10)
     model = load_backbone("embedded:efficientnet_lite0", labels=data.labels).eval()
@@ -97,7 +94,17 @@ def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
     layer_map = build_layer_map(model)
     layers = parse_layers("auto", layer_map)
     processor = export_processor(adapter, 96)
-    source = ProcessorImages(processor, data.image_column, data.label_column)
+    return data, model, layers, layer_map, processor, ProcessorImages(processor, data.image_column, data.label_column)
+
+
+def extraction_comparison(images: int = 1000, batch_size: int = 32) -> dict:
+    """compute_features (no cache) vs a bare decode-once loop, both at the recipe's batch size, order alternating."""
+    import torch
+
+    from hf_transfer.features import FeatureCache, compute_features
+    from hf_transfer.transforms import _to_rgb, decode_image
+
+    data, model, layers, layer_map, processor, source = _default_extraction(images)
     from datasets import Image
 
     train = data.splits["train"].cast_column(data.image_column, Image(decode=False))
@@ -162,19 +169,10 @@ def _thread_choice_child(images: int) -> None:
     import torch
 
     import hf_transfer.features.extract as extract
-    from hf_transfer.backbones import adapter_for, build_layer_map, load_backbone
-    from hf_transfer.data import load_image_classification_data
-    from hf_transfer.features import FeatureCache, ProcessorImages, compute_features, parse_layers
+    from hf_transfer.features import FeatureCache, compute_features
     from hf_transfer.features.threads import ThreadChooser
-    from hf_transfer.probes import export_processor
 
-    data = load_image_classification_data("embedded:mnist", max_train_samples=images, max_eval_samples=10)
-    model = load_backbone("embedded:efficientnet_lite0", labels=data.labels).eval()
-    adapter = adapter_for(model)
-    adapter.set_preprocessing(96)
-    layer_map = build_layer_map(model)
-    layers = parse_layers("auto", layer_map)
-    source = ProcessorImages(export_processor(adapter, 96), data.image_column, data.label_column)
+    data, model, layers, layer_map, _, source = _default_extraction(images)
     counts = []
 
     class Fixed(ThreadChooser):  # torch's count for every batch

@@ -18,6 +18,18 @@ class FakeClock:
         return self.now
 
 
+def run_steps(cb, clock, seconds_of_step) -> None:
+    """Steps without epoch ends until the callback stops the loop; ``seconds_of_step(step)``: what each one takes."""
+    args, control = SimpleNamespace(lr_scheduler_type="cosine"), SimpleNamespace(should_training_stop=False)
+    state = SimpleNamespace(global_step=0, max_steps=400, epoch=0.0)
+    cb.on_train_begin(args, state, control)
+    while not control.should_training_stop:
+        cb.on_step_begin(args, state, control)
+        clock.now += seconds_of_step(state.global_step)
+        state.global_step += 1
+        cb.on_step_end(args, state, control)
+
+
 def simulate(real_step: float, estimated_step: float, *, budget=300.0, steps_per_epoch=20, eval_seconds=4.0,
              load_seconds=10.0, eval_batches=0.0, final_evaluations=1.0, slow_first_steps=0, planned=None,
              slow_factor=3.0):
@@ -132,14 +144,7 @@ def test_the_safety_net_stops_a_run_whose_steps_suddenly_take_longer():
 
     clock = FakeClock()
     cb = DeadlineCallback(100.0, planned_steps=50, steps_per_epoch=100, budget_seconds=100.0, reserve=5.0, clock=clock)
-    args, control = SimpleNamespace(lr_scheduler_type="cosine"), SimpleNamespace(should_training_stop=False)
-    state = SimpleNamespace(global_step=0, max_steps=400, epoch=0.0)
-    cb.on_train_begin(args, state, control)
-    while not control.should_training_stop:
-        cb.on_step_begin(args, state, control)
-        clock.now += 1.0 if state.global_step < 10 else 20.0  # re-planned at step 3 for 1 s steps; then 20x slower
-        state.global_step += 1
-        cb.on_step_end(args, state, control)
+    run_steps(cb, clock, lambda step: 1.0 if step < 10 else 20.0)  # re-planned at step 3 for 1 s steps; then 20x slower
     assert cb.stopped_at_step is not None and cb.stopped_at_step < cb.planned_steps
     assert clock.now <= 100.0 - 5.0  # never past the deadline less the reserve
     assert budget_reserve(100.0) == 10.0 and budget_reserve(1000.0) == 30.0 and budget_reserve(50.0, 2.0, 1.5) == 8.0
@@ -229,14 +234,7 @@ def test_a_lone_slow_step_near_the_end_does_not_stop_the_run():
     """One step 10x slower (a neighbour's burst) with 12 s left: the safety net waits for a second one."""
     clock = FakeClock()
     cb = DeadlineCallback(60.0, planned_steps=140, steps_per_epoch=1000, budget_seconds=60.0, reserve=5.0, clock=clock)
-    args, control = SimpleNamespace(lr_scheduler_type="cosine"), SimpleNamespace(should_training_stop=False)
-    state = SimpleNamespace(global_step=0, max_steps=400, epoch=0.0)
-    cb.on_train_begin(args, state, control)
-    while not control.should_training_stop:
-        cb.on_step_begin(args, state, control)
-        clock.now += 4.0 if state.global_step == 120 else 0.4
-        state.global_step += 1
-        cb.on_step_end(args, state, control)
+    run_steps(cb, clock, lambda step: 4.0 if step == 120 else 0.4)
     assert cb.stopped_at_step is None and clock.now >= 0.9 * 60, (clock.now, cb.stopped_at_step)
 
 
