@@ -56,6 +56,8 @@ def run_started(job_started: float) -> float:
 
     age = time.time() - psutil.Process().create_time()
     return min(job_started, time.perf_counter() - age)
+
+
 CEILING_FACTOR = 8  # the re-plan may lengthen the run at least this many times the initial estimate
 REPLAN_EVERY = 10  # steps between re-plans (besides the first, after warm-up, and each epoch end)
 
@@ -76,14 +78,13 @@ def estimate_save_seconds(model) -> float:
     the weights are not all here (ZeRO-3, FSDP: empty placeholders) or the write fails."""
     import tempfile
 
-    import torch
     from safetensors.torch import save_file
 
     try:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
         if not tensors or any(t.numel() == 0 for t in tensors.values()):
             return SAVE_SECONDS
-        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        with tempfile.TemporaryDirectory() as tmp:  # the tensors are detached already
             began = time.perf_counter()
             save_file(tensors, f"{tmp}/weights.safetensors")
             took = time.perf_counter() - began
