@@ -203,22 +203,19 @@ def test_the_race_winner_keeps_its_optimizer_state_and_a_mismatch_starts_fresh(c
     assert other.state_dict()["state"] == {} and "starts fresh" in capsys.readouterr().out
 
 
-def test_the_spare_time_trains_only_the_best_fine_tune_and_a_race_out_of_time_crowns_its_leader(monkeypatch, tmp_path):
-    """The race's loop with the training faked (each rung sleeps its steps' time): while a probe leads beyond the
-    noise, the time left goes to the better fine-tune alone (split between two, neither caught up: dev half), and
-    when the budget runs out the verdict takes the measured leader, with no fallback to an untrained default."""
+def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: dict[str, float], budget: float):
+    """The race's loop with the training faked (each rung sleeps its steps' time, scores are fixed): the outcome and
+    the steps each fine-tune trained, rung by rung."""
     import dataclasses
     import time
     import types
 
-    from hf_transfer.advisor import CostStats
     from hf_transfer.jobs import race as race_job
 
-    step = 0.002
     m = dataclasses.replace(measurement(list(np.linspace(0.6, 0.9, BODY)), 0.88, [300] * 4),
-                            cost=CostStats(0.01, step, 32, 224))
-    n, accuracy = 200, {"probe 7": 0.95, "full x0.1": 0.5, "partial depth:4": 0.93}
-    trained: dict[str, list[int]] = {"full x0.1": [], "partial depth:4": []}
+                            cost=CostStats(0.01, max(step_seconds.values()), 32, 224))
+    n = 200
+    trained: dict[str, list[int]] = {name: [] for name in step_seconds}
 
     def right(acc):
         return (np.arange(n) < round(acc * n)).astype(np.int8)
@@ -226,29 +223,57 @@ def test_the_spare_time_trains_only_the_best_fine_tune_and_a_race_out_of_time_cr
     class FakeRace:
         def __init__(self, *args, **kwargs):
             self.holdout_labels = np.zeros(n)
-            self.models, self.optimizer_states, self.step_seconds = {}, {}, {name: step for name in trained}
+            self.models, self.optimizer_states, self.step_seconds = {}, {}, dict(step_seconds)
 
         def score_probes(self, plans):
             return {p.name: right(accuracy[p.name]) for p in plans}
 
         def estimated_step_seconds(self, plan):
-            return step
+            return step_seconds[plan.name]
 
         def train_rung(self, plan, steps, until=None):
             trained[plan.name].append(steps)
-            time.sleep(steps * step)
+            time.sleep(steps * step_seconds[plan.name])
             return right(accuracy[plan.name]), steps
 
     monkeypatch.setattr(race_job, "_Race", FakeRace)
+    # a rung's overhead (guessed, and its floor once measured) is sized for real rungs of seconds
+    monkeypatch.setattr(race_job, "RUNG_OVERHEAD_SECONDS", 0.1)
+    monkeypatch.setattr(race_job, "MIN_RUNG_OVERHEAD_SECONDS", 0.05)
     monkeypatch.setattr(race_job, "greedy_soup", lambda race, finalists, correct: ({"ingredients": finalists, "accuracy": 0.0}, None))
     t = Thresholds(in_process_overhead_seconds=0.2)
     began = time.perf_counter()
-    outcome = race_job.run_race(m, None, None, types.SimpleNamespace(seed=0), image_size=224, deadline=began + 8.0,
+    outcome = race_job.run_race(m, None, None, types.SimpleNamespace(seed=0), image_size=224, deadline=began + budget,
                                 output_dir=tmp_path, thresholds=t)
-    record = outcome.record
-    filling = [r for r in record.rungs if r["filling_the_budget"]]
+    assert time.perf_counter() - began < budget
+    return outcome, trained
+
+
+def test_the_spare_time_trains_the_default_and_a_race_out_of_time_crowns_its_leader(monkeypatch, tmp_path):
+    """While a probe leads beyond the noise, the time left goes to the default fine-tune alone (the plan the verdict
+    falls back on; `partial` leads it, within the noise), and when the budget runs out the verdict takes the measured
+    leader."""
+    outcome, _ = fake_race(monkeypatch, tmp_path, {"probe 7": 0.99, "full x0.1": 0.90, "partial depth:4": 0.91},
+                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=8.0)
+    filling = [r for r in outcome.record.rungs if r["filling_the_budget"]]
     assert filling, "a probe led beyond the noise: the race should have filled the budget"
     for r in filling:
-        assert r["plans"]["full x0.1"]["steps"] == 0 and r["plans"]["partial depth:4"]["steps"] > 0
-    assert record.ran_out_of_time and outcome.winner.name == "probe 7"
-    assert time.perf_counter() - began < 8.0
+        assert r["plans"]["full x0.1"]["steps"] > 0 and r["plans"]["partial depth:4"]["steps"] == 0
+    assert outcome.record.ran_out_of_time and outcome.winner.name == "probe 7"
+
+
+def test_the_spare_time_goes_to_a_fine_tune_that_beats_the_default_beyond_the_noise(monkeypatch, tmp_path):
+    outcome, _ = fake_race(monkeypatch, tmp_path, {"probe 7": 0.95, "full x0.1": 0.5, "partial depth:4": 0.93},
+                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=8.0)
+    filling = [r for r in outcome.record.rungs if r["filling_the_budget"]]
+    assert filling and all(r["plans"]["full x0.1"]["steps"] == 0 and r["plans"]["partial depth:4"]["steps"] > 0
+                           for r in filling)
+
+
+def test_a_rung_gives_every_fine_tune_the_same_steps_whatever_its_step_time(monkeypatch, tmp_path):
+    """Halving compares at equal resource: a default three times slower a step gets as many steps in a rung (equal
+    time gave the slow default 43 steps to `partial`'s 106, and it fell behind at the first rung)."""
+    _, trained = fake_race(monkeypatch, tmp_path, {"probe 7": 0.80, "full x0.1": 0.90, "partial depth:4": 0.89},
+                           {"full x0.1": 0.006, "partial depth:4": 0.002}, budget=6.0)
+    first = trained["full x0.1"][0], trained["partial depth:4"][0]
+    assert first[0] >= 5 * 5 and abs(first[0] - first[1]) <= 0.25 * max(first), first

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..advisor.race import CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, make_pruner
+from ..advisor.race import (CORRECT_ATTR, CandidatePlan, RaceRecord, beats, candidate_plans, choose_winner,
+                            make_pruner)
 from ..advisor.rules import Thresholds
 from ..budget import StopAt, steps_that_fit
 from ..runtime import say
 
 MIN_RUNG_STEPS = 5
 RUNG_OVERHEAD_SECONDS = 3.0  # a fine-tune rung beyond its steps (trainer set-up, the held-out prediction): first guess
+MIN_RUNG_OVERHEAD_SECONDS = 1.0  # ... and the least it is taken to be once measured
 PROBE_C = 0.1  # the probe curve's regularization (advisor.measure.CURVE_C): the race scores the same probe
 
 
@@ -284,6 +286,21 @@ def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds
     return kept
 
 
+def fill_plan(correct: dict[str, np.ndarray], default: str, z: float) -> str:
+    """The one fine-tune that trains on while a probe leads (filling the budget): the default, unless another
+    fine-tune beats it beyond ``z`` SE (then the best of those).
+
+    The verdict compares a probe, whose score is final, with fine-tunes stopped a fraction of the way: the spare
+    time goes to the plan the verdict falls back on, so a probe wins only over a default trained most of the budget.
+    Given to the best fine-tune instead, a slow-starting default (fewer steps a second, behind after a short rung)
+    was left at a third of its budget and a probe beat it (dev half: digits_8x8 on Lite1, 3 points below the
+    default run alone); split between two, neither caught up."""
+    if default not in correct:
+        return max(correct, key=lambda n: float(correct[n].mean()))
+    better = [n for n in correct if n != default and beats(correct[n], correct[default], z)]
+    return max(better, key=lambda n: float(correct[n].mean())) if better else default
+
+
 def final_probe_seconds(m, t: Thresholds) -> float:
     """The probe job's final run when time is short: on the measurement's subsample (features cached), one forward
     over validation and a test split of about its size, the fits, loading and saving (`run_advised_probe` sizes the
@@ -339,26 +356,28 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         if not live_finetunes or (rung > 0 and race_end is None and rung >= n_rungs):
             break
         if rung < n_rungs:
-            steps_for = None
-            if rung > 0 and race_end is not None:  # out of race time: judge on the last complete rung
-                per_plan = (race_end - rung_began) / (n_rungs - rung) / len(live_finetunes) - overhead
-                if any(per_plan < MIN_RUNG_STEPS * race.estimated_step_seconds(by_name[n]) for n in live_finetunes):
-                    say(f"race: no time for rung {rung} ({per_plan:.0f}s a plan); judged on rung {rung - 1}")
+            if race_end is None:
+                steps_for = {n: MIN_RUNG_STEPS * 4 * 2 ** rung for n in live_finetunes}
+            else:
+                # every fine-tune trains the same steps in a rung (halving compares plans at equal resource; equal
+                # time gave a default three times slower a step 43 steps to `partial`'s 106, and it fell behind)
+                rung_seconds = (race_end - rung_began) / (n_rungs - rung) - overhead * len(live_finetunes)
+                rung_steps = int(rung_seconds / sum(race.estimated_step_seconds(by_name[n]) for n in live_finetunes))
+                if rung > 0 and rung_steps < MIN_RUNG_STEPS:  # out of race time: judge on the last complete rung
+                    say(f"race: no time for rung {rung} ({rung_seconds:.0f}s); judged on rung {rung - 1}")
                     rung = n_rungs
                     continue
+                steps_for = {n: max(MIN_RUNG_STEPS, rung_steps) for n in live_finetunes}
         else:
-            # Filling the budget: while a probe leads, the fine-tunes still in the race train on (their steps
-            # doubling, successive halving's growing resource) until the time left is the probe's final run;
-            # a fine-tune that catches up stops the race, and the real run continues it.
+            # Filling the budget: while a probe leads, one fine-tune (`fill_plan`: the default, unless another
+            # beats it) trains on, its steps doubling (successive halving's growing resource), until the time left
+            # is the probe's final run; a fine-tune that catches up stops the race, and the real run continues it.
             if deadline is None:
                 break
             leader = choose_winner({n: correct[n] for n in alive}, default, t.decision_z).winner
             if by_name[leader].job != "probe":
                 break
-            # the spare time goes to the best fine-tune alone: split between two, neither caught up and the
-            # default won with a third of the budget trained (dev half: mnist1k -2.6, digits_8x8 -4.8 points
-            # below the default fine-tune run alone)
-            live_finetunes = [max(live_finetunes, key=lambda n: (float(correct[n].mean()), n == default))]
+            live_finetunes = [fill_plan({n: correct[n] for n in live_finetunes}, default, t.decision_z)]
             left = deadline - rung_began - final_probe_seconds(measurement, t)
             per_plan = left - overhead
             fits = {n: steps_that_fit(per_plan, step_seconds=race.estimated_step_seconds(by_name[n]))
@@ -376,22 +395,17 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             plan = by_name[name]
             started = time.perf_counter()
             steps = 0
-            if plan.job == "finetune" and steps_for is not None and name not in steps_for:
-                pass  # filling the budget: not the best fine-tune, it keeps its last rung's score
+            if plan.job == "finetune" and name not in steps_for:
+                pass  # filling the budget: not the plan that trains on, it keeps its last rung's score
             elif plan.job == "finetune":
-                left_here = [n for n in alive[i:] if by_name[n].job == "finetune" and (steps_for is None or n in steps_for)]
-                # never into the final run's time: this plan's even share of what is left before it, at most
-                until = None if hard_end is None else started + (hard_end - started) / len(left_here) - overhead
-                if steps_for is not None:
-                    steps = steps_for[name]
-                elif race_end is None:
-                    steps = MIN_RUNG_STEPS * 4 * 2 ** rung
-                else:
-                    share = (race_end - started) / (n_rungs - rung) / max(1, len(left_here)) - overhead
-                    steps = max(MIN_RUNG_STEPS, steps_that_fit(share, step_seconds=race.estimated_step_seconds(plan)))
-                correct[name], steps = race.train_rung(plan, steps, until=until)
+                left_here = [n for n in alive[i:] if n in steps_for]
+                # never into the final run's time: at most this plan's share (by its step time) of what is left
+                step_share = race.estimated_step_seconds(plan) / sum(race.estimated_step_seconds(by_name[n])
+                                                                    for n in left_here)
+                until = None if hard_end is None else started + (hard_end - started) * step_share - overhead
+                correct[name], steps = race.train_rung(plan, steps_for[name], until=until)
                 last_steps[name] = steps
-                overhead = max(1.0, (time.perf_counter() - started) - steps * race.step_seconds[name])
+                overhead = max(MIN_RUNG_OVERHEAD_SECONDS, (time.perf_counter() - started) - steps * race.step_seconds[name])
             acc = float(correct[name].mean())
             trials[name].set_user_attr(CORRECT_ATTR, correct[name].tolist())
             trials[name].report(acc, step=rung)
