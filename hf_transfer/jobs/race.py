@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..advisor.race import (CORRECT_ATTR, CandidatePlan, RaceRecord, beats, candidate_plans, choose_winner,
+from ..advisor.race import (CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, fill_plan,
                             make_pruner)
 from ..advisor.rules import Thresholds
 from ..budget import StopAt, steps_that_fit
 from ..runtime import say
+from .soup import greedy_soup
 
 MIN_RUNG_STEPS = 5
 RUNG_OVERHEAD_SECONDS = 3.0  # a fine-tune rung beyond its steps (trainer set-up, the held-out prediction): first guess
@@ -230,35 +231,6 @@ class _Race:
         return self.correct_on_holdout(model), model
 
 
-def _average(states: list[dict]) -> dict:
-    out = {}
-    for key, value in states[0].items():
-        if torch.is_floating_point(value):
-            out[key] = sum(s[key] for s in states) / len(states)
-        else:
-            out[key] = value.clone()  # counters (BatchNorm's num_batches_tracked)
-    return out
-
-
-def greedy_soup(race: _Race, finalists: list[str], correct: dict[str, np.ndarray]) -> tuple[dict, object | None]:
-    """Wortsman et al. 2022: finalists by held-out accuracy; each is added to the average when it does not lower it."""
-    order = sorted(finalists, key=lambda n: -float(correct[n].mean()))
-    ingredients = [order[0]]
-    states = {n: {k: v.detach().clone() for k, v in race.models[n].state_dict().items()} for n in order}
-    best = correct[order[0]]
-    best_model = None
-    tried = []
-    for name in order[1:]:
-        candidate, model = race.predict_state(_average([states[n] for n in ingredients + [name]]))
-        tried.append({"with": name, "accuracy": round(float(candidate.mean()), 4)})
-        if candidate.mean() >= best.mean():
-            ingredients.append(name)
-            best, best_model = candidate, model
-    record = {"ingredients": ingredients, "tried": tried, "accuracy": round(float(best.mean()), 4),
-              "winner_accuracy": round(float(correct[order[0]].mean()), 4)}
-    return record, (best_model, best) if len(ingredients) > 1 else None
-
-
 def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds, probe_images: int) -> list[CandidatePlan]:
     """The plans whose first rung fits the race's time: the probes' forward pass first, then each fine-tune's
     MIN_RUNG_STEPS steps and set-up (one rung: while a probe leads, the fill rungs train it on; asking for two left
@@ -284,21 +256,6 @@ def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds
                                  backbone_lr_multiplier=0.0, is_default=True)
         kept = [fallback] + [p for p in kept if p.name != fallback.name]
     return kept
-
-
-def fill_plan(correct: dict[str, np.ndarray], default: str, z: float) -> str:
-    """The one fine-tune that trains on while a probe leads (filling the budget): the default, unless another
-    fine-tune beats it beyond ``z`` SE (then the best of those).
-
-    The verdict compares a probe, whose score is final, with fine-tunes stopped a fraction of the way: the spare
-    time goes to the plan the verdict falls back on, so a probe wins only over a default trained most of the budget.
-    Given to the best fine-tune instead, a slow-starting default (fewer steps a second, behind after a short rung)
-    was left at a third of its budget and a probe beat it (dev half: digits_8x8 on Lite1, 3 points below the
-    default run alone); split between two, neither caught up."""
-    if default not in correct:
-        return max(correct, key=lambda n: float(correct[n].mean()))
-    better = [n for n in correct if n != default and beats(correct[n], correct[default], z)]
-    return max(better, key=lambda n: float(correct[n].mean())) if better else default
 
 
 def final_probe_seconds(m, t: Thresholds) -> float:
