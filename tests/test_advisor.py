@@ -360,6 +360,18 @@ def test_strategy_auto_races_the_candidates_and_runs_the_winner(tiny_pretrained,
     monkeypatch.setattr(advice_module, "Thresholds", functools.partial(Thresholds, default_finetune_min_images=100,
                                                                        max_epochs=1))
     monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    from hf_transfer.trainer import TransferTrainer
+
+    first_batches = {}  # per race plan folder: the labels of each rung's first batch
+    plain_loader = TransferTrainer.get_train_dataloader
+
+    def spied_loader(self):
+        loader = plain_loader(self)
+        if "/race/" in self.args.output_dir:
+            first_batches.setdefault(self.args.output_dir, []).append(next(iter(loader))["labels"].tolist())
+        return loader
+
+    monkeypatch.setattr(TransferTrainer, "get_train_dataloader", spied_loader)
     out = tmp_path / "auto"
     metrics = run_finetune(*parse_args(finetune_argument_types(), [
         "--model_name_or_path", tiny_pretrained, *DATA, "--strategy", "auto",
@@ -371,6 +383,10 @@ def test_strategy_auto_races_the_candidates_and_runs_the_winner(tiny_pretrained,
     assert {c["job"] for c in race["candidates"]} == {"probe", "finetune"}
     first = race["rungs"][0]["plans"]
     assert set(first) == set(names)  # every candidate ran the first rung
+    # every rung draws its own data order (one seed replayed the first rung's batches), the same for every plan
+    rungs = [batches for batches in first_batches.values() if len(batches) > 1]
+    assert rungs and all(batches[0] != batches[1] for batches in rungs)
+    assert len({str(batches[0]) for batches in first_batches.values()}) == 1
     n_holdout = race["holdout_images"]
     assert n_holdout >= 20 and all(len(v) == n_holdout for v in race["final_correct"].values())
     winner = race["verdict"]["winner"]
