@@ -195,8 +195,29 @@ def summarize(results: dict, split: dict) -> dict:
             "budget_used": {s: [r["budget_used"].get(s) for r in hr] for s in BUDGETED},
             "budget_used_within_90_100": f"{sum(0.9 <= u <= 1.0 for r in hr for u in r['budget_used'].values())}/"
                                          f"{sum(len(r['budget_used']) for r in hr)}",
+            "below_default": {f"{r['case']}-{r['backbone'].split('_')[-1]}-{r['seed']}":
+                              _below_default(groups[(r["case"], r["backbone"], r["seed"])])
+                              for r in hr if r.get("regret_vs_default", 0) > 0.01},
         }
     return {"rows": rows, "halves": halves}
+
+
+def _below_default(recs: dict) -> dict:
+    """What a row where auto fell more than a point below the default fine-tune reads from its race record: the
+    verdict, the held-out scores at the last rung, and the steps the race's default got against the default alone."""
+    auto = recs["auto"].get("auto") or {}
+    rungs, default = auto.get("rungs") or [], auto.get("default")
+    last = {name: plan for rung in rungs for name, plan in rung["plans"].items()}  # each plan's latest rung
+    verdict = auto.get("verdict") or {}
+    out = {"auto": recs["auto"]["test_accuracy"], "default": recs["default"]["test_accuracy"],
+           "winner": auto.get("winner"), "race_default": default,
+           "margin": round(verdict.get("margin", float("nan")), 4), "se": round(verdict.get("se", float("nan")), 4),
+           "heldout": {name: plan["accuracy"] for name, plan in last.items()},
+           "default_race_steps": sum(rung["plans"].get(default, {}).get("steps", 0) for rung in rungs),
+           "default_alone_steps": recs["default"].get("time_budget_planned_steps")}
+    if auto.get("winner") == default and (auto.get("decision") or {}).get("job") == "finetune":
+        out["default_run_steps"] = (auto.get("budget") or {}).get("planned_steps")
+    return out
 
 
 def _fixed_cell_for(plan: str, measurement: dict) -> str | None:
