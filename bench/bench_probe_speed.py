@@ -253,6 +253,7 @@ def summarize(results: dict) -> dict:
         loads += [side[run]["load_1min"] for side in (row["today"], row["new"]) for run in ("first", "cached_rerun")]
     if "extraction" in results:
         summary["extraction_ratio"] = results["extraction"]["ratio"]
+        summary["extraction_bare_img_per_s"] = results["extraction"]["bare_decode_once_loop_img_per_s (pooled only)"]
         loads.append(results["extraction"]["load_1min"])
     if "thread_choice" in results:
         summary["thread_choice_fixed_over_chosen"] = results["thread_choice"]["fixed_over_chosen"]
