@@ -286,7 +286,7 @@ def table_probe_speed(r: Results) -> str:
     threads = (" (the faster of its runs at " + " and ".join(f"{k} thread{'s' if k != '1' else ''}: {v:.1f}"
                                                             for k, v in by_threads.items()) + ")") if by_threads else ""
     text += (f"\nExtraction of {x['images']:,} images at every requested depth: {x['compute_features_img_per_s']:.1f} "
-             f"images/s against {x['bare_decode_once_loop_img_per_s (pooled only)']:.1f} for a bare batched loop that "
+             f"images/s against {x['bare_loop_img_per_s']:.1f} for a bare batched loop that "
              f"decodes once and returns the pooled feature only{threads} ({x['ratio']:.2f}x; target "
              f"{x['target_ratio']:.1f}x). Imports alone: a process that only imports what the recipe imports.\n")
     t = r.file("probe_speed").get("thread_choice")

@@ -157,6 +157,21 @@ def survivors(correct: dict[str, np.ndarray], default: str, z: float, keep: int)
 
 
 # ------------------------------------------------------------------------------------------------ Optuna's side
+def fill_plan(correct: dict[str, np.ndarray], default: str, z: float) -> str:
+    """The one fine-tune that trains on while a probe leads (filling the budget): the default, unless another
+    fine-tune beats it beyond ``z`` SE (then the best of those).
+
+    The verdict compares a probe, whose score is final, with fine-tunes stopped a fraction of the way: the spare
+    time goes to the plan the verdict falls back on, so a probe wins only over a default trained most of the budget.
+    Given to the best fine-tune instead, a slow-starting default (fewer steps a second, behind after a short rung)
+    was left at a third of its budget and a probe beat it (dev half: digits_8x8 on Lite1, 3 points below the
+    default run alone); split between two, neither caught up."""
+    if default not in correct:
+        return max(correct, key=lambda n: float(correct[n].mean()))
+    better = [n for n in correct if n != default and beats(correct[n], correct[default], z)]
+    return max(better, key=lambda n: float(correct[n].mean())) if better else default
+
+
 def make_pruner(default: str, z: float, reduction_factor: int = 2, probes: frozenset[str] = frozenset()):
     """``probes``: plans trained once, whose score is final from the first rung. Halving compares plans at equal
     resource: a probe is neither dropped nor drops a fine-tune after a few steps (a 5-step fine-tune scored 0.27
@@ -204,19 +219,5 @@ class RaceRecord:
 
 
 __all__ = ["CandidatePlan", "RaceRecord", "Verdict", "beats", "candidate_plans", "choose_winner", "default_plan",
-           "make_pruner", "paired_difference", "survivors"]
+           "fill_plan", "make_pruner", "paired_difference", "survivors"]
 
-
-def fill_plan(correct: dict[str, np.ndarray], default: str, z: float) -> str:
-    """The one fine-tune that trains on while a probe leads (filling the budget): the default, unless another
-    fine-tune beats it beyond ``z`` SE (then the best of those).
-
-    The verdict compares a probe, whose score is final, with fine-tunes stopped a fraction of the way: the spare
-    time goes to the plan the verdict falls back on, so a probe wins only over a default trained most of the budget.
-    Given to the best fine-tune instead, a slow-starting default (fewer steps a second, behind after a short rung)
-    was left at a third of its budget and a probe beat it (dev half: digits_8x8 on Lite1, 3 points below the
-    default run alone); split between two, neither caught up."""
-    if default not in correct:
-        return max(correct, key=lambda n: float(correct[n].mean()))
-    better = [n for n in correct if n != default and beats(correct[n], correct[default], z)]
-    return max(better, key=lambda n: float(correct[n].mean())) if better else default
