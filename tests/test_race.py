@@ -203,7 +203,8 @@ def test_the_race_winner_keeps_its_optimizer_state_and_a_mismatch_starts_fresh(c
     assert other.state_dict()["state"] == {} and "starts fresh" in capsys.readouterr().out
 
 
-def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: dict[str, float], budget: float):
+def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: dict[str, float], budget: float,
+              keeps_weights: bool = False):
     """The race's loop with the training faked (each rung sleeps its steps' time, scores are fixed): the outcome and
     the steps each fine-tune trained, rung by rung."""
     import dataclasses
@@ -216,6 +217,7 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
                             cost=CostStats(0.01, max(step_seconds.values()), 32, 224))
     n = 200
     trained: dict[str, list[int]] = {name: [] for name in step_seconds}
+    horizons: dict[str, list[int]] = {name: [] for name in step_seconds}
 
     def right(acc):
         return (np.arange(n) < round(acc * n)).astype(np.int8)
@@ -224,6 +226,7 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
         def __init__(self, *args, **kwargs):
             self.holdout_labels = np.zeros(n)
             self.models, self.optimizer_states, self.step_seconds = {}, {}, dict(step_seconds)
+            self.steps_done, self.warmup_steps = {}, {}
 
         def score_probes(self, plans):
             return {p.name: right(accuracy[p.name]) for p in plans}
@@ -231,8 +234,13 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
         def estimated_step_seconds(self, plan):
             return step_seconds[plan.name]
 
-        def train_rung(self, plan, steps, until=None):
+        def train_rung(self, plan, steps, until=None, horizon=None):
             trained[plan.name].append(steps)
+            horizons[plan.name].append(horizon)
+            self.steps_done[plan.name] = self.steps_done.get(plan.name, 0) + steps
+            self.warmup_steps.setdefault(plan.name, 1)
+            if keeps_weights:  # a fine-tune winner's weights are saved for its real run (the save is faked)
+                self.models[plan.name] = object()
             time.sleep(steps * step_seconds[plan.name])
             return right(accuracy[plan.name]), steps
 
@@ -246,6 +254,7 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
     outcome = race_job.run_race(m, None, None, types.SimpleNamespace(seed=0), image_size=224, deadline=began + budget,
                                 output_dir=tmp_path, thresholds=t)
     assert time.perf_counter() - began < budget
+    fake_race.horizons = horizons
     return outcome, trained
 
 
@@ -277,3 +286,19 @@ def test_a_rung_gives_every_fine_tune_the_same_steps_whatever_its_step_time(monk
                            {"full x0.1": 0.006, "partial depth:4": 0.002}, budget=6.0)
     first = trained["full x0.1"][0], trained["partial depth:4"][0]
     assert first[0] >= 5 * 5 and abs(first[0] - first[1]) <= 0.25 * max(first), first
+
+
+def test_a_fine_tune_s_rungs_are_stretches_of_one_schedule_that_its_real_run_continues(monkeypatch, tmp_path):
+    """Each rung is told the plan's steps in all should it win (its rungs, then the budget left once the others'
+    race is spent), so its rungs and its real run are one warm-up and one cosine; the winner's outcome says where
+    its schedule stands (every step it trained in the race)."""
+    monkeypatch.setattr("hf_transfer.saving.save_model_folder", lambda *a, **k: None)
+    outcome, trained = fake_race(monkeypatch, tmp_path, {"probe 7": 0.80, "full x0.1": 0.90, "partial depth:4": 0.89},
+                                 {"full x0.1": 0.004, "partial depth:4": 0.004}, budget=6.0, keeps_weights=True)
+    assert outcome.winner.name == "full x0.1" and outcome.start_folder
+    done = 0
+    for steps, horizon in zip(trained["full x0.1"], fake_race.horizons["full x0.1"]):
+        done += steps
+        # beyond this rung's end (no rung anneals to zero), within what the whole budget holds at its step time
+        assert done < horizon <= 6.0 / 0.004, (trained, fake_race.horizons)
+    assert outcome.schedule == {"offset": done, "warmup_steps": 1}

@@ -30,6 +30,7 @@ class Advice:
     deadline: float | None = None  # `time.perf_counter()` at which the whole budgeted run must end (not saved)
     started: float | None = None  # `time.perf_counter()` when the run began (not saved)
     start_optimizer: dict | None = None  # the race winner's optimizer state, for its real run (not saved)
+    start_schedule: dict | None = None  # where the race left the winner's schedule: {"offset", "warmup_steps"}
     final_run: dict | None = None  # the chosen plan's run once it ended: its scores (advice.json is rewritten)
 
     @property

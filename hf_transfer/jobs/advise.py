@@ -231,11 +231,12 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
     advice.write(training_args.output_dir)
     if advice.decision.job == "finetune":
         _apply_finetune_plan(advice.decision, data_args, training_args, transfer_args)
-        if outcome.start_folder:  # the winner continues from its race weights and AdamW moments (a new schedule)
+        if outcome.start_folder:  # the winner continues from its race weights, AdamW moments and schedule
             say(f"--strategy auto: the run continues from the race winner's weights ({outcome.start_folder})"
                 + (" and optimizer state" if outcome.optimizer_state is not None else ""))
             model_args.model_name_or_path = outcome.start_folder
             advice.start_optimizer = outcome.optimizer_state
+            advice.start_schedule = outcome.schedule
     return advice
 
 
@@ -246,7 +247,7 @@ def _adopt_race_winner(advice, outcome, measurement, data_args, training_args, d
     from ..advisor import plan_config
 
     d, w, t = advice.decision, outcome.winner, advice.thresholds
-    advice.race = outcome.record.as_dict()
+    advice.race = {**outcome.record.as_dict(), "winner_schedule": outcome.schedule}  # where its real run goes on
     d.reasons.append(f"race: {outcome.record.verdict['reason']}")
     d.strategy, d.freeze, d.layer_decay, d.lp_epochs = w.strategy, w.freeze, w.layer_decay, w.lp_epochs
     d.backbone_lr_multiplier = w.backbone_lr_multiplier
@@ -288,11 +289,17 @@ def _apply_finetune_plan(decision, data_args, training_args, transfer_args) -> N
 
 
 def continue_from_race(advice, trainer) -> None:
-    """The real run of a fine-tune winner keeps the race's AdamW moments (loaded once its optimizer exists)."""
+    """The real run of a fine-tune winner keeps the race's AdamW moments (loaded once its optimizer exists) and goes
+    on along its schedule: no second warm-up, the cosine from where the race left it to the run's re-planned end."""
     if advice.start_optimizer is not None:
         from .race import RestoreOptimizer
 
         trainer.add_callback(RestoreOptimizer(advice.start_optimizer, "--strategy auto"))
+    if advice.start_schedule is not None:
+        from ..budget import ContinueSchedule
+
+        trainer.add_callback(ContinueSchedule(offset=advice.start_schedule["offset"], what="--strategy auto",
+                                              warmup_steps=advice.start_schedule["warmup_steps"]))
 
 
 def record_final_run(advice, results: dict, output_dir) -> None:

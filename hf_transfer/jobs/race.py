@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from ..advisor.race import (CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, fill_plan,
                             make_pruner)
 from ..advisor.rules import Thresholds
-from ..budget import StopAt, steps_that_fit
+from ..budget import ContinueSchedule, StopAt, steps_that_fit
 from ..runtime import say
 from .soup import greedy_soup
 
@@ -42,6 +42,7 @@ class RaceOutcome:
     record: RaceRecord
     start_folder: str | None  # the fine-tuned weights the real run continues from (None: a probe, or from scratch)
     optimizer_state: dict | None = None  # the winner's AdamW moments at its last rung (None: a probe, or a soup)
+    schedule: dict | None = None  # where the winner's schedule stands: {"offset": steps trained, "warmup_steps": ...}
 
 
 class RestoreOptimizer(TrainerCallback):
@@ -100,6 +101,8 @@ class _Race:
         self.optimizer_states: dict[str, dict] = {}
         self.step_seconds: dict[str, float] = {}
         self.rungs_run: dict[str, int] = {}  # per plan: its rung number sets its data order (the same for every plan)
+        self.steps_done: dict[str, int] = {}  # per plan: where it stands on its one schedule
+        self.warmup_steps: dict[str, int] = {}  # per plan: its schedule's warm-up, fixed at its first rung
 
     def _split(self, data, probe_images: int, seed: int):
         """(race train, held-out, the probes' training images). With more training images than the measurement's
@@ -172,9 +175,11 @@ class _Race:
         return out
 
     # ------------------------------------------------------------------ fine-tunes: trained rung by rung
-    def train_rung(self, plan: CandidatePlan, steps: int, until: float | None = None) -> tuple[np.ndarray, int]:
+    def train_rung(self, plan: CandidatePlan, steps: int, until: float | None = None,
+                   horizon: int | None = None) -> tuple[np.ndarray, int]:
         """Train ``plan`` ``steps`` more steps, or until the clock (`time.perf_counter`) would pass ``until``; the
-        held-out correctness, and the steps it ran."""
+        held-out correctness, and the steps it ran. ``horizon``: the plan's steps in all should it win (its rungs and
+        the real run): the rung is a stretch of one warm-up and cosine over them (None: its own warm-up and cosine)."""
         from ..arguments import TransferArguments
         from ..plan import TransferPlan
         from ..trainer import TransferTrainer
@@ -203,12 +208,18 @@ class _Race:
                                   eval_dataset=self.splits["validation"], data_collator=self.collator)
         if plan.name in self.optimizer_states:  # the next rung continues the last one's AdamW moments
             trainer.add_callback(RestoreOptimizer(self.optimizer_states[plan.name], f"race {plan.name}"))
+        if horizon is not None:  # after RestoreOptimizer, whose state carries the last rung's rates
+            done = self.steps_done.get(plan.name, 0)
+            warmup = self.warmup_steps.setdefault(plan.name, math.ceil(args.warmup_steps * max(horizon, steps)))
+            trainer.add_callback(ContinueSchedule(offset=done, warmup_steps=warmup, horizon=max(horizon - done, steps),
+                                                  what=f"race {plan.name}"))
         if until is not None:
             trainer.add_callback(StopAt(until))
         began = time.perf_counter()
         trainer.train()
         ran = max(1, trainer.state.global_step)
         self.rungs_run[plan.name] = self.rungs_run.get(plan.name, 0) + 1
+        self.steps_done[plan.name] = self.steps_done.get(plan.name, 0) + trainer.state.global_step
         self.optimizer_states[plan.name] = copy.deepcopy(trainer.optimizer.state_dict())
         self.step_seconds[plan.name] = (time.perf_counter() - began) / ran
         return self.correct_on_holdout(model), ran
@@ -367,7 +378,14 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
                 step_share = race.estimated_step_seconds(plan) / sum(race.estimated_step_seconds(by_name[n])
                                                                     for n in left_here)
                 until = None if hard_end is None else started + (hard_end - started) * step_share - overhead
-                correct[name], steps = race.train_rung(plan, steps_for[name], until=until)
+                horizon = None
+                if deadline is not None:  # its steps in all should it win: those done, then what fits of the time
+                    # left once the others' share of the race is spent (none while filling the budget); the real
+                    # run re-plans its end from its own steps, this places the rungs on one cosine
+                    share = race.estimated_step_seconds(plan) / sum(race.estimated_step_seconds(by_name[n]) for n in steps_for)
+                    others = max(0.0, race_end - started) * (1 - share) if rung < n_rungs else 0.0
+                    horizon = race.steps_done.get(name, 0) + steps_that_fit(max(0.0, deadline - started - others - t.in_process_overhead_seconds), step_seconds=race.estimated_step_seconds(plan))
+                correct[name], steps = race.train_rung(plan, steps_for[name], until=until, horizon=horizon)
                 last_steps[name] = steps
                 overhead = max(MIN_RUNG_OVERHEAD_SECONDS, (time.perf_counter() - started) - steps * race.step_seconds[name])
             acc = float(correct[name].mean())
@@ -418,7 +436,9 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         start_folder = str(output_dir / "race" / "start")
         save_model_folder(start_model, start_folder, image_size=image_size)
     record.seconds = round(time.perf_counter() - began, 1)
-    return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None)
+    schedule = ({"offset": race.steps_done[winner.name], "warmup_steps": race.warmup_steps[winner.name]}
+                if start_folder and winner.name in race.warmup_steps else None)
+    return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None, schedule)
 
 
 __all__ = ["RaceOutcome", "RestoreOptimizer", "holdout_split", "run_race"]
