@@ -263,7 +263,7 @@ def test_the_spare_time_trains_the_default_and_a_race_out_of_time_crowns_its_lea
     falls back on; `partial` leads it, within the noise), and when the budget runs out the verdict takes the measured
     leader."""
     outcome, _ = fake_race(monkeypatch, tmp_path, {"probe 7": 0.99, "full x0.1": 0.90, "partial depth:4": 0.91},
-                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=8.0)
+                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=4.0)
     filling = [r for r in outcome.record.rungs if r["filling_the_budget"]]
     assert filling, "a probe led beyond the noise: the race should have filled the budget"
     for r in filling:
@@ -273,7 +273,7 @@ def test_the_spare_time_trains_the_default_and_a_race_out_of_time_crowns_its_lea
 
 def test_the_spare_time_goes_to_a_fine_tune_that_beats_the_default_beyond_the_noise(monkeypatch, tmp_path):
     outcome, _ = fake_race(monkeypatch, tmp_path, {"probe 7": 0.95, "full x0.1": 0.5, "partial depth:4": 0.93},
-                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=8.0)
+                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=4.0)
     filling = [r for r in outcome.record.rungs if r["filling_the_budget"]]
     assert filling and all(r["plans"]["full x0.1"]["steps"] == 0 and r["plans"]["partial depth:4"]["steps"] > 0
                            for r in filling)
@@ -283,7 +283,7 @@ def test_a_rung_gives_every_fine_tune_the_same_steps_whatever_its_step_time(monk
     """Halving compares at equal resource: a default three times slower a step gets as many steps in a rung (equal
     time gave the slow default 43 steps to `partial`'s 106, and it fell behind at the first rung)."""
     _, trained = fake_race(monkeypatch, tmp_path, {"probe 7": 0.80, "full x0.1": 0.90, "partial depth:4": 0.89},
-                           {"full x0.1": 0.006, "partial depth:4": 0.002}, budget=6.0)
+                           {"full x0.1": 0.006, "partial depth:4": 0.002}, budget=4.0)
     first = trained["full x0.1"][0], trained["partial depth:4"][0]
     assert first[0] >= 5 * 5 and abs(first[0] - first[1]) <= 0.25 * max(first), first
 
@@ -294,11 +294,11 @@ def test_a_fine_tune_s_rungs_are_stretches_of_one_schedule_that_its_real_run_con
     its schedule stands (every step it trained in the race)."""
     monkeypatch.setattr("hf_transfer.saving.save_model_folder", lambda *a, **k: None)
     outcome, trained = fake_race(monkeypatch, tmp_path, {"probe 7": 0.80, "full x0.1": 0.90, "partial depth:4": 0.89},
-                                 {"full x0.1": 0.004, "partial depth:4": 0.004}, budget=6.0, keeps_weights=True)
+                                 {"full x0.1": 0.004, "partial depth:4": 0.004}, budget=4.0, keeps_weights=True)
     assert outcome.winner.name == "full x0.1" and outcome.start_folder
     done = 0
     for steps, horizon in zip(trained["full x0.1"], fake_race.horizons["full x0.1"]):
         done += steps
         # beyond this rung's end (no rung anneals to zero), within what the whole budget holds at its step time
-        assert done < horizon <= 6.0 / 0.004, (trained, fake_race.horizons)
+        assert done < horizon <= 4.0 / 0.004, (trained, fake_race.horizons)
     assert outcome.schedule == {"offset": done, "warmup_steps": 1}
