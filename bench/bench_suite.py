@@ -129,7 +129,7 @@ def auto_record(advice: dict) -> dict:
             "candidates": [c["name"] for c in race.get("candidates", [])], "rungs": race.get("rungs"),
             "default": next((c["name"] for c in race.get("candidates", []) if c["is_default"]), None),
             "soup": race.get("soup"), "budget": advice.get("budget"), "scenario": advice["decision"]["scenario"],
-            "final_correct": race.get("final_correct"),
+            "final_correct": race.get("final_correct"), "ran_out_of_time": race.get("ran_out_of_time"),
             # what the replay (sensitivity) reads: the measurement the rules read, the decision's flags
             "measurement": m, "decision": {k: advice["decision"].get(k) for k in
                                             ("job", "strategy", "class_weighting", "sampler", "num_train_epochs",

@@ -1,6 +1,8 @@
 """The race's rules: similarity as headroom, paired standard errors, the default when the noise cannot decide,
 successive halving through Optuna's pruner interface."""
 
+import dataclasses
+
 import numpy as np
 import optuna
 import pytest
@@ -166,6 +168,11 @@ def test_a_recorded_race_replays_at_other_thresholds_without_training():
     record = _race_record(m, [rung0, {"full x0.1": default, "partial depth:4": leader, f"probe {BODY - 1}": default}])
     assert replay(record, t).winner == "full x0.1"
     assert replay(record, scaled(t, "decision_z", 0.5)).winner == "partial depth:4"
+    # a race that filled the budget crowned its leader (no fallback): the flag, or in a suite record written before
+    # the bench kept it, the verdict's reason
+    assert replay({**record, "ran_out_of_time": True}, t).winner == "partial depth:4"
+    verdict = choose_winner({"full x0.1": default, "partial depth:4": leader}, "full x0.1", 2.0, fallback=False)
+    assert replay({**record, "verdict": dataclasses.asdict(verdict)}, t).winner == "partial depth:4"
     # a far worse fine-tune, dropped after rung 0; at z x2 it would stay within the noise of the leader
     worse = leader.copy()
     worse[np.flatnonzero(worse)[:12]] = 0

@@ -97,7 +97,10 @@ def replay(record: dict, t: Thresholds, *, base: Thresholds | None = None,
                 correct = {n: correct[n] for n in alive}
     if correct is None:
         return Replayed(None, "no rung recorded")
-    verdict = choose_winner(correct, default, t.decision_z, fallback=not record.get("ran_out_of_time", False))
+    ran_out = record.get("ran_out_of_time")
+    if ran_out is None:  # a suite record written before it kept the flag: the verdict's reason says so
+        ran_out = "race filled the budget" in ((record.get("verdict") or {}).get("reason") or "")
+    verdict = choose_winner(correct, default, t.decision_z, fallback=not ran_out)
     return Replayed(verdict.winner, verdict.reason)
 
 
