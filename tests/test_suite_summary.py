@@ -1,0 +1,75 @@
+"""The held-out suite's summary (bench/bench_suite.py): the figures the issue's targets are read from (regret
+against the best fixed strategy and the default, rows more than a point below it, budget used) and what a row below
+the default lifts from its race record."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def suite():
+    spec = importlib.util.spec_from_file_location("bench_suite_under_test", ROOT / "bench" / "bench_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(ROOT / "bench"))  # the module puts bench/ first on the path for its `suite` package
+
+
+def cell(case, strategy, accuracy, wall, budget=100.0, backbone="embedded:efficientnet_lite1", seed=42, **extra):
+    return {"case": case, "backbone": backbone, "seed": seed, "strategy": strategy, "test_accuracy": accuracy,
+            "budget_seconds": budget, "wall_seconds": wall, **extra}
+
+
+def race(default_steps: list[int], winner="full x0.1", run_steps=40):
+    rungs = [{"rung": i, "plans": {"full x0.1": {"steps": s, "accuracy": 0.9 + 0.01 * i},
+                                    "probe 7": {"steps": 0, "accuracy": 0.93}}} for i, s in enumerate(default_steps)]
+    return {"winner": winner, "default": "full x0.1", "rungs": rungs,
+            "verdict": {"winner": winner, "margin": 0.03, "se": 0.02}, "decision": {"job": "finetune"},
+            "budget": {"planned_steps": run_steps}}
+
+
+def test_regrets_targets_and_the_rows_below_the_default(suite):
+    split = {"dev": ["a"], "test": ["b", "c"]}
+    cells = [
+        # b: auto 2 points below the default, which is the best; one budgeted cell at 85%
+        cell("b", "auto", 0.90, 95.0, auto=race([30, 50], run_steps=40)),
+        cell("b", "default", 0.92, 98.0, time_budget_planned_steps=300),
+        cell("b", "partial", 0.91, 85.0),
+        cell("b", "probe_pooled", 0.89, 20.0),
+        # c: auto ahead of everything (negative regret); the default is not the best fixed strategy
+        cell("c", "auto", 0.95, 99.0, auto=race([10], winner="probe 7")),
+        cell("c", "default", 0.90, 97.0, time_budget_planned_steps=100),
+        cell("c", "lp_ft", 0.945, 96.0),
+        # a (dev): auto half a point below the best, level with the default
+        cell("a", "auto", 0.980, 92.0, auto=race([5])),
+        cell("a", "default", 0.980, 91.0, time_budget_planned_steps=50),
+        cell("a", "probe_auto", 0.985, 10.0),
+    ]
+    summary = suite.summarize({"cells": {str(i): c for i, c in enumerate(cells)}}, split)
+    rows = {r["case"]: r for r in summary["rows"]}
+    assert rows["b"]["best_fixed"] == "default" and rows["b"]["regret_vs_best"] == pytest.approx(0.02)
+    assert rows["c"]["best_fixed"] == "lp_ft" and rows["c"]["regret_vs_best"] == pytest.approx(-0.005)
+    assert rows["c"]["regret_vs_default"] == pytest.approx(-0.05)
+    # the probes have no --time_budget: only auto and the fine-tunes count towards the budget
+    assert rows["b"]["budget_used"] == {"auto": 0.95, "default": 0.98, "partial": 0.85}
+
+    test, dev = summary["halves"]["test"], summary["halves"]["dev"]
+    assert test["within_1pt_of_best"] == "1/2" and test["more_than_1pt_below_default"] == 1
+    assert test["mean_regret_vs_best"] == pytest.approx((0.02 - 0.005) / 2, abs=1e-4)
+    assert test["budget_used_within_90_100"] == "5/6"  # partial at 85% is the one outside
+    assert dev["within_1pt_of_best"] == "1/1" and dev["more_than_1pt_below_default"] == 0
+    assert dev["below_default"] == {}
+
+    below = test["below_default"]
+    assert set(below) == {"b-lite1-42"}  # only the row more than a point below the default
+    row = below["b-lite1-42"]
+    assert (row["auto"], row["default"], row["winner"], row["race_default"]) == (0.90, 0.92, "full x0.1", "full x0.1")
+    # the default's steps over every rung, the real run's, and the default alone's, side by side
+    assert (row["default_race_steps"], row["default_run_steps"], row["default_alone_steps"]) == (80, 40, 300)
+    assert row["heldout"] == {"full x0.1": 0.91, "probe 7": 0.93}  # each plan's score at its last rung
+    assert (row["margin"], row["se"]) == (0.03, 0.02)
