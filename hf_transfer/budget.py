@@ -170,12 +170,8 @@ def continue_schedule(scheduler, *, offset: int, warmup_steps: int, horizon: int
         local = int(horizon if horizon is not None else kw["num_training_steps"])
         kw.pop("num_warmup_steps", None)
         kw.pop("num_training_steps")
-        if f.func is _continued_lambda:  # already a continuation: continue its schedule
-            moved.append(partial(_continued_lambda, **{**kw, "offset": int(offset), "warmup": int(warmup_steps),
-                                                       "num_training_steps": local}))
-        else:
-            moved.append(partial(_continued_lambda, schedule=f.func, offset=int(offset), warmup=int(warmup_steps),
-                                 num_training_steps=local, **kw))
+        moved.append(partial(_continued_lambda, schedule=f.func, offset=int(offset), warmup=int(warmup_steps),
+                             num_training_steps=local, **kw))
     _set_lambdas(inner, moved)
     return True
 

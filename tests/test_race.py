@@ -308,4 +308,4 @@ def test_a_fine_tune_s_rungs_are_stretches_of_one_schedule_that_its_real_run_con
         done += steps
         # beyond this rung's end (no rung anneals to zero), within what the whole budget holds at its step time
         assert done < horizon <= 4.0 / 0.004, (trained, fake_race.horizons)
-    assert outcome.schedule == {"offset": done, "warmup_steps": 1}
+    assert outcome.record.winner_schedule == {"offset": done, "warmup_steps": 1}

@@ -213,6 +213,8 @@ class RaceRecord:
     seconds: float = 0.0
     # the race filled the budget to its end: no plan trains further, so the verdict cannot fall back on the default
     ran_out_of_time: bool = False
+    # a fine-tune winner's place on its one schedule, where its real run goes on: {"offset", "warmup_steps"}
+    winner_schedule: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

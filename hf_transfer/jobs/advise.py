@@ -236,7 +236,7 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
                 + (" and optimizer state" if outcome.optimizer_state is not None else ""))
             model_args.model_name_or_path = outcome.start_folder
             advice.start_optimizer = outcome.optimizer_state
-            advice.start_schedule = outcome.schedule
+            advice.start_schedule = outcome.record.winner_schedule
     return advice
 
 
@@ -247,7 +247,7 @@ def _adopt_race_winner(advice, outcome, measurement, data_args, training_args, d
     from ..advisor import plan_config
 
     d, w, t = advice.decision, outcome.winner, advice.thresholds
-    advice.race = {**outcome.record.as_dict(), "winner_schedule": outcome.schedule}  # where its real run goes on
+    advice.race = outcome.record.as_dict()
     d.reasons.append(f"race: {outcome.record.verdict['reason']}")
     d.strategy, d.freeze, d.layer_decay, d.lp_epochs = w.strategy, w.freeze, w.layer_decay, w.lp_epochs
     d.backbone_lr_multiplier = w.backbone_lr_multiplier

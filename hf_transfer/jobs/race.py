@@ -42,7 +42,6 @@ class RaceOutcome:
     record: RaceRecord
     start_folder: str | None  # the fine-tuned weights the real run continues from (None: a probe, or from scratch)
     optimizer_state: dict | None = None  # the winner's AdamW moments at its last rung (None: a probe, or a soup)
-    schedule: dict | None = None  # where the winner's schedule stands: {"offset": steps trained, "warmup_steps": ...}
 
 
 class RestoreOptimizer(TrainerCallback):
@@ -375,16 +374,18 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             elif plan.job == "finetune":
                 left_here = [n for n in alive[i:] if n in steps_for]
                 # never into the final run's time: at most this plan's share (by its step time) of what is left
-                step_share = race.estimated_step_seconds(plan) / sum(race.estimated_step_seconds(by_name[n])
-                                                                    for n in left_here)
-                until = None if hard_end is None else started + (hard_end - started) * step_share - overhead
+                def share_of(names):  # this plan's share of the time of ``names``' steps (equal steps each)
+                    return race.estimated_step_seconds(plan) / sum(race.estimated_step_seconds(by_name[n]) for n in names)
+
+                until = None if hard_end is None else started + (hard_end - started) * share_of(left_here) - overhead
                 horizon = None
                 if deadline is not None:  # its steps in all should it win: those done, then what fits of the time
                     # left once the others' share of the race is spent (none while filling the budget); the real
                     # run re-plans its end from its own steps, this places the rungs on one cosine
-                    share = race.estimated_step_seconds(plan) / sum(race.estimated_step_seconds(by_name[n]) for n in steps_for)
-                    others = max(0.0, race_end - started) * (1 - share) if rung < n_rungs else 0.0
-                    horizon = race.steps_done.get(name, 0) + steps_that_fit(max(0.0, deadline - started - others - t.in_process_overhead_seconds), step_seconds=race.estimated_step_seconds(plan))
+                    others = max(0.0, race_end - started) * (1 - share_of(steps_for)) if rung < n_rungs else 0.0
+                    left = max(0.0, deadline - started - others - t.in_process_overhead_seconds)
+                    horizon = race.steps_done.get(name, 0) + steps_that_fit(
+                        left, step_seconds=race.estimated_step_seconds(plan))
                 correct[name], steps = race.train_rung(plan, steps_for[name], until=until, horizon=horizon)
                 last_steps[name] = steps
                 overhead = max(MIN_RUNG_OVERHEAD_SECONDS, (time.perf_counter() - started) - steps * race.step_seconds[name])
@@ -436,9 +437,9 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         start_folder = str(output_dir / "race" / "start")
         save_model_folder(start_model, start_folder, image_size=image_size)
     record.seconds = round(time.perf_counter() - began, 1)
-    schedule = ({"offset": race.steps_done[winner.name], "warmup_steps": race.warmup_steps[winner.name]}
-                if start_folder and winner.name in race.warmup_steps else None)
-    return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None, schedule)
+    if start_folder and winner.name in race.warmup_steps:
+        record.winner_schedule = {"offset": race.steps_done[winner.name], "warmup_steps": race.warmup_steps[winner.name]}
+    return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None)
 
 
 __all__ = ["RaceOutcome", "RestoreOptimizer", "holdout_split", "run_race"]
