@@ -136,58 +136,17 @@ def set_schedule_horizon(scheduler, total_steps: int) -> bool:
             kw["num_warmup_steps"] = int(round(kw["num_warmup_steps"] * total_steps / old))
         kw["num_training_steps"] = int(total_steps)
         moved.append(partial(f.func, *f.args, **kw))
-    _set_lambdas(scheduler, moved)
+    set_schedule_lambdas(scheduler, moved)
     return True
 
 
-def _set_lambdas(scheduler, lambdas) -> None:
+def set_schedule_lambdas(scheduler, lambdas) -> None:
     """New lambdas for a `LambdaLR`, and the optimizer's rates from them at once (the scheduler would set them only
     at its next step: the current step would run at the old schedule's rate)."""
     scheduler.lr_lambdas = lambdas
     for group, base, rate in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lambdas):
         group["lr"] = base * rate(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-
-
-def _continued_lambda(step: int, *, schedule, offset: int, warmup: int, num_training_steps: int, **kwargs) -> float:
-    """``schedule`` at step ``offset + step`` of one run whose warm-up is ``warmup`` steps and which ends
-    ``num_training_steps`` after this run began (the keyword `set_schedule_horizon` moves)."""
-    return schedule(offset + step, num_warmup_steps=warmup, num_training_steps=offset + num_training_steps, **kwargs)
-
-
-def continue_schedule(scheduler, *, offset: int, warmup_steps: int, horizon: int | None = None) -> bool:
-    """Make a fresh transformers schedule the continuation of an earlier one: its step ``s`` becomes step
-    ``offset + s`` of a single schedule with ``warmup_steps`` of warm-up, ending ``horizon`` steps from here (None:
-    where this run's schedule ends; `set_schedule_horizon` moves it later). The optimizer's rates are set to the
-    continued schedule's now. False when the schedule has no horizon."""
-    inner = getattr(scheduler, "scheduler", scheduler)
-    lambdas = getattr(inner, "lr_lambdas", None)
-    if not lambdas or not all(isinstance(f, partial) and "num_training_steps" in f.keywords for f in lambdas):
-        return False
-    moved = []
-    for f in lambdas:
-        kw = dict(f.keywords)
-        local = int(horizon if horizon is not None else kw["num_training_steps"])
-        kw.pop("num_warmup_steps", None)
-        kw.pop("num_training_steps")
-        moved.append(partial(_continued_lambda, schedule=f.func, offset=int(offset), warmup=int(warmup_steps),
-                             num_training_steps=local, **kw))
-    _set_lambdas(inner, moved)
-    return True
-
-
-class ContinueSchedule(TrainerCallback):
-    """A `TrainerCallback` that turns the Trainer's fresh schedule into the continuation of a plan's earlier training
-    (`continue_schedule`): the race's rungs and the winner's real run are one warm-up and one cosine, not a restart
-    at the peak rate each time. Added after `RestoreOptimizer` (whose loaded state carries the old rates)."""
-
-    def __init__(self, *, offset: int, warmup_steps: int, horizon: int | None = None, what: str = "the run"):
-        self.offset, self.warmup_steps, self.horizon, self.what = offset, warmup_steps, horizon, what
-
-    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
-        if lr_scheduler is not None and not continue_schedule(lr_scheduler, offset=self.offset,
-                                                              warmup_steps=self.warmup_steps, horizon=self.horizon):
-            say(f"{self.what}: the {args.lr_scheduler_type} schedule has no horizon; it restarts instead of continuing")
 
 
 class DeadlineCallback(TrainerCallback):
@@ -376,5 +335,6 @@ def attach_deadline(trainer, budget_seconds: float, started: float, *, final_eva
     return callback
 
 
-__all__ = ["CEILING_FACTOR", "ContinueSchedule", "DeadlineCallback", "StopAt", "attach_deadline", "budget_reserve", "charge_from_process_start",
-           "continue_schedule", "epochs_that_fit", "estimate_save_seconds", "run_started", "set_schedule_horizon", "steps_that_fit"]
+__all__ = ["CEILING_FACTOR", "DeadlineCallback", "StopAt", "attach_deadline", "budget_reserve", "charge_from_process_start",
+           "epochs_that_fit", "estimate_save_seconds", "run_started", "set_schedule_horizon", "set_schedule_lambdas",
+           "steps_that_fit"]

@@ -142,7 +142,8 @@ def test_set_schedule_horizon_moves_the_cosine_and_its_warm_up():
 def test_a_continued_schedule_is_one_warm_up_and_one_cosine_across_runs():
     """Three runs (two race rungs of 30 and 50 steps, then the real run whose end the deadline moves) follow the
     learning rate of one cosine over all 200 steps: no second warm-up, no restart at the peak."""
-    from hf_transfer.budget import continue_schedule, set_schedule_horizon
+    from hf_transfer.budget import set_schedule_horizon
+    from hf_transfer.continuation import continue_schedule
 
     def run(offset, steps, horizon, moved_to=None):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

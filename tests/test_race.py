@@ -190,7 +190,7 @@ def test_the_race_winner_keeps_its_optimizer_state_and_a_mismatch_starts_fresh(c
     on_train_begin); an optimizer with other parameter groups starts fresh and says so."""
     import torch
 
-    from hf_transfer.jobs.race import RestoreOptimizer
+    from hf_transfer.continuation import RestoreOptimizer
 
     def adam(*shapes):
         params = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
@@ -263,6 +263,24 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
     assert time.perf_counter() - began < budget
     fake_race.horizons = horizons
     return outcome, trained
+
+
+def test_a_probe_winner_s_final_run_is_reserved_twice_the_measured_rung_overhead_never_more_than_the_prior():
+    """Before a rung has run, the prior (4 s); then two measured rung overheads (the fixed 4 s left every dev probe
+    winner 5-6% of its budget unused at load 1), capped at the prior so a loaded machine reserves no less than before."""
+    from hf_transfer.jobs.race import final_run_overhead
+
+    t = Thresholds()
+    assert final_run_overhead(t, None) == t.in_process_overhead_seconds == 4.0
+    assert final_run_overhead(t, 1.0) == 2.0 and final_run_overhead(t, 1.5) == 3.0
+    assert final_run_overhead(t, 3.0) == 4.0
+
+
+def test_the_race_records_the_reserve_it_left_a_probe_winner(monkeypatch, tmp_path):
+    outcome, _ = fake_race(monkeypatch, tmp_path, {"probe 7": 0.99, "full x0.1": 0.90, "partial depth:4": 0.91},
+                           {"full x0.1": 0.002, "partial depth:4": 0.002}, budget=4.0)
+    # the fake's prior is 0.2 s and its rung overhead floor 0.05 s: the measured reserve lies between 0.1 and 0.2
+    assert outcome.winner.job == "probe" and 0.1 <= outcome.record.final_run_overhead_seconds < 0.2
 
 
 def test_the_spare_time_trains_the_default_and_a_race_out_of_time_crowns_its_leader(monkeypatch, tmp_path):

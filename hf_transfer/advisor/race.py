@@ -215,6 +215,8 @@ class RaceRecord:
     ran_out_of_time: bool = False
     # a fine-tune winner's place on its one schedule, where its real run goes on: {"offset", "warmup_steps"}
     winner_schedule: dict | None = None
+    # the seconds the race left a probe winner's final run beyond its forward pass (None: no budget)
+    final_run_overhead_seconds: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

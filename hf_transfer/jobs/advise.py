@@ -292,11 +292,11 @@ def continue_from_race(advice, trainer) -> None:
     """The real run of a fine-tune winner keeps the race's AdamW moments (loaded once its optimizer exists) and goes
     on along its schedule: no second warm-up, the cosine from where the race left it to the run's re-planned end."""
     if advice.start_optimizer is not None:
-        from .race import RestoreOptimizer
+        from ..continuation import RestoreOptimizer
 
         trainer.add_callback(RestoreOptimizer(advice.start_optimizer, "--strategy auto"))
     if advice.start_schedule is not None:
-        from ..budget import ContinueSchedule
+        from ..continuation import ContinueSchedule
 
         trainer.add_callback(ContinueSchedule(offset=advice.start_schedule["offset"], what="--strategy auto",
                                               warmup_steps=advice.start_schedule["warmup_steps"]))
@@ -326,7 +326,8 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
     decision = advice.decision
     if advice.deadline is not None:  # the probe's forward pass over train must fit what the race left
         m = advice.chosen
-        left = advice.deadline - time.perf_counter() - advice.thresholds.in_process_overhead_seconds
+        reserve = (advice.race or {}).get("final_run_overhead_seconds") or advice.thresholds.in_process_overhead_seconds
+        left = advice.deadline - time.perf_counter() - reserve
         fits = int(left * 1000 / max(1e-3, m.cost.forward_ms_per_image)) - 2 * m.size.n_validation
         if fits < m.size.n_train:
             # the measurement's own subsample size (and seed) at least: its features are in the cache already

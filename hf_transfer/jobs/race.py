@@ -17,18 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
 from ..advisor.race import (CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, fill_plan,
                             make_pruner)
 from ..advisor.rules import Thresholds
-from ..budget import ContinueSchedule, StopAt, steps_that_fit
+from ..budget import StopAt, steps_that_fit
+from ..continuation import ContinueSchedule, RestoreOptimizer
 from ..runtime import say
 from .soup import greedy_soup
 
 MIN_RUNG_STEPS = 5
 RUNG_OVERHEAD_SECONDS = 3.0  # a fine-tune rung beyond its steps (trainer set-up, the held-out prediction): first guess
 MIN_RUNG_OVERHEAD_SECONDS = 1.0  # ... and the least it is taken to be once measured
+# The probe's final run beyond its forward pass (load, fits, report, export), in rung overheads: on dev textures at
+# load 1 it took 1.6 s against rung overheads of 0.3 s (taken as the 1 s floor); the fixed 4 s it replaces left
+# every probe winner 5-6% of its budget unused.
+FINAL_RUN_OVERHEADS = 2.0
 PROBE_C = 0.1  # the probe curve's regularization (advisor.measure.CURVE_C): the race scores the same probe
 # A rung's data order is drawn from seed + stride x (the plan's rung number): each Trainer starts its sampler at epoch
 # 0, so with one seed every rung replayed the first rung's batches (a rung of 40 steps on 4,000 images saw the same
@@ -42,24 +46,6 @@ class RaceOutcome:
     record: RaceRecord
     start_folder: str | None  # the fine-tuned weights the real run continues from (None: a probe, or from scratch)
     optimizer_state: dict | None = None  # the winner's AdamW moments at its last rung (None: a probe, or a soup)
-
-
-class RestoreOptimizer(TrainerCallback):
-    """A `TrainerCallback` that loads an optimizer state once the Trainer has built its optimizer (on_train_begin):
-    a plan that trains again (the race's next rung, the winner's real run) keeps its AdamW moments instead of
-    starting them from zero. The same plan builds the same parameter groups in the same order; where they differ
-    anyway, the optimizer starts fresh and says so."""
-
-    def __init__(self, state: dict, what: str):
-        self.state, self.what = state, what
-
-    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-        if optimizer is None:
-            return
-        try:
-            optimizer.load_state_dict(self.state)
-        except (ValueError, KeyError, RuntimeError) as err:  # groups or shapes differ: fresh moments, said once
-            say(f"{self.what}: the race's optimizer state does not fit this optimizer ({err}); it starts fresh")
 
 
 def holdout_split(data, seed: int, t: Thresholds):
@@ -275,11 +261,19 @@ def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds
     return kept
 
 
-def final_probe_seconds(m, t: Thresholds) -> float:
+def final_run_overhead(t: Thresholds, rung_overhead: float | None) -> float:
+    """A probe winner's final run beyond its forward pass (loading, the fits, the report, saving):
+    ``FINAL_RUN_OVERHEADS`` of the race's measured rung overhead once a rung has run (it slows with the machine as
+    they do), never more than the prior ``in_process_overhead_seconds``."""
+    return t.in_process_overhead_seconds if rung_overhead is None else min(
+        t.in_process_overhead_seconds, FINAL_RUN_OVERHEADS * rung_overhead)
+
+
+def final_probe_seconds(m, t: Thresholds, rung_overhead: float | None = None) -> float:
     """The probe job's final run when time is short: on the measurement's subsample (features cached), one forward
-    over validation and a test split of about its size, the fits, loading and saving (`run_advised_probe` sizes the
+    over validation and a test split of about its size, and `final_run_overhead` (`run_advised_probe` sizes the
     probe's training images to the time actually left)."""
-    return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + t.in_process_overhead_seconds
+    return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + final_run_overhead(t, rung_overhead)
 
 
 def run_race(measurement, data, model_args, training_args, *, image_size: int, deadline: float | None,
@@ -322,6 +316,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     correct.update(race.score_probes([by_name[n] for n in alive if by_name[n].job == "probe"]))
     probe_seconds = time.perf_counter() - probe_began
     overhead = RUNG_OVERHEAD_SECONDS  # re-measured after each rung
+    measured_overhead = None  # ... None until a rung has run
     last_steps: dict[str, int] = {}
     rung = 0
     while True:
@@ -352,7 +347,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             if by_name[leader].job != "probe":
                 break
             live_finetunes = [fill_plan({n: correct[n] for n in live_finetunes}, default, t.decision_z)]
-            left = deadline - rung_began - final_probe_seconds(measurement, t)
+            left = deadline - rung_began - final_probe_seconds(measurement, t, measured_overhead)
             per_plan = left - overhead
             fits = {n: steps_that_fit(per_plan, step_seconds=race.estimated_step_seconds(by_name[n]))
                     for n in live_finetunes}
@@ -364,7 +359,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
                 record.ran_out_of_time = True
                 break
         rung_row = {}
-        hard_end = None if deadline is None else deadline - final_probe_seconds(measurement, t)
+        hard_end = None if deadline is None else deadline - final_probe_seconds(measurement, t, measured_overhead)
         for i, name in enumerate(alive):
             plan = by_name[name]
             started = time.perf_counter()
@@ -388,7 +383,8 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
                         left, step_seconds=race.estimated_step_seconds(plan))
                 correct[name], steps = race.train_rung(plan, steps_for[name], until=until, horizon=horizon)
                 last_steps[name] = steps
-                overhead = max(MIN_RUNG_OVERHEAD_SECONDS, (time.perf_counter() - started) - steps * race.step_seconds[name])
+                overhead = measured_overhead = max(MIN_RUNG_OVERHEAD_SECONDS,
+                                                   (time.perf_counter() - started) - steps * race.step_seconds[name])
             acc = float(correct[name].mean())
             trials[name].set_user_attr(CORRECT_ATTR, correct[name].tolist())
             trials[name].report(acc, step=rung)
@@ -437,9 +433,11 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         start_folder = str(output_dir / "race" / "start")
         save_model_folder(start_model, start_folder, image_size=image_size)
     record.seconds = round(time.perf_counter() - began, 1)
+    if deadline is not None:  # what a probe winner's final run may take beyond its forward (`run_advised_probe`)
+        record.final_run_overhead_seconds = round(final_run_overhead(t, measured_overhead), 2)
     if start_folder and winner.name in race.warmup_steps:
         record.winner_schedule = {"offset": race.steps_done[winner.name], "warmup_steps": race.warmup_steps[winner.name]}
     return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None)
 
 
-__all__ = ["RaceOutcome", "RestoreOptimizer", "holdout_split", "run_race"]
+__all__ = ["RaceOutcome", "holdout_split", "run_race"]
