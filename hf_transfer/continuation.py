@@ -74,7 +74,8 @@ class ContinueSchedule(TrainerCallback):
     def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         if lr_scheduler is not None and not continue_schedule(lr_scheduler, offset=self.offset,
                                                               warmup_steps=self.warmup_steps, horizon=self.horizon):
-            say(f"{self.what}: the {args.lr_scheduler_type} schedule has no horizon; it restarts instead of continuing")
+            kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)  # an enum in TrainingArguments
+            say(f"{self.what}: the {kind} schedule has no horizon; it restarts instead of continuing")
 
 
 __all__ = ["ContinueSchedule", "RestoreOptimizer", "continue_schedule"]

@@ -139,41 +139,6 @@ def test_set_schedule_horizon_moves_the_cosine_and_its_warm_up():
     assert not set_schedule_horizon(constant, 100)
 
 
-def test_a_continued_schedule_is_one_warm_up_and_one_cosine_across_runs():
-    """Three runs (two race rungs of 30 and 50 steps, then the real run whose end the deadline moves) follow the
-    learning rate of one cosine over all 200 steps: no second warm-up, no restart at the peak."""
-    from hf_transfer.budget import set_schedule_horizon
-    from hf_transfer.continuation import continue_schedule
-
-    def run(offset, steps, horizon, moved_to=None):
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 20),
-                                                    num_training_steps=steps)  # what each run's Trainer builds
-        assert continue_schedule(scheduler, offset=offset, warmup_steps=10, horizon=horizon)
-        if moved_to is not None:
-            assert set_schedule_horizon(scheduler, moved_to)
-        rates = []
-        for _ in range(steps):
-            rates.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return rates
-
-    one = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    reference = get_cosine_schedule_with_warmup(one, num_warmup_steps=10, num_training_steps=200)
-    expected = []
-    for _ in range(200):
-        expected.append(one.param_groups[0]["lr"])
-        one.step()
-        reference.step()
-    pieces = run(0, 30, 200) + run(30, 50, 170) + run(80, 120, 300, moved_to=120)
-    assert pieces == pytest.approx(expected, abs=1e-12)
-    assert pieces[30] == pytest.approx(expected[30]) and pieces[30] > 0.9  # the second rung starts where the first stopped
-    constant = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
-                                                 lambda step: 1.0)
-    assert not continue_schedule(constant, offset=5, warmup_steps=1)
-
-
 def test_the_safety_net_stops_a_run_whose_steps_suddenly_take_longer():
     from hf_transfer.budget import budget_reserve
 

@@ -185,31 +185,6 @@ def test_a_recorded_race_replays_at_other_thresholds_without_training():
     assert refused.winner is None and "never trained" in refused.why
 
 
-def test_the_race_winner_keeps_its_optimizer_state_and_a_mismatch_starts_fresh(capsys):
-    """RestoreOptimizer loads the race's AdamW moments once the real run's optimizer exists (Trainer's
-    on_train_begin); an optimizer with other parameter groups starts fresh and says so."""
-    import torch
-
-    from hf_transfer.continuation import RestoreOptimizer
-
-    def adam(*shapes):
-        params = [torch.nn.Parameter(torch.ones(s)) for s in shapes]
-        return params, torch.optim.AdamW(params, lr=0.1)
-
-    params, raced = adam(3, 2)
-    for p in params:
-        p.grad = torch.full_like(p, 0.5)
-    raced.step()
-    params, fresh = adam(3, 2)
-    RestoreOptimizer(raced.state_dict(), "test").on_train_begin(None, None, None, optimizer=fresh)
-    moments = fresh.state_dict()["state"]
-    assert set(moments) == {0, 1} and torch.equal(moments[0]["exp_avg"], torch.full((3,), 0.05))
-    assert float(moments[1]["step"]) == 1.0
-    _, other = adam(3)  # one group of one tensor: does not fit
-    RestoreOptimizer(raced.state_dict(), "test").on_train_begin(None, None, None, optimizer=other)
-    assert other.state_dict()["state"] == {} and "starts fresh" in capsys.readouterr().out
-
-
 def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: dict[str, float], budget: float,
               keeps_weights: bool = False):
     """The race's loop with the training faked (each rung sleeps its steps' time, scores are fixed): the outcome and
