@@ -171,7 +171,9 @@ def summarize(results: dict, split: dict) -> dict:
         row = {"case": case, "half": "dev" if case in split["dev"] else "test", "backbone": backbone, "seed": seed,
                "auto": auto["test_accuracy"], "auto_winner": (auto.get("auto") or {}).get("winner"),
                "fixed": fixed, "fixed_run": sorted(fixed), "budget_seconds": auto["budget_seconds"],
-               "auto_used_seconds": auto["wall_seconds"], "auto_tool_used_seconds": auto.get("time_budget_used_seconds")}
+               "auto_used_seconds": auto["wall_seconds"], "auto_tool_used_seconds": auto.get("time_budget_used_seconds"),
+               # the advisor's measurement runs before the race: its seconds show how fast the machine was that run
+               "auto_measurement_seconds": ((auto.get("auto") or {}).get("budget") or {}).get("measurement_seconds")}
         # "used": the subprocess's wall time, start to exit (BUDGETED strategies; the probes have no --time_budget)
         row["budget_used"] = {s: round(r["wall_seconds"] / r["budget_seconds"], 3) for s, r in recs.items()
                               if s in BUDGETED}
@@ -195,6 +197,11 @@ def summarize(results: dict, split: dict) -> dict:
             "budget_used": {s: [r["budget_used"].get(s) for r in hr] for s in BUDGETED},
             "budget_used_within_90_100": f"{sum(0.9 <= u <= 1.0 for r in hr for u in r['budget_used'].values())}/"
                                          f"{sum(len(r['budget_used']) for r in hr)}",
+            "auto_measurement_seconds_mean": _mean([r["auto_measurement_seconds"] for r in hr
+                                                    if r["auto_measurement_seconds"] is not None]),
+            # the race keeps a probe winner's final run back (jobs/race.py: final_run_overhead): what those cells used
+            "auto_budget_used_when_a_probe_won": _spread([r["budget_used"]["auto"] for r in hr
+                                                          if (r["auto_winner"] or "").startswith("probe")]),
             "below_default": {f"{r['case']}-{r['backbone'].split('_')[-1]}-{r['seed']}":
                               _below_default(groups[(r["case"], r["backbone"], r["seed"])])
                               for r in hr if r.get("regret_vs_default", 0) > 0.01},
@@ -214,7 +221,8 @@ def _below_default(recs: dict) -> dict:
            "margin": round(verdict.get("margin", float("nan")), 4), "se": round(verdict.get("se", float("nan")), 4),
            "heldout": {name: plan["accuracy"] for name, plan in last.items()},
            "default_race_steps": sum(rung["plans"].get(default, {}).get("steps", 0) for rung in rungs),
-           "default_alone_steps": recs["default"].get("time_budget_planned_steps")}
+           "default_alone_steps": recs["default"].get("time_budget_planned_steps"),
+           "measurement_seconds": (auto.get("budget") or {}).get("measurement_seconds")}
     if auto.get("winner") == default and (auto.get("decision") or {}).get("job") == "finetune":
         out["default_run_steps"] = (auto.get("budget") or {}).get("planned_steps")
     return out
@@ -291,6 +299,10 @@ def _key(row, strategy):
 
 def _mean(values):
     return round(sum(values) / len(values), 4) if values else None
+
+
+def _spread(values) -> dict:
+    return {"cells": len(values), "mean": _mean(values), "min": min(values, default=None)}
 
 
 def main(argv=None):

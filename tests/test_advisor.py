@@ -3,6 +3,7 @@ end-to-end runs of `recipes/advise.py` and `recipes/finetune.py --strategy auto`
 
 import functools
 import json
+import math
 import time
 from types import SimpleNamespace
 
@@ -404,6 +405,52 @@ def test_strategy_auto_races_the_candidates_and_runs_the_winner(tiny_pretrained,
     # advice.json rewritten once the winner's run ended: its final scores beside the race's
     assert advice["final_run"]["plan"] == winner
     assert advice["final_run"]["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+
+
+def test_under_a_budget_the_race_and_the_winner_s_real_run_are_one_schedule_through_real_trainers(
+        tiny_pretrained, tmp_path, monkeypatch):
+    """A budgeted race on real Trainers (probes left out, so a fine-tune wins): each of the winner's rungs starts
+    where its last one stopped on one warm-up and cosine, the real run starts there too (its fresh Trainer's
+    schedule would start a warm-up at 0; continued, it runs mid-cosine), and the whole job ends within the budget."""
+    from hf_transfer import continuation
+    from hf_transfer.advisor import advice as advice_module
+    from hf_transfer.advisor.race import candidate_plans
+    from hf_transfer.jobs import race as race_job
+    from hf_transfer.jobs.finetune import run_finetune
+
+    monkeypatch.setattr(advice_module, "Thresholds", functools.partial(Thresholds, default_finetune_min_images=100))
+    monkeypatch.setattr(race_job, "candidate_plans",
+                        lambda m, t: [p for p in candidate_plans(m, t) if p.job == "finetune"])
+    monkeypatch.setenv("HF_TRANSFER_CACHE", str(tmp_path / "cache"))
+    continued = []  # (what, offset, warm-up, steps to the schedule's end, the first group's rate over its base)
+    plain = continuation.ContinueSchedule.on_train_begin
+
+    def spied(self, args, state, control, lr_scheduler=None, **kwargs):
+        inner = getattr(lr_scheduler, "scheduler", lr_scheduler)
+        plain(self, args, state, control, lr_scheduler=lr_scheduler, **kwargs)
+        continued.append((self.what, self.offset, self.warmup_steps, inner.lr_lambdas[0].keywords["num_training_steps"],
+                          inner.optimizer.param_groups[0]["lr"] / inner.base_lrs[0]))
+
+    monkeypatch.setattr(continuation.ContinueSchedule, "on_train_begin", spied)
+    budget = 15.0
+    out = tmp_path / "auto"
+    metrics = run_finetune(*parse_args(finetune_argument_types(), [
+        "--model_name_or_path", tiny_pretrained, *DATA, "--strategy", "auto", "--time_budget", str(budget),
+        "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "True"]))
+    advice = json.loads((out / "advice.json").read_text())
+    winner = advice["race"]["verdict"]["winner"]
+    steps = [r["plans"][winner]["steps"] for r in advice["race"]["rungs"] if winner in r["plans"]]
+    rungs = [c for c in continued if c[0] == f"race {winner}"]
+    assert [c[1] for c in rungs] == [sum(steps[:i]) for i in range(len(rungs))]  # each rung goes on from the last
+    assert len({c[2] for c in rungs}) == 1  # one warm-up, fixed at the first rung
+    real = [c for c in continued if c[0] == "--strategy auto"]
+    assert len(real) == 1 and real[0][1] == sum(steps) == advice["race"]["winner_schedule"]["offset"] > rungs[0][2]
+    assert real[0][2] == rungs[0][2] == advice["race"]["winner_schedule"]["warmup_steps"]
+    # the real run's first step is step `offset` of one cosine (its fresh schedule would start a warm-up at 0)
+    offset, warmup, to_end, rate = real[0][1:]
+    assert rate == pytest.approx(0.5 * (1 + math.cos(math.pi * (offset - warmup) / (offset + to_end - warmup))))
+    assert 0.0 < rate < 1.0
+    assert metrics["time_budget_used_seconds"] <= budget
 
 
 def test_bad_advisor_requests_are_one_line_errors(tmp_path, capsys):

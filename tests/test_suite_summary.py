@@ -62,6 +62,8 @@ def test_regrets_targets_and_the_rows_below_the_default(suite):
     assert test["within_1pt_of_best"] == "1/2" and test["more_than_1pt_below_default"] == 1
     assert test["mean_regret_vs_best"] == pytest.approx((0.02 - 0.005) / 2, abs=1e-4)
     assert test["budget_used_within_90_100"] == "5/6"  # partial at 85% is the one outside
+    assert test["auto_budget_used_when_a_probe_won"] == {"cells": 1, "mean": 0.99, "min": 0.99}  # c's probe 7
+    assert dev["auto_budget_used_when_a_probe_won"] == {"cells": 0, "mean": None, "min": None}
     assert dev["within_1pt_of_best"] == "1/1" and dev["more_than_1pt_below_default"] == 0
     assert dev["below_default"] == {}
 
