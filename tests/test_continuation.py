@@ -10,16 +10,25 @@ from hf_transfer.budget import set_schedule_horizon
 from hf_transfer.continuation import ContinueSchedule, RestoreOptimizer, continue_schedule
 
 
-def cosine_rates(steps: int, warmup: int) -> list[float]:
-    """The learning rate at each step of one cosine with warm-up, peak 1."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+def stepped_rates(scheduler, steps: int) -> list[float]:
+    """The learning rate at each of ``steps`` steps of ``scheduler`` (its optimizer's peak rate 1)."""
     rates = []
     for _ in range(steps):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
+        rates.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
         scheduler.step()
     return rates
+
+
+def cosine(steps: int, warmup: int):
+    """What a run's Trainer builds: a fresh cosine with warm-up over its own steps."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def cosine_rates(steps: int, warmup: int) -> list[float]:
+    """The learning rate at each step of one cosine with warm-up, peak 1."""
+    return stepped_rates(cosine(steps, warmup), steps)
 
 
 def test_the_race_winner_keeps_its_optimizer_state_and_a_mismatch_starts_fresh(capsys):
@@ -47,18 +56,11 @@ def test_a_continued_schedule_is_one_warm_up_and_one_cosine_across_runs():
     """Three runs (two race rungs of 30 and 50 steps, then the real run whose end the deadline moves) follow the
     learning rate of one cosine over all 200 steps: no second warm-up, no restart at the peak."""
     def run(offset, steps, horizon, moved_to=None):
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 20),
-                                                    num_training_steps=steps)  # what each run's Trainer builds
+        scheduler = cosine(steps, max(1, steps // 20))
         assert continue_schedule(scheduler, offset=offset, warmup_steps=10, horizon=horizon)
         if moved_to is not None:
             assert set_schedule_horizon(scheduler, moved_to)
-        rates = []
-        for _ in range(steps):
-            rates.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return rates
+        return stepped_rates(scheduler, steps)
 
     expected = cosine_rates(200, 10)
     pieces = run(0, 30, 200) + run(30, 50, 170) + run(80, 120, 300, moved_to=120)
