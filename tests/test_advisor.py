@@ -432,7 +432,7 @@ def test_under_a_budget_the_race_and_the_winner_s_real_run_are_one_schedule_thro
                           inner.optimizer.param_groups[0]["lr"] / inner.base_lrs[0]))
 
     monkeypatch.setattr(continuation.ContinueSchedule, "on_train_begin", spied)
-    budget = 15.0
+    budget = 10.0
     out = tmp_path / "auto"
     metrics = run_finetune(*parse_args(finetune_argument_types(), [
         "--model_name_or_path", tiny_pretrained, *DATA, "--strategy", "auto", "--time_budget", str(budget),
