@@ -200,7 +200,7 @@ def summarize(results: dict, split: dict) -> dict:
             "auto_measurement_seconds_mean": _mean([r["auto_measurement_seconds"] for r in hr
                                                     if r["auto_measurement_seconds"] is not None]),
             # the race keeps a probe winner's final run back (jobs/race.py: final_run_overhead): what those cells used
-            "auto_budget_used_when_a_probe_won": _spread([r["budget_used"]["auto"] for r in hr
+            "auto_budget_used_when_a_probe_won": _mean_and_least([r["budget_used"]["auto"] for r in hr
                                                           if (r["auto_winner"] or "").startswith("probe")]),
             "below_default": {f"{r['case']}-{r['backbone'].split('_')[-1]}-{r['seed']}":
                               _below_default(groups[(r["case"], r["backbone"], r["seed"])])
@@ -301,7 +301,7 @@ def _mean(values):
     return round(sum(values) / len(values), 4) if values else None
 
 
-def _spread(values) -> dict:
+def _mean_and_least(values) -> dict:
     return {"cells": len(values), "mean": _mean(values), "min": min(values, default=None)}
 
 

@@ -326,8 +326,8 @@ def run_advised_probe(advice, model_args: ModelArguments, data_args: DataArgumen
     decision = advice.decision
     if advice.deadline is not None:  # the probe's forward pass over train must fit what the race left
         m = advice.chosen
-        reserve = (advice.race or {}).get("final_run_overhead_seconds") or advice.thresholds.in_process_overhead_seconds
-        left = advice.deadline - time.perf_counter() - reserve
+        # what the race left this run beyond its forward pass (a race under a deadline always records it)
+        left = advice.deadline - time.perf_counter() - advice.race["final_run_overhead_seconds"]
         fits = int(left * 1000 / max(1e-3, m.cost.forward_ms_per_image)) - 2 * m.size.n_validation
         if fits < m.size.n_train:
             # the measurement's own subsample size (and seed) at least: its features are in the cache already
