@@ -75,3 +75,23 @@ def test_regrets_targets_and_the_rows_below_the_default(suite):
     assert (row["default_race_steps"], row["default_run_steps"], row["default_alone_steps"]) == (80, 40, 300)
     assert row["heldout"] == {"full x0.1": 0.91, "probe 7": 0.93}  # each plan's score at its last rung
     assert (row["margin"], row["se"]) == (0.03, 0.02)
+
+
+def test_the_spread_pairs_only_cells_of_the_strategy_that_were_run_again():
+    """bench/suite_spread.py: a cell copied unchanged from the first file is not a second run; other strategies and
+    cases are left out; the mean and largest gap are over the pairs."""
+    spec = importlib.util.spec_from_file_location("suite_spread_under_test", ROOT / "bench" / "suite_spread.py")
+    spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spread)
+    def key(case, strategy):
+        return f"{case}/embedded:efficientnet_lite0/42/{strategy}/120"
+
+    first = {key(c, s): cell(c, s, acc, 118) for c, s, acc in
+             [("a", "default", 0.80), ("b", "default", 0.90), ("c", "default", 0.95), ("a", "auto", 0.70)]}
+    second = {**first, key("a", "default"): cell("a", "default", 0.86, 117),
+              key("b", "default"): cell("b", "default", 0.895, 119), key("a", "auto"): cell("a", "auto", 0.9, 118)}
+    out = spread.spread({"cells": first}, {"cells": second}, "default", None)
+    assert sorted(out["pairs"]) == [key("a", "default"), key("b", "default")]  # c was not rerun
+    assert out["pairs"][key("a", "default")] == {"before": 0.8, "after": 0.86, "difference": 0.06}
+    assert (out["mean_abs_difference"], out["max_abs_difference"], out["more_than_1pt_apart"]) == (0.0325, 0.06, 1)
+    assert spread.spread({"cells": first}, {"cells": second}, "default", ["b"])["cells"] == 1
