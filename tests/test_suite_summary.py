@@ -13,11 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def suite():
-    spec = importlib.util.spec_from_file_location("bench_suite_under_test", ROOT / "bench" / "bench_suite.py")
+    path_before = list(sys.path)
+    yield _load_bench("bench_suite")
+    sys.path[:] = path_before  # the module puts bench/ first on the path for its `suite` package
+
+
+def _load_bench(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(ROOT / "bench"))  # the module puts bench/ first on the path for its `suite` package
+    return module
 
 
 def cell(case, strategy, accuracy, wall, budget=100.0, backbone="embedded:efficientnet_lite1", seed=42, **extra):
@@ -80,9 +85,7 @@ def test_regrets_targets_and_the_rows_below_the_default(suite):
 def test_the_spread_pairs_only_cells_of_the_strategy_that_were_run_again():
     """bench/suite_spread.py: a cell copied unchanged from the first file is not a second run; other strategies and
     cases are left out; the mean and largest gap are over the pairs."""
-    spec = importlib.util.spec_from_file_location("suite_spread_under_test", ROOT / "bench" / "suite_spread.py")
-    spread = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(spread)
+    spread = _load_bench("suite_spread")
     def key(case, strategy):
         return f"{case}/embedded:efficientnet_lite0/42/{strategy}/120"
 
@@ -95,3 +98,44 @@ def test_the_spread_pairs_only_cells_of_the_strategy_that_were_run_again():
     assert out["pairs"][key("a", "default")] == {"before": 0.8, "after": 0.86, "difference": 0.06}
     assert (out["mean_abs_difference"], out["max_abs_difference"], out["more_than_1pt_apart"]) == (0.0325, 0.06, 1)
     assert spread.spread({"cells": first}, {"cells": second}, "default", ["b"])["cells"] == 1
+
+
+
+def test_paired_rows_are_judged_on_the_mean_of_back_to_back_differences():
+    """bench/suite_paired.py: a repeat counts only when both of its cells finished; a row is below the default on the
+    mean of its paired differences, beyond the noise only past 2 SE; the first repeat alone is reported beside it;
+    the default's steps inside auto count only when the default won; the order alternates between repeats."""
+    path_before = list(sys.path)
+    paired = _load_bench("suite_paired")
+    try:
+        split = {"dev": ["a"], "test": ["b", "c"]}
+        runs = [  # (case, repeat, strategy, accuracy, extra)
+            ("b", 0, "auto", 0.88, {"auto": race([30, 50], run_steps=40)}),
+            ("b", 0, "default", 0.90, {"time_budget_planned_steps": 200}),  # -2 points
+            ("b", 1, "auto", 0.91, {"auto": race([30], winner="probe 7")}),
+            ("b", 1, "default", 0.90, {"time_budget_planned_steps": 180}),  # +1 point
+            ("b", 2, "auto", 0.70, {}),  # the default of repeat 2 failed: no pair
+            ("c", 0, "auto", 0.80, {}), ("c", 0, "default", 0.84, {}),
+            ("c", 1, "auto", 0.81, {}), ("c", 1, "default", 0.85, {}),
+            ("a", 0, "auto", 0.95, {}), ("a", 0, "default", 0.95, {}),
+        ]
+        cells = {f"{c}/{s}/r{r}": cell(c, s, acc, 100.0, repeat=r, **extra) for c, r, s, acc, extra in runs}
+        summary = paired.summarize(cells, split)
+        rows = {r["case"]: r for r in summary["rows"]}
+        b, c, a = rows["b"], rows["c"], rows["a"]
+        assert b["repeats"] == 2 and b["differences"] == [-0.02, 0.01]
+        assert b["mean_difference"] == pytest.approx(-0.005) and b["se"] == pytest.approx(0.015)
+        assert b["first_difference"] == -0.02
+        assert b["default_steps_in_auto"] == [120, None] and b["default_steps_alone"] == [200, 180]
+        assert c["mean_difference"] == pytest.approx(-0.04) and c["se"] == pytest.approx(0.0)
+        assert a["repeats"] == 1 and a["se"] is None
+
+        test = summary["halves"]["test"]
+        assert (test["rows"], test["pairs"]) == (2, 4)
+        assert test["more_than_1pt_below_default_on_the_mean"] == 1 and test["rows_below"] == ["c-lite1-42"]
+        assert test["below_default_beyond_2se"] == 1  # c: -4 points, no spread; b: within its noise
+        assert test["more_than_1pt_below_default_first_repeat_only"] == 2  # one run each would have said both
+        assert summary["halves"]["dev"]["below_default_beyond_2se"] == 0  # one repeat: no SE, never "beyond"
+        assert paired.order(0) == ("auto", "default") and paired.order(1) == ("default", "auto")
+    finally:
+        sys.path[:] = path_before  # suite_paired and the bench_suite it imports each put bench/ first
