@@ -407,11 +407,13 @@ def test_strategy_auto_races_the_candidates_and_runs_the_winner(tiny_pretrained,
     assert advice["final_run"]["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
 
 
-def test_under_a_budget_the_race_and_the_winner_s_real_run_are_one_schedule_through_real_trainers(
-        tiny_pretrained, tmp_path, monkeypatch):
-    """A budgeted race on real Trainers (probes left out, so a fine-tune wins): each of the winner's rungs starts
-    where its last one stopped on one warm-up and cosine, the real run starts there too (its fresh Trainer's
-    schedule would start a warm-up at 0; continued, it runs mid-cosine), and the whole job ends within the budget."""
+@pytest.mark.parametrize("budget", [10.0, None], ids=["budget", "no_budget"])
+def test_the_race_and_the_winner_s_real_run_are_one_schedule_through_real_trainers(
+        tiny_pretrained, tmp_path, monkeypatch, budget):
+    """A race on real Trainers (probes left out, so a fine-tune wins): each of the winner's rungs starts where its
+    last one stopped on one warm-up and cosine, the real run starts there too (its fresh Trainer's schedule would
+    start a warm-up at 0; continued, it runs mid-cosine); under a budget the whole job ends within it, and without
+    one every rung's cosine ends at the real run's last step."""
     from hf_transfer import continuation
     from hf_transfer.advisor import advice as advice_module
     from hf_transfer.advisor.race import candidate_plans
@@ -432,11 +434,10 @@ def test_under_a_budget_the_race_and_the_winner_s_real_run_are_one_schedule_thro
                           inner.optimizer.param_groups[0]["lr"] / inner.base_lrs[0]))
 
     monkeypatch.setattr(continuation.ContinueSchedule, "on_train_begin", spied)
-    budget = 10.0
     out = tmp_path / "auto"
     metrics = run_finetune(*parse_args(finetune_argument_types(), [
-        "--model_name_or_path", tiny_pretrained, *DATA, "--strategy", "auto", "--time_budget", str(budget),
-        "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "True"]))
+        "--model_name_or_path", tiny_pretrained, *DATA, "--strategy", "auto", "--output_dir", str(out),
+        "--report_to", "none", "--disable_tqdm", "True", *(["--time_budget", str(budget)] if budget else [])]))
     advice = json.loads((out / "advice.json").read_text())
     winner = advice["race"]["verdict"]["winner"]
     steps = [r["plans"][winner]["steps"] for r in advice["race"]["rungs"] if winner in r["plans"]]
@@ -450,7 +451,11 @@ def test_under_a_budget_the_race_and_the_winner_s_real_run_are_one_schedule_thro
     offset, warmup, to_end, rate = real[0][1:]
     assert rate == pytest.approx(0.5 * (1 + math.cos(math.pi * (offset - warmup) / (offset + to_end - warmup))))
     assert 0.0 < rate < 1.0
-    assert metrics["time_budget_used_seconds"] <= budget
+    if budget:
+        assert metrics["time_budget_used_seconds"] <= budget
+    else:  # the end each rung was told is where the real run's cosine ends: its last step
+        state = json.loads((out / "trainer_state.json").read_text())
+        assert {c[1] + c[3] for c in rungs} == {offset + to_end} == {offset + state["global_step"]}
 
 
 def test_bad_advisor_requests_are_one_line_errors(tmp_path, capsys):

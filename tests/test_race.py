@@ -185,8 +185,8 @@ def test_a_recorded_race_replays_at_other_thresholds_without_training():
     assert refused.winner is None and "never trained" in refused.why
 
 
-def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: dict[str, float], budget: float,
-              keeps_weights: bool = False):
+def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: dict[str, float],
+              budget: float | None, keeps_weights: bool = False, run_steps: int | None = None):
     """The race's loop with the training faked (each rung sleeps its steps' time, scores are fixed): the outcome and
     the steps each fine-tune trained, rung by rung."""
     import dataclasses
@@ -233,9 +233,10 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
     monkeypatch.setattr(race_job, "greedy_soup", lambda race, finalists, correct: ({"ingredients": finalists, "accuracy": 0.0}, None))
     t = Thresholds(in_process_overhead_seconds=0.2)
     began = time.perf_counter()
-    outcome = race_job.run_race(m, None, None, types.SimpleNamespace(seed=0), image_size=224, deadline=began + budget,
-                                output_dir=tmp_path, thresholds=t)
-    assert time.perf_counter() - began < budget
+    outcome = race_job.run_race(m, None, None, types.SimpleNamespace(seed=0), image_size=224,
+                                deadline=None if budget is None else began + budget, output_dir=tmp_path, thresholds=t,
+                                run_steps=run_steps)
+    assert budget is None or time.perf_counter() - began < budget
     fake_race.horizons = horizons
     return outcome, trained
 
@@ -302,3 +303,19 @@ def test_a_fine_tune_s_rungs_are_stretches_of_one_schedule_that_its_real_run_con
         # beyond this rung's end (no rung anneals to zero), within what the whole budget holds at its step time
         assert done < horizon <= 4.0 / 0.004, (trained, fake_race.horizons)
     assert outcome.record.winner_schedule == {"offset": done, "warmup_steps": 1}
+
+
+def test_without_a_budget_the_rungs_lead_into_the_real_run_s_planned_steps(monkeypatch, tmp_path):
+    """No deadline: rungs of 20 then 40 steps, each told the plan's steps in all should it win (its race rungs, then
+    the real run's planned steps), so the winner's real run continues one warm-up and cosine instead of warming up
+    again after rungs that each annealed to zero."""
+    from hf_transfer.jobs.race import unbudgeted_rung_steps
+
+    monkeypatch.setattr("hf_transfer.saving.save_model_folder", lambda *a, **k: None)
+    outcome, trained = fake_race(monkeypatch, tmp_path, {"probe 7": 0.80, "full x0.1": 0.90, "partial depth:4": 0.89},
+                                 {"full x0.1": 0.0001, "partial depth:4": 0.0001}, budget=None, keeps_weights=True,
+                                 run_steps=300)
+    assert [unbudgeted_rung_steps(r) for r in range(3)] == [20, 40, 80]
+    assert outcome.winner.name == "full x0.1" and trained["full x0.1"] == [20, 40]
+    assert fake_race.horizons["full x0.1"] == [20 + 40 + 300] * 2  # the same end, seen from every rung
+    assert outcome.record.winner_schedule == {"offset": 60, "warmup_steps": 1}

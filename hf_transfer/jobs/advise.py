@@ -4,6 +4,7 @@ data -> each candidate backbone measured on a subsample -> ranking -> decision -
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -214,9 +215,14 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
     deadline = started + transfer_args.time_budget if transfer_args.time_budget is not None else None
     from ..features import FeatureCache
 
+    run_steps = None  # without a budget, a fine-tune winner's real run is known in advance: its rungs lead into it
+    if deadline is None:
+        run_steps = math.ceil(_unbudgeted_epochs(advice.decision, advice.thresholds)
+                              * _steps_per_epoch(measurements[0], training_args))
     outcome = run_race(measurements[0], data, model_args, training_args, image_size=measurements[0].cost.image_size,
                        deadline=deadline, output_dir=training_args.output_dir, thresholds=advice.thresholds,
-                       probe_images=settings.max_probe_images, cache=FeatureCache(settings.feature_cache_dir))
+                       probe_images=settings.max_probe_images, cache=FeatureCache(settings.feature_cache_dir),
+                       run_steps=run_steps)
     _adopt_race_winner(advice, outcome, measurements[0], data_args, training_args, deadline)
     if transfer_args.time_budget is not None:
         advice.plan["time_budget"] = float(transfer_args.time_budget)  # the plan file reruns the whole budgeted run
@@ -242,8 +248,6 @@ def resolve_auto_strategy(model_args: ModelArguments, data_args: DataArguments, 
 
 def _adopt_race_winner(advice, outcome, measurement, data_args, training_args, deadline: float | None) -> None:
     """The race's winner becomes the decision and the plan (the prior decision's reasons stay, the verdict added)."""
-    import math
-
     from ..advisor import plan_config
 
     d, w, t = advice.decision, outcome.winner, advice.thresholds
@@ -255,17 +259,27 @@ def _adopt_race_winner(advice, outcome, measurement, data_args, training_args, d
         d.job, d.layers, d.learning_rate, d.num_train_epochs, d.augmentation = "probe", w.layers, None, None, "none"
     else:
         d.job, d.layers, d.learning_rate = "finetune", None, measurement.default_learning_rate
-        steps_per_epoch = math.ceil(measurement.size.n_train / max(1, training_args.per_device_train_batch_size))
-        epochs = float(d.num_train_epochs or t.min_epochs)
+        epochs = _unbudgeted_epochs(d, t)
         if deadline is not None:  # the first estimate; the run re-plans it from its own measured steps (budget.py)
             left = deadline - time.perf_counter() - t.in_process_overhead_seconds
-            epochs = max(1.0, round(left / max(1e-6, measurement.cost.step_seconds(w.trainable_share) * steps_per_epoch), 2))
+            epoch_seconds = measurement.cost.step_seconds(w.trainable_share) * _steps_per_epoch(measurement, training_args)
+            epochs = max(1.0, round(left / max(1e-6, epoch_seconds), 2))
         d.num_train_epochs = epochs
         d.augmentation = "gentle" if epochs >= t.augmentation_from_epochs else "none"
     advice.plan = plan_config(d, backbone=measurement.backbone, image_size=measurement.cost.image_size,
                               data_args=data_args, output_dir=training_args.output_dir,
                               batch_size=training_args.per_device_train_batch_size,
                               time_budget=None, seed=training_args.seed)
+
+
+def _unbudgeted_epochs(decision, t) -> float:
+    """A fine-tune winner's epochs without a time budget: the rules' (a probe decision has none: the least a
+    fine-tune is given)."""
+    return float(decision.num_train_epochs or t.min_epochs)
+
+
+def _steps_per_epoch(measurement, training_args) -> int:
+    return math.ceil(measurement.size.n_train / max(1, training_args.per_device_train_batch_size))
 
 
 def _apply_finetune_plan(decision, data_args, training_args, transfer_args) -> None:

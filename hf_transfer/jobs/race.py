@@ -276,11 +276,16 @@ def final_probe_seconds(m, t: Thresholds, rung_overhead: float | None = None) ->
     return m.cost.forward_ms_per_image * 2 * m.size.n_validation / 1000 + final_run_overhead(t, rung_overhead)
 
 
+def unbudgeted_rung_steps(rung: int) -> int:  # a fine-tune's steps in a rung of a race without a budget: 20, 40, ..
+    return MIN_RUNG_STEPS * 4 * 2 ** rung
+
+
 def run_race(measurement, data, model_args, training_args, *, image_size: int, deadline: float | None,
              output_dir: str | Path, thresholds: Thresholds | None = None, probe_images: int = 1000,
-             cache=None) -> RaceOutcome:
+             cache=None, run_steps: int | None = None) -> RaceOutcome:
     """Race the candidate plans; ``deadline`` (`time.perf_counter()`, None: no budget) bounds the race to
-    ``race_share`` of the time left."""
+    ``race_share`` of the time left; without one, ``run_steps`` is the steps of a fine-tune winner's real run (its
+    rungs are stretches of one warm-up and cosine that the run continues, as the budget's are)."""
     import optuna
 
     t = thresholds or Thresholds()
@@ -326,7 +331,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
             break
         if rung < n_rungs:
             if race_end is None:
-                steps_for = {n: MIN_RUNG_STEPS * 4 * 2 ** rung for n in live_finetunes}
+                steps_for = {n: unbudgeted_rung_steps(rung) for n in live_finetunes}
             else:
                 # every fine-tune trains the same steps in a rung (halving compares plans at equal resource; equal
                 # time gave a default three times slower a step 43 steps to `partial`'s 106, and it fell behind)
@@ -374,7 +379,9 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
 
                 until = None if hard_end is None else started + (hard_end - started) * share_of(left_here) - overhead
                 horizon = None
-                if deadline is not None:  # its steps in all should it win: those done, then what fits of the time
+                if deadline is None and run_steps is not None:  # its rungs, then the real run's planned epochs
+                    horizon = race.steps_done.get(name, 0) + sum(map(unbudgeted_rung_steps, range(rung, n_rungs))) + run_steps
+                elif deadline is not None:  # its steps in all should it win: those done, then what fits of the time
                     # left once the others' share of the race is spent (none while filling the budget); the real
                     # run re-plans its end from its own steps, this places the rungs on one cosine
                     others = max(0.0, race_end - started) * (1 - share_of(steps_for)) if rung < n_rungs else 0.0
@@ -440,4 +447,4 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None)
 
 
-__all__ = ["RaceOutcome", "holdout_split", "run_race"]
+__all__ = ["RaceOutcome", "holdout_split", "run_race", "unbudgeted_rung_steps"]
