@@ -4,7 +4,7 @@ Two threads on two free cores forward a batch faster than one. But when a neighb
 the extraction (a shared machine, a second job), two OpenMP threads wait on each other at every operator's
 barrier, and under libgomp's default wait policy they spin while they wait: measured here on EfficientNet-Lite0 at
 96 px with the machine's other core busy, 29-32 ms per image with two threads against 2.7-2.9 with one. The
-policy is read once, when torch loads (`hf_transfer_openmp`), from the load at that moment; the load can change
+policy is read once, when torch loads (`hf_transfer_openmp`), from the tasks runnable at that moment; they can change
 within the run. The thread count can change at any batch, so extraction measures both and keeps the faster:
 
 * the first batches try each count in turn;
