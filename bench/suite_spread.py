@@ -28,12 +28,28 @@ def spread(before: dict, after: dict, strategy: str, cases: list[str] | None) ->
         if old.get("test_accuracy") is None or cell.get("test_accuracy") is None:
             continue
         pairs[key] = {"before": round(old["test_accuracy"], 4), "after": round(cell["test_accuracy"], 4),
-                      "difference": round(cell["test_accuracy"] - old["test_accuracy"], 4)}
+                      "difference": round(cell["test_accuracy"] - old["test_accuracy"], 4),
+                      # the 1-minute load each run started at, and the steps it trained (budgeted fine-tunes)
+                      "load_before": [old.get("load_before"), cell.get("load_before")],
+                      "steps": [old.get("time_budget_planned_steps"), cell.get("time_budget_planned_steps")]}
     gaps = [abs(p["difference"]) for p in pairs.values()]
     return {"strategy": strategy, "cells": len(pairs), "pairs": pairs,
             "mean_abs_difference": round(sum(gaps) / len(gaps), 4) if gaps else None,
             "max_abs_difference": round(max(gaps), 4) if gaps else None,
-            "more_than_1pt_apart": sum(g > 0.01 for g in gaps)}
+            "more_than_1pt_apart": sum(g > 0.01 for g in gaps), "load_and_steps": _load_and_steps(pairs.values())}
+
+
+def _load_and_steps(pairs) -> dict:
+    """Pairs whose two runs started on either side of a 1-minute load of 2 (the cores: the recipes' OpenMP rule
+    before b4004b7 chose PASSIVE from there), and how many of them the run that started at 2 or more trained fewer
+    steps in."""
+    split = [p for p in pairs if None not in p["steps"] and None not in p["load_before"]
+             and (p["load_before"][0] >= 2) != (p["load_before"][1] >= 2)]
+    high_low = [(p["steps"][0], p["steps"][1]) if p["load_before"][0] >= 2 else (p["steps"][1], p["steps"][0])
+                for p in split]
+    return {"pairs_across_load_2": len(split), "fewer_steps_from_load_2": sum(h < lo for h, lo in high_low),
+            "mean_steps_ratio_from_load_2": round(sum(h / lo for h, lo in high_low) / len(high_low), 3)
+            if high_low else None}
 
 
 def main(argv=None):

@@ -91,11 +91,19 @@ def test_the_spread_pairs_only_cells_of_the_strategy_that_were_run_again():
 
     first = {key(c, s): cell(c, s, acc, 118) for c, s, acc in
              [("a", "default", 0.80), ("b", "default", 0.90), ("c", "default", 0.95), ("a", "auto", 0.70)]}
-    second = {**first, key("a", "default"): cell("a", "default", 0.86, 117),
-              key("b", "default"): cell("b", "default", 0.895, 119), key("a", "auto"): cell("a", "auto", 0.9, 118)}
+    for k, load, steps in ((key("a", "default"), 2.1, 150), (key("b", "default"), 1.2, 300)):
+        first[k].update(load_before=load, time_budget_planned_steps=steps)
+    second = {**first, key("a", "default"): cell("a", "default", 0.86, 117, load_before=1.9,
+                                                 time_budget_planned_steps=250),
+              key("b", "default"): cell("b", "default", 0.895, 119, load_before=1.5, time_budget_planned_steps=290),
+              key("a", "auto"): cell("a", "auto", 0.9, 118)}
     out = spread.spread({"cells": first}, {"cells": second}, "default", None)
     assert sorted(out["pairs"]) == [key("a", "default"), key("b", "default")]  # c was not rerun
-    assert out["pairs"][key("a", "default")] == {"before": 0.8, "after": 0.86, "difference": 0.06}
+    assert out["pairs"][key("a", "default")] == {"before": 0.8, "after": 0.86, "difference": 0.06,
+                                                 "load_before": [2.1, 1.9], "steps": [150, 250]}
+    # only a's runs started on either side of a load of 2; the one from 2.1 trained 150 steps to the other's 250
+    assert out["load_and_steps"] == {"pairs_across_load_2": 1, "fewer_steps_from_load_2": 1,
+                                     "mean_steps_ratio_from_load_2": 0.6}
     assert (out["mean_abs_difference"], out["max_abs_difference"], out["more_than_1pt_apart"]) == (0.0325, 0.06, 1)
     assert spread.spread({"cells": first}, {"cells": second}, "default", ["b"])["cells"] == 1
 
