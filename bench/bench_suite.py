@@ -305,12 +305,26 @@ def _mean_and_least(values) -> dict:
     return {"cells": len(values), "mean": _mean(values), "min": min(values, default=None)}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--half", choices=["dev", "test", "all"], default="all")
+def add_selection_arguments(parser, half: str = "all") -> None:
+    """--half, --cases, --backbones, --seeds: which rows of the suite a run covers (`selected`)."""
+    parser.add_argument("--half", choices=["dev", "test", "all"], default=half)
     parser.add_argument("--cases", default=None, help="comma-separated case names (default: the half's)")
     parser.add_argument("--backbones", default=None, help="default: split.json's two")
     parser.add_argument("--seeds", default=None, help="default: split.json's two")
+
+
+def selected(args, split: dict) -> tuple[list[str], list[str], list[int]]:
+    """The cases, backbones and seeds `add_selection_arguments`' flags name."""
+    cases = args.cases.split(",") if args.cases else (
+        split["dev"] + split["test"] if args.half == "all" else split[args.half])
+    backbones = args.backbones.split(",") if args.backbones else split["backbones"]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else split["seeds"]
+    return cases, backbones, seeds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_selection_arguments(parser)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--budget_scale", type=float, default=1.0, help="times each case's budget_seconds")
     parser.add_argument("--workdir", default="/tmp/hf_transfer_suite")
@@ -324,10 +338,7 @@ def main(argv=None):
         if head and head not in results["commits"]:
             results["commits"].append(head)  # the code the cells ran (a resumed run may add one)
     if not args.summary:
-        cases = args.cases.split(",") if args.cases else (
-            split["dev"] + split["test"] if args.half == "all" else split[args.half])
-        backbones = args.backbones.split(",") if args.backbones else split["backbones"]
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else split["seeds"]
+        cases, backbones, seeds = selected(args, split)
         strategies = args.strategies.split(",")
         for case in cases:
             for backbone in backbones:

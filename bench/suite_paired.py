@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_suite import _head, run_cell  # noqa: E402
+from bench_suite import _head, add_selection_arguments, run_cell, selected  # noqa: E402
 from suite.cases import CASES, load_split  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "suite_paired.json"
@@ -105,10 +105,7 @@ def summarize(cells: dict, split: dict) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--half", choices=["dev", "test", "all"], default="test")
-    parser.add_argument("--cases", default=None, help="comma-separated case names (default: the half's)")
-    parser.add_argument("--backbones", default=None, help="default: split.json's two")
-    parser.add_argument("--seeds", default=None, help="default: split.json's two")
+    add_selection_arguments(parser, half="test")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", default="/tmp/hf_transfer_suite_paired")
     parser.add_argument("--summary", action="store_true", help="only recompute the summary")
@@ -120,10 +117,7 @@ def main(argv=None):
         head = _head()
         if head and head not in results["commits"]:
             results["commits"].append(head)
-        cases = args.cases.split(",") if args.cases else (
-            split["dev"] + split["test"] if args.half == "all" else split[args.half])
-        backbones = args.backbones.split(",") if args.backbones else split["backbones"]
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else split["seeds"]
+        cases, backbones, seeds = selected(args, split)
         for repeat in range(args.repeats):  # every row once, then every row again: a repeat spans the evening
             for case in cases:
                 for backbone in backbones:

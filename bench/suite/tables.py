@@ -99,5 +99,33 @@ def table_suite_measures(r, markdown_table, source) -> str:
     return text + source(COMMAND, "suite")
 
 
+def table_suite_paired(r, markdown_table, source) -> str:
+    """bench/results/suite_paired.json: auto and the default back to back, per repeat, and the mean difference."""
+    paired = r.file("suite_paired")
+    body = []
+    for row in paired["summary"]["rows"]:
+        steps = [f"{'-' if a is None else a}/{'-' if d is None else d}"
+                 for a, d in zip(row["default_steps_in_auto"], row["default_steps_alone"])]
+        body.append([row["case"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
+                     " ; ".join(f"{a:.3f} ({w})" for a, w in zip(row["auto"], row["auto_winner"])),
+                     " ; ".join(f"{d:.3f}" for d in row["default"]),
+                     " ; ".join(_points(d) for d in row["differences"]),
+                     _points(row["mean_difference"]) + ("" if row["se"] is None else f" ± {row['se'] * 100:.1f}"),
+                     " ; ".join(steps)])
+    text = markdown_table(["case", "backbone", "seed", "auto (its plan), each repeat", "default fine-tune",
+                           "auto - default, points", "mean ± SE, points",
+                           "default's steps: inside auto (when it won) / alone"], body)
+    for half, h in paired["summary"]["halves"].items():
+        if h["rows"]:
+            text += (f"
+{half} half: {h['rows']} rows, {h['pairs']} pairs; mean of the rows' mean differences "
+                     f"{_points(h['mean_difference'])} points; more than 1 point below the default on the mean in "
+                     f"**{h['more_than_1pt_below_default_on_the_mean']}** rows, below it beyond 2 SE in "
+                     f"**{h['below_default_beyond_2se']}** (from each row's first pair alone: "
+                     f"{h['more_than_1pt_below_default_first_repeat_only']} more than 1 point below).\n")
+    return text + source(paired["command"] + " --half test --repeats 2", "suite_paired")
+
+
 SUITE_TABLES = {"suite_test": _half_table("test"), "suite_dev": _half_table("dev"),
-                "suite_sensitivity": table_suite_sensitivity, "suite_measures": table_suite_measures}
+                "suite_sensitivity": table_suite_sensitivity, "suite_measures": table_suite_measures,
+                "suite_paired": table_suite_paired}
