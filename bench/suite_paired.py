@@ -98,6 +98,10 @@ def summarize(cells: dict, split: dict) -> dict:
             "more_than_1pt_below_default_on_the_mean": sum(r["mean_difference"] < -0.01 for r in hr),
             "below_default_beyond_2se": sum(r["se"] is not None and r["mean_difference"] < -2 * r["se"] for r in hr),
             "more_than_1pt_below_default_first_repeat_only": sum(r["first_difference"] < -0.01 for r in hr),
+            # the race's cost to the default in steps, over the pairs where the default won: inside auto / alone
+            "default_steps_in_auto_over_alone": _mean_se([inside / alone for r in hr for inside, alone in
+                                                          zip(r["default_steps_in_auto"], r["default_steps_alone"])
+                                                          if inside and alone])[0],
             "rows_below": [f"{r['case']}-{r['backbone'].split('_')[-1]}-{r['seed']}" for r in hr
                            if r["mean_difference"] < -0.01]}
     return {"rows": rows, "halves": halves}

@@ -143,6 +143,7 @@ def test_paired_rows_are_judged_on_the_mean_of_back_to_back_differences():
         assert test["more_than_1pt_below_default_on_the_mean"] == 1 and test["rows_below"] == ["c-lite1-42"]
         assert test["below_default_beyond_2se"] == 1  # c: -4 points, no spread; b: within its noise
         assert test["more_than_1pt_below_default_first_repeat_only"] == 2  # one run each would have said both
+        assert test["default_steps_in_auto_over_alone"] == pytest.approx(0.6)  # b's first pair: 120 of 200 steps
         assert summary["halves"]["dev"]["below_default_beyond_2se"] == 0  # one repeat: no SE, never "beyond"
         assert paired.order(0) == ("auto", "default") and paired.order(1) == ("default", "auto")
     finally:

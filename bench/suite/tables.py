@@ -117,12 +117,13 @@ def table_suite_paired(r, markdown_table, source) -> str:
                            "default's steps: inside auto (when it won) / alone"], body)
     for half, h in paired["summary"]["halves"].items():
         if h["rows"]:
-            text += (f"
-{half} half: {h['rows']} rows, {h['pairs']} pairs; mean of the rows' mean differences "
+            text += (f"\n{half} half: {h['rows']} rows, {h['pairs']} pairs; mean of the rows' mean differences "
                      f"{_points(h['mean_difference'])} points; more than 1 point below the default on the mean in "
                      f"**{h['more_than_1pt_below_default_on_the_mean']}** rows, below it beyond 2 SE in "
                      f"**{h['below_default_beyond_2se']}** (from each row's first pair alone: "
-                     f"{h['more_than_1pt_below_default_first_repeat_only']} more than 1 point below).\n")
+                     f"{h['more_than_1pt_below_default_first_repeat_only']} more than 1 point below). Where the default "
+                     f"won the race it trained {h['default_steps_in_auto_over_alone']:.2f} of the steps it trained "
+                     "alone, on average.\n")
     return text + source(paired["command"] + " --half test --repeats 2", "suite_paired")
 
 
