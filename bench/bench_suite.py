@@ -51,11 +51,12 @@ def load_results() -> dict:
         "measured from the job's start, not the process's, and are not comparable.")}
 
 
-def save_results(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+def save_results(results: dict, path: Path = RESULTS) -> None:
+    """Written whole, then renamed over the last: a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, path)
 
 
 def _find(d, key):

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_suite import _head, add_selection_arguments, run_cell, selected  # noqa: E402
+from bench_suite import _head, add_selection_arguments, run_cell, save_results, selected  # noqa: E402
 from suite.cases import CASES, load_split  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "suite_paired.json"
@@ -135,23 +134,16 @@ def main(argv=None):
                             rec["repeat"] = repeat
                             results["cells"][key] = rec
                             results["summary"] = summarize(results["cells"], split)
-                            _save(results)
+                            save_results(results, RESULTS)
                             print(f"{key}: test {rec.get('test_accuracy')} in {rec['wall_seconds']}s "
                                   f"(load {rec['load_before']}->{rec['load_after']})"
                                   + (f" ERROR {rec['error'][-300:]}" if "error" in rec else ""), flush=True)
     results["summary"] = summarize(results["cells"], split)
-    _save(results)
+    save_results(results, RESULTS)
     print(json.dumps(results["summary"]["halves"], indent=1))
     for r in results["summary"]["rows"]:
         print(f"{r['half']:4s} {r['case']:16s} {r['backbone'].split(':')[-1]:22s} {r['seed']} "
               f"auto-default {r['differences']} mean {r['mean_difference']} se {r['se']}")
-
-
-def _save(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, RESULTS)
 
 
 if __name__ == "__main__":
