@@ -76,8 +76,10 @@ def test_a_frozen_forward_that_differs_is_refused_with_a_note(monkeypatch):
     notes = []
     got = _extract(model, layer_map, layers, source, notes)
     assert len(notes) == 1 and "eager forward" in notes[0] and "differed by 1.0e-02" in notes[0]
-    for layer in layers:
-        np.testing.assert_array_equal(got[layer.key], eager[layer.key])
+    for layer in layers:  # the eager features, not the 1% off ones: equal up to float32 summation order (the
+        # thread chooser may run a batch on one thread or on all, which reorders the convolutions' sums)
+        scale = np.abs(eager[layer.key]).max()
+        assert np.abs(got[layer.key] - eager[layer.key]).max() <= 1e-6 * scale
 
 
 def test_frozen_forward_only_where_it_is_safe_and_pays():
