@@ -194,6 +194,7 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
     import types
 
     from hf_transfer.jobs import race as race_job
+    from hf_transfer.jobs.race_training import Contender
 
     m = dataclasses.replace(measurement(list(np.linspace(0.6, 0.9, BODY)), 0.88, [300] * 4),
                             cost=CostStats(0.01, max(step_seconds.values()), 32, 224))
@@ -207,8 +208,9 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
     class FakeRace:
         def __init__(self, *args, **kwargs):
             self.holdout_labels = np.zeros(n)
-            self.models, self.optimizer_states, self.step_seconds = {}, {}, dict(step_seconds)
-            self.steps_done, self.warmup_steps = {}, {}
+            self.contenders = {}
+
+        steps_done = race_job.RaceTrainer.steps_done
 
         def score_probes(self, plans):
             return {p.name: right(accuracy[p.name]) for p in plans}
@@ -219,14 +221,14 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
         def train_rung(self, plan, steps, until=None, horizon=None):
             trained[plan.name].append(steps)
             horizons[plan.name].append(horizon)
-            self.steps_done[plan.name] = self.steps_done.get(plan.name, 0) + steps
-            self.warmup_steps.setdefault(plan.name, 1)
-            if keeps_weights:  # a fine-tune winner's weights are saved for its real run (the save is faked)
-                self.models[plan.name] = object()
+            # a fine-tune winner's weights are saved for its real run (the save is faked); None: no weights kept
+            contender = self.contenders.setdefault(plan.name, Contender(object() if keeps_weights else None,
+                                                                                 warmup_steps=1))
+            contender.steps_done += steps
             time.sleep(steps * step_seconds[plan.name])
             return right(accuracy[plan.name]), steps
 
-    monkeypatch.setattr(race_job, "_Race", FakeRace)
+    monkeypatch.setattr(race_job, "RaceTrainer", FakeRace)
     # a rung's overhead (guessed, and its floor once measured) is sized for real rungs of seconds
     monkeypatch.setattr(race_job, "RUNG_OVERHEAD_SECONDS", 0.1)
     monkeypatch.setattr(race_job, "MIN_RUNG_OVERHEAD_SECONDS", 0.05)

@@ -33,7 +33,7 @@ NOT_REPLAYABLE = {
     "holdout_max_images": "the held-out images: every score would differ",
     "in_process_overhead_seconds": "the time left for the race's last rung and the final run (before a rung is timed)",
     "CURVE_C (measure.py)": "the probe curve's regularization: the measurement itself would differ",
-    "PROBE_C (jobs/race.py)": "the race's probe fits: the probes' held-out scores would differ",
+    "PROBE_C (jobs/race_training.py)": "the race's probe fits: the probes' held-out scores would differ",
     "MIN_RUNG_STEPS (jobs/race.py)": "which fine-tunes fit the race and how long a rung is",
     "FINAL_RUN_OVERHEADS (jobs/race.py)": "the time a probe winner's final run is left, in measured rung overheads",
 }

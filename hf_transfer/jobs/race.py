@@ -1,22 +1,21 @@
 """The race behind `recipes/finetune.py --strategy auto`: the candidate plans trained briefly on the user's own
 training split, scored on a held-out part of it, halved rung by rung; the winner's weights start the real run.
 
-The rules (which plans, how a rung is judged, who wins) are `hf_transfer.advisor.race`; this job runs them. Every
-candidate is trained by the fine-tune job's own pieces (`TransferPlan`, `TransferTrainer`, the prepared image store)
-and the probe job's (`compute_features`, a logistic regression), on the same decoded images, in one process: the
-rungs are seconds long, so loading the data and the backbone once per rung would eat the race.
+The rules (which plans, how a rung is judged, who wins) are `hf_transfer.advisor.race`; this job runs them: how many
+rungs, how many steps each, when the race stops, and what the winner's real run starts from. `race_training.py`
+trains and scores the candidates, with the fine-tune job's own pieces (`TransferPlan`, `TransferTrainer`, the
+prepared image store) and the probe job's (`compute_features`, a logistic regression), on the same decoded images,
+in one process: the rungs are seconds long, so loading the data and the backbone once per rung would eat the race.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..advisor.race import (CORRECT_ATTR, CandidatePlan, RaceRecord, candidate_plans, choose_winner, fill_plan,
                             make_pruner)
@@ -24,6 +23,7 @@ from ..advisor.rules import Thresholds
 from ..budget import StopAt, steps_that_fit
 from ..continuation import ContinueSchedule, RestoreOptimizer
 from ..runtime import say
+from .race_training import RaceTrainer
 from .soup import greedy_soup
 
 MIN_RUNG_STEPS = 5
@@ -33,11 +33,6 @@ MIN_RUNG_OVERHEAD_SECONDS = 1.0  # ... and the least it is taken to be once meas
 # load 1 it took 1.6 s against rung overheads of 0.3 s (taken as the 1 s floor); the fixed 4 s it replaces left
 # every probe winner 5-6% of its budget unused.
 FINAL_RUN_OVERHEADS = 2.0
-PROBE_C = 0.1  # the probe curve's regularization (advisor.measure.CURVE_C): the race scores the same probe
-# A rung's data order is drawn from seed + stride x (the plan's rung number): each Trainer starts its sampler at epoch
-# 0, so with one seed every rung replayed the first rung's batches (a rung of 40 steps on 4,000 images saw the same
-# 1,280 every time). The sampler adds the epoch to the seed; the stride keeps rungs' orders apart.
-DATA_ORDER_STRIDE = 1000
 
 
 @dataclasses.dataclass
@@ -46,192 +41,6 @@ class RaceOutcome:
     record: RaceRecord
     start_folder: str | None  # the fine-tuned weights the real run continues from (None: a probe, or from scratch)
     optimizer_state: dict | None = None  # the winner's AdamW moments at its last rung (None: a probe, or a soup)
-
-
-def holdout_split(data, seed: int, t: Thresholds):
-    """(train, held-out) from the training split, stratified: the race never sees validation or test."""
-    from ..data import _stratified_split
-
-    train = data.splits["train"]
-    n_classes = len(data.labels)
-    n = int(min(t.holdout_max_images, max(2 * n_classes, round(t.holdout_fraction * len(train)))))
-    return _stratified_split(train, data.label_column, n, seed, what="held-out part of train for the race",
-                             fix="add training images to the rarest classes, or choose a fixed --strategy")
-
-
-class _Race:
-    def __init__(self, measurement, data, model_args, training_args, image_size: int, t: Thresholds,
-                 output_dir: Path, probe_images: int, cache):
-        from datasets import DatasetDict
-
-        from ..fastdata import prepare_splits
-        from ..transforms import with_transforms
-
-        self.m, self.t, self.model_args, self.training_args = measurement, t, model_args, training_args
-        self.output_dir = output_dir
-        self.image_size = image_size
-        self.cache = cache
-        self.race_data = data
-        self.pretrained, self.adapter = self._load()
-        self.cfg = self.adapter.data_config()
-        train, holdout, self.probe_train = self._split(data, probe_images, training_args.seed)
-        self.race_data = dataclasses.replace(data, splits=DatasetDict(train=train, validation=holdout), subset_store=None)
-        self.lazy = with_transforms(self.race_data.splits, self.race_data, self.cfg, image_size=image_size,
-                                    augmentation="none")
-        self.splits, self.collator, _ = prepare_splits(self.race_data, self.lazy, self.cfg, image_size=image_size,
-                                                       augmentation="none",
-                                                       channels_last=self.adapter.prefers_channels_last())
-        self.holdout_labels = np.asarray(holdout[data.label_column])
-        self.models: dict[str, torch.nn.Module] = {}
-        self.optimizer_states: dict[str, dict] = {}
-        self.step_seconds: dict[str, float] = {}
-        self.rungs_run: dict[str, int] = {}  # per plan: its rung number sets its data order (the same for every plan)
-        self.steps_done: dict[str, int] = {}  # per plan: where it stands on its one schedule
-        self.warmup_steps: dict[str, int] = {}  # per plan: its schedule's warm-up, fixed at its first rung
-
-    def _split(self, data, probe_images: int, seed: int):
-        """(race train, held-out, the probes' training images). With more training images than the measurement's
-        subsample, the held-out images are drawn from outside that subsample and the probes train on it: its
-        features are in the cache already, so the probes cost one forward pass over the held-out images only."""
-        from sklearn.model_selection import train_test_split
-
-        from ..data import _stratified_subset
-        from ..transforms import with_transforms
-
-        full = data.splits["train"]
-        if len(full) > probe_images + self.t.holdout_max_images:
-            labels = np.asarray(full[data.label_column])
-            measured = _stratified_subset(full, data.label_column, probe_images, seed, "--max_probe_images")
-            _, inside = train_test_split(np.arange(len(full)), test_size=probe_images, random_state=seed, stratify=labels)
-            rest = np.setdiff1d(np.arange(len(full)), inside)
-            n = int(min(self.t.holdout_max_images, max(2 * len(data.labels), round(self.t.holdout_fraction * len(full)))))
-            try:
-                _, picked = train_test_split(rest, test_size=n, random_state=seed, stratify=labels[rest])
-            except ValueError:  # a class too rare outside the subsample: the plain split, probes on race train
-                picked = None
-            if picked is not None:
-                holdout = full.select(np.sort(picked))
-                train = full.select(np.setdiff1d(np.arange(len(full)), picked))
-                probe_train = with_transforms({"train": measured}, data, self.cfg, image_size=self.image_size,
-                                              augmentation="none")["train"]
-                return train, holdout, probe_train
-        train, holdout = holdout_split(data, seed, self.t)
-        return train, holdout, None
-
-    def _load(self):
-        from .common import load_sized_backbone
-
-        return load_sized_backbone(self.model_args, self.race_data.labels, self.image_size, pretrained=True,
-                                   name=self.m.backbone, report=False)
-
-    # ------------------------------------------------------------------ probes: trained once
-    def score_probes(self, plans: list[CandidatePlan]) -> dict[str, np.ndarray]:
-        """Every probe plan from one forward pass over the race's train and held-out images."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        from ..features import compute_features, parse_layers
-
-        if not plans:
-            return {}
-        layer_map = self.adapter.layer_map()
-        layers = {p.name: parse_layers(p.layers, layer_map) for p in plans}
-        every = list({layer.key: layer for group in layers.values() for layer in group}.values())
-        from ..features import transform_fingerprint
-        from ..transforms import build_transform
-
-        train = self.probe_train if self.probe_train is not None else self.lazy["train"]
-        key = transform_fingerprint(build_transform(self.cfg, image_size=self.image_size), self.cfg, self.image_size)
-        fs = compute_features(self.pretrained, {"train": train, "validation": self.lazy["validation"]}, every,
-                              layer_map=layer_map, cache=self.cache, transform_key=key, image_size=self.image_size)
-        from threadpoolctl import threadpool_limits
-
-        out = {}
-        for name, group in layers.items():
-            X = {split: np.concatenate([fs.features[split][layer.key] for layer in group], axis=1)
-                 for split in ("train", "validation")}
-            probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000))
-            # one BLAS thread, as probes/search.py: beside torch's OpenMP threads the two fits of mnist300's race
-            # took 17 s, most of the race's time (the probes' own search measured 20x)
-            with threadpool_limits(limits=1):
-                probe.fit(X["train"], fs.labels["train"])
-            out[name] = (probe.predict(X["validation"]) == fs.labels["validation"]).astype(np.int8)
-        return out
-
-    # ------------------------------------------------------------------ fine-tunes: trained rung by rung
-    def train_rung(self, plan: CandidatePlan, steps: int, until: float | None = None,
-                   horizon: int | None = None) -> tuple[np.ndarray, int]:
-        """Train ``plan`` ``steps`` more steps, or until the clock (`time.perf_counter`) would pass ``until``; the
-        held-out correctness, and the steps it ran. ``horizon``: the plan's steps in all should it win (its rungs and
-        the real run): the rung is a stretch of one warm-up and cosine over them (None: its own warm-up and cosine)."""
-        from ..arguments import TransferArguments
-        from ..plan import TransferPlan
-        from ..trainer import TransferTrainer
-        from ..training_args import TransferTrainingArguments
-
-        first = plan.name not in self.models
-        if first:
-            self.models[plan.name] = copy.deepcopy(self.pretrained)
-            if self.adapter.prefers_channels_last():
-                self.models[plan.name] = self.models[plan.name].to(memory_format=torch.channels_last)
-        model = self.models[plan.name]
-        args = TransferTrainingArguments(
-            output_dir=str(self.output_dir / "race" / plan.name.replace(" ", "_").replace(":", "")),
-            max_steps=int(steps), learning_rate=self.m.default_learning_rate,
-            per_device_train_batch_size=self.training_args.per_device_train_batch_size,
-            per_device_eval_batch_size=self.training_args.per_device_eval_batch_size,
-            eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000,
-            seed=self.training_args.seed, use_cpu=self.training_args.use_cpu,
-            data_seed=self.training_args.seed + DATA_ORDER_STRIDE * self.rungs_run.get(plan.name, 0))
-        transfer = TransferArguments(strategy=plan.strategy, freeze=plan.freeze,
-                                     backbone_lr_multiplier=plan.backbone_lr_multiplier, layer_decay=plan.layer_decay)
-        transfer_plan = TransferPlan.build(model, transfer.to_config(args))
-        if first:
-            transfer_plan.reinitialize(model)
-        trainer = TransferTrainer(model=model, args=args, plan=transfer_plan, train_dataset=self.splits["train"],
-                                  eval_dataset=self.splits["validation"], data_collator=self.collator)
-        if plan.name in self.optimizer_states:  # the next rung continues the last one's AdamW moments
-            trainer.add_callback(RestoreOptimizer(self.optimizer_states[plan.name], f"race {plan.name}"))
-        if horizon is not None:  # after RestoreOptimizer, whose state carries the last rung's rates
-            done = self.steps_done.get(plan.name, 0)
-            warmup = self.warmup_steps.setdefault(plan.name, math.ceil(args.warmup_steps * max(horizon, steps)))
-            trainer.add_callback(ContinueSchedule(offset=done, warmup_steps=warmup, horizon=max(horizon - done, steps),
-                                                  what=f"race {plan.name}"))
-        if until is not None:
-            trainer.add_callback(StopAt(until))
-        began = time.perf_counter()
-        trainer.train()
-        ran = max(1, trainer.state.global_step)
-        self.rungs_run[plan.name] = self.rungs_run.get(plan.name, 0) + 1
-        self.steps_done[plan.name] = self.steps_done.get(plan.name, 0) + trainer.state.global_step
-        self.optimizer_states[plan.name] = copy.deepcopy(trainer.optimizer.state_dict())
-        self.step_seconds[plan.name] = (time.perf_counter() - began) / ran
-        return self.correct_on_holdout(model), ran
-
-    def correct_on_holdout(self, model) -> np.ndarray:
-        """0/1 per held-out image (a plain no-grad loop: no Trainer needed to predict a few hundred images)."""
-        from torch.utils.data import DataLoader
-
-        model.eval()
-        hits = []
-        loader = DataLoader(self.splits["validation"], batch_size=self.training_args.per_device_eval_batch_size,
-                            collate_fn=self.collator)
-        with torch.no_grad():
-            for batch in loader:
-                logits = model(pixel_values=batch["pixel_values"]).logits
-                hits.append((logits.argmax(-1) == batch["labels"]).numpy())
-        return np.concatenate(hits).astype(np.int8)
-
-    def estimated_step_seconds(self, plan: CandidatePlan) -> float:
-        if plan.name in self.step_seconds:
-            return self.step_seconds[plan.name]
-        return self.m.cost.step_seconds(plan.trainable_share)
-
-    def predict_state(self, state: dict):
-        model = copy.deepcopy(next(iter(self.models.values())))
-        model.load_state_dict(state)
-        return self.correct_on_holdout(model), model
 
 
 def affordable(plans: list[CandidatePlan], m, race_seconds: float, t: Thresholds, probe_images: int) -> list[CandidatePlan]:
@@ -300,7 +109,7 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     default = next(p.name for p in plans if p.is_default)
     say(f"race: {len(plans)} candidate plans ({', '.join(plans_names := [p.name for p in plans])}); default "
         f"{default!r}" + (f"; {race_seconds:.0f}s for the race" if race_seconds is not None else ""))
-    race = _Race(measurement, data, model_args, training_args, image_size, t, output_dir, probe_images, cache)
+    race = RaceTrainer(measurement, data, model_args, training_args, image_size, t, output_dir, probe_images, cache)
     record = RaceRecord([p.as_dict() for p in plans], holdout_images=len(race.holdout_labels))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -380,18 +189,18 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
                 until = None if hard_end is None else started + (hard_end - started) * share_of(left_here) - overhead
                 horizon = None
                 if deadline is None and run_steps is not None:  # its rungs, then the real run's planned epochs
-                    horizon = race.steps_done.get(name, 0) + sum(map(unbudgeted_rung_steps, range(rung, n_rungs))) + run_steps
+                    horizon = race.steps_done(name) + sum(map(unbudgeted_rung_steps, range(rung, n_rungs))) + run_steps
                 elif deadline is not None:  # its steps in all should it win: those done, then what fits of the time
                     # left once the others' share of the race is spent (none while filling the budget); the real
                     # run re-plans its end from its own steps, this places the rungs on one cosine
                     others = max(0.0, race_end - started) * (1 - share_of(steps_for)) if rung < n_rungs else 0.0
                     left = max(0.0, deadline - started - others - t.in_process_overhead_seconds)
-                    horizon = race.steps_done.get(name, 0) + steps_that_fit(
+                    horizon = race.steps_done(name) + steps_that_fit(
                         left, step_seconds=race.estimated_step_seconds(plan))
                 correct[name], steps = race.train_rung(plan, steps_for[name], until=until, horizon=horizon)
                 last_steps[name] = steps
-                overhead = measured_overhead = max(MIN_RUNG_OVERHEAD_SECONDS,
-                                                   (time.perf_counter() - started) - steps * race.step_seconds[name])
+                overhead = measured_overhead = max(MIN_RUNG_OVERHEAD_SECONDS, (time.perf_counter() - started)
+                                                   - steps * race.estimated_step_seconds(plan))
             acc = float(correct[name].mean())
             trials[name].set_user_attr(CORRECT_ATTR, correct[name].tolist())
             trials[name].report(acc, step=rung)
@@ -420,8 +229,8 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
         study.tell(trials[name], float(correct[name].mean()))
     say(f"race verdict: {verdict.reason}")
     winner = by_name[verdict.winner]
-    start_model = race.models.get(winner.name)
-    optimizer_state = race.optimizer_states.get(winner.name)
+    trained = race.contenders.get(winner.name)  # None: a probe won, or a fine-tune that never trained a rung
+    start_model, optimizer_state = (trained.model, trained.optimizer_state) if trained else (None, None)
     finalists = [n for n in alive if by_name[n].job == "finetune"]
     if len(finalists) >= 2:
         soup_record, soup = greedy_soup(race, finalists, correct)
@@ -442,9 +251,9 @@ def run_race(measurement, data, model_args, training_args, *, image_size: int, d
     record.seconds = round(time.perf_counter() - began, 1)
     if deadline is not None:  # what a probe winner's final run may take beyond its forward (`run_advised_probe`)
         record.final_run_overhead_seconds = round(final_run_overhead(t, measured_overhead), 2)
-    if start_folder and winner.name in race.warmup_steps:
-        record.winner_schedule = {"offset": race.steps_done[winner.name], "warmup_steps": race.warmup_steps[winner.name]}
+    if start_folder and trained.warmup_steps is not None:
+        record.winner_schedule = {"offset": trained.steps_done, "warmup_steps": trained.warmup_steps}
     return RaceOutcome(winner, record, start_folder, optimizer_state if start_folder else None)
 
 
-__all__ = ["RaceOutcome", "holdout_split", "run_race", "unbudgeted_rung_steps"]
+__all__ = ["RaceOutcome", "run_race", "unbudgeted_rung_steps"]

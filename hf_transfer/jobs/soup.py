@@ -21,7 +21,7 @@ def greedy_soup(race, finalists: list[str], correct: dict[str, np.ndarray]) -> t
     """Wortsman et al. 2022: finalists by held-out accuracy; each is added to the average when it does not lower it."""
     order = sorted(finalists, key=lambda n: -float(correct[n].mean()))
     ingredients = [order[0]]
-    states = {n: {k: v.detach().clone() for k, v in race.models[n].state_dict().items()} for n in order}
+    states = {n: {k: v.detach().clone() for k, v in race.contenders[n].model.state_dict().items()} for n in order}
     best = correct[order[0]]
     best_model = None
     tried = []
