@@ -70,7 +70,9 @@ def summarize(cells: dict, split: dict) -> dict:
         row_key = (rec["case"], rec["backbone"], rec["seed"])
         pairs.setdefault(row_key, {}).setdefault(rec["repeat"], {})[rec["strategy"]] = rec
     rows = []
-    for (case, backbone, seed), repeats in sorted(pairs.items()):
+    # the test half's rows first, then the dev half's: docs read rows by position (`rows.11`), and dev rows sorted
+    # among them would move those positions
+    for (case, backbone, seed), repeats in sorted(pairs.items(), key=lambda kv: (kv[0][0] in split["dev"], kv[0])):
         done = {r: p for r, p in sorted(repeats.items()) if set(PAIR) <= set(p)}
         if not done:
             continue

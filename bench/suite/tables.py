@@ -39,7 +39,7 @@ def _half_table(half: str):
         body = []
         for row in rows:
             used = row["budget_used"]
-            body.append([row["case"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
+            body.append([row["case"], row["half"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
                          f"{row['budget_seconds']:g}", _load(suite["cells"], row),
                          f"{_acc(row['auto'])} ({row['auto_winner']})",
                          *[_acc(row["fixed"].get(s)) for s in FIXED_COLUMNS],
@@ -106,13 +106,13 @@ def table_suite_paired(r, markdown_table, source) -> str:
     for row in paired["summary"]["rows"]:
         steps = [f"{'-' if a is None else a}/{'-' if d is None else d}"
                  for a, d in zip(row["default_steps_in_auto"], row["default_steps_alone"])]
-        body.append([row["case"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
+        body.append([row["case"], row["half"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
                      " ; ".join(f"{a:.3f} ({w})" for a, w in zip(row["auto"], row["auto_winner"])),
                      " ; ".join(f"{d:.3f}" for d in row["default"]),
                      " ; ".join(_points(d) for d in row["differences"]),
                      _points(row["mean_difference"]) + ("" if row["se"] is None else f" ± {row['se'] * 100:.1f}"),
                      " ; ".join(steps)])
-    text = markdown_table(["case", "backbone", "seed", "auto (its plan), each repeat", "default fine-tune",
+    text = markdown_table(["case", "half", "backbone", "seed", "auto (its plan), each repeat", "default fine-tune",
                            "auto - default, points", "mean ± SE, points",
                            "default's steps: inside auto (when it won) / alone"], body)
     for half, h in paired["summary"]["halves"].items():
@@ -124,7 +124,8 @@ def table_suite_paired(r, markdown_table, source) -> str:
                      f"{h['more_than_1pt_below_default_first_repeat_only']} more than 1 point below). Where the default "
                      f"won the race it trained {h['default_steps_in_auto_over_alone']:.2f} of the steps it trained "
                      "alone, on average.\n")
-    return text + source(paired["command"] + " --half test --repeats 2", "suite_paired")
+    return text + source(paired["command"] + " --half test --repeats 2; the dev rows: " + paired["command"]
+                         + " --half dev --cases mnist1k,mnist_inverted,digits_8x8 --repeats 1", "suite_paired")
 
 
 SUITE_TABLES = {"suite_test": _half_table("test"), "suite_dev": _half_table("dev"),
