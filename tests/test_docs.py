@@ -99,3 +99,22 @@ def test_the_scan_sees_a_planted_figure():
     assert untagged_figures("augmentation only slows convergence (0.964 against 0.984)") == ["0.964", "0.984"]
     assert untagged_figures("the probe is 73x faster and took 80.1 s") == ["73x", "80.1 s"]
     assert untagged_figures("`--freeze fraction:0.5` at <!-- fig a:b -->0.980<!-- /fig -->") == []
+
+
+def test_every_table_row_has_its_header_s_columns():
+    """A generated table whose rows gained a cell its header lacks reads as shifted columns (caught once by review)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    ragged = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        header = None
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.startswith("|"):
+                header = None
+                continue
+            cells = len(re.split(r"(?<!\\)\|", line.strip().strip("|")))
+            if header is None:
+                header = cells
+            elif cells != header:
+                ragged.append(f"{page.relative_to(ROOT)}:{number}: {cells} cells, header {header}")
+    assert ragged == []

@@ -39,7 +39,7 @@ def _half_table(half: str):
         body = []
         for row in rows:
             used = row["budget_used"]
-            body.append([row["case"], row["half"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
+            body.append([row["case"], row["backbone"].split(":")[-1].replace("efficientnet_", ""), row["seed"],
                          f"{row['budget_seconds']:g}", _load(suite["cells"], row),
                          f"{_acc(row['auto'])} ({row['auto_winner']})",
                          *[_acc(row["fixed"].get(s)) for s in FIXED_COLUMNS],
