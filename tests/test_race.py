@@ -222,8 +222,8 @@ def fake_race(monkeypatch, tmp_path, accuracy: dict[str, float], step_seconds: d
             trained[plan.name].append(steps)
             horizons[plan.name].append(horizon)
             # a fine-tune winner's weights are saved for its real run (the save is faked); None: no weights kept
-            contender = self.contenders.setdefault(plan.name, Contender(object() if keeps_weights else None,
-                                                                                 warmup_steps=1))
+            kept = object() if keeps_weights else None
+            contender = self.contenders.setdefault(plan.name, Contender(kept, warmup_steps=1))
             contender.steps_done += steps
             time.sleep(steps * step_seconds[plan.name])
             return right(accuracy[plan.name]), steps

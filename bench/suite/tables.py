@@ -124,8 +124,11 @@ def table_suite_paired(r, markdown_table, source) -> str:
                      f"{h['more_than_1pt_below_default_first_repeat_only']} more than 1 point below). Where the default "
                      f"won the race it trained {h['default_steps_in_auto_over_alone']:.2f} of the steps it trained "
                      "alone, on average.\n")
-    return text + source(paired["command"] + " --half test --repeats 2; the dev rows: " + paired["command"]
-                         + " --half dev --cases mnist1k,mnist_inverted,digits_8x8 --repeats 1", "suite_paired")
+    command = paired["command"] + " --half test --repeats 2"
+    dev_cases = sorted({row["case"] for row in paired["summary"]["rows"] if row["half"] == "dev"})
+    if dev_cases:  # the dev rows ran as their own command, one repeat
+        command += f"; the dev rows: {paired['command']} --half dev --cases {','.join(dev_cases)} --repeats 1"
+    return text + source(command, "suite_paired")
 
 
 SUITE_TABLES = {"suite_test": _half_table("test"), "suite_dev": _half_table("dev"),
